@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create or reuse the virtual environment at .venv in the repo root and install the project into it.
+# torch 2.13.0 comes first (the CPU wheel on local disk where there is one); the project's own range
+# for torch is then already satisfied, so pip never pulls a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+py=.venv/bin/python
+if ! "$py" -c 'import torch' 2>/dev/null; then
+    "$py" -m pip install -q --disable-pip-version-check torch==2.13.0
+fi
+extras=${MINIALBERT_EXTRAS:-test,demo}
+"$py" -m pip install -q --disable-pip-version-check -e ".[$extras]"
