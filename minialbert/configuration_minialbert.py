@@ -1,0 +1,85 @@
+"""MiniAlbertConfig: the recursive student's architecture, saved as ``config.json``."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+
+class MiniAlbertConfig(PretrainedConfig):
+    """One ALBERT-style transformer layer applied ``num_recursions`` times.
+
+    Args:
+        vocab_size: token vocabulary; must equal the teacher's tokenizer vocabulary.
+        embedding_size: width E of the token embeddings (factorised; projected to ``hidden_size`` when E != H).
+        hidden_size: width H of the shared layer.
+        num_attention_heads: attention heads of the shared layer; must divide ``hidden_size``.
+        intermediate_size: width of the shared feed-forward block.
+        num_recursions: how many times the shared layer is applied (N).
+        use_adapters: give each recursion two bottleneck adapters of its own (attention input, FFN input).
+        adapter_reduction_factor: r; each adapter is H -> H/r -> H.
+        hidden_act: activation of the shared feed-forward block ("gelu" is the exact erf GELU).
+        hidden_dropout_prob: dropout on embeddings and on each block's output.
+        attention_probs_dropout_prob: dropout on the attention probabilities.
+        classifier_dropout_prob: dropout before a task head; ``None`` uses ``hidden_dropout_prob``.
+        max_position_embeddings: longest sequence the position embeddings cover.
+        type_vocab_size: number of token types (segments).
+        layer_norm_eps: epsilon of every LayerNorm.
+        initializer_range: std of the normal initialisation of weights.
+    """
+
+    model_type = "minialbert"
+    # Hugging Face utilities (and the teacher mapping) speak of "layers"; here they are recursions.
+    attribute_map = {"num_hidden_layers": "num_recursions"}
+
+    def __init__(
+        self,
+        vocab_size: int = 30522,
+        embedding_size: int = 128,
+        hidden_size: int = 768,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        num_recursions: int = 6,
+        use_adapters: bool = True,
+        adapter_reduction_factor: int = 16,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        classifier_dropout_prob: float | None = None,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        layer_norm_eps: float = 1e-12,
+        initializer_range: float = 0.02,
+        pad_token_id: int = 0,
+        **kwargs,
+    ):
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.vocab_size = vocab_size
+        self.embedding_size = embedding_size
+        self.hidden_size = hidden_size
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.num_recursions = num_recursions
+        self.use_adapters = use_adapters
+        self.adapter_reduction_factor = adapter_reduction_factor
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.classifier_dropout_prob = classifier_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError on an architecture that cannot be built."""
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.num_recursions < 1:
+            raise ValueError(f"num_recursions must be >= 1, got {self.num_recursions}")
+        if self.use_adapters and not 1 <= self.adapter_reduction_factor <= self.hidden_size:
+            raise ValueError(
+                f"adapter_reduction_factor must be in [1, hidden_size={self.hidden_size}], got {self.adapter_reduction_factor}"
+            )

@@ -1,0 +1,439 @@
+"""The recursive MiniALBERT student, whole, in one file.
+
+One ALBERT-style post-LayerNorm transformer layer (self-attention block + feed-forward block) is applied
+``num_recursions`` times with shared weights. Token embeddings have their own width E and are projected to the
+hidden width H when E != H. Optionally each recursion i owns two bottleneck adapters (H -> H/r -> H, GELU,
+residual, LayerNorm): one transforms the input of the shared attention block, one the input of the shared
+feed-forward block. Recursion i computes, for input x:
+
+    a = attention_block(adapter_att[i](x))      # LN(h + Wo·MHA(h)),  h = adapter_att[i](x)
+    x = ffn_block(adapter_ffn[i](a))            # LN(g + W2·act(W1·g)), g = adapter_ffn[i](a)
+
+which is exactly the forward of the original MiniALBERT code (nlpie-research/MiniALBERT); ``minialbert.convert``
+imports its checkpoints. Nothing here knows about distillation, DeepSpeed or ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+from .configuration_minialbert import MiniAlbertConfig
+
+ADAPTER_WEIGHTS_NAME = "adapters.safetensors"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+
+
+class MiniAlbertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings of width E, LayerNorm, dropout."""
+
+    def __init__(self, config: MiniAlbertConfig):
+        super().__init__()
+        e = config.embedding_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, e, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, e)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, e)
+        self.LayerNorm = nn.LayerNorm(e, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        seq_len = input_ids.shape[1]
+        if seq_len > self.position_embeddings.num_embeddings:
+            raise ValueError(
+                f"sequence length {seq_len} exceeds max_position_embeddings={self.position_embeddings.num_embeddings}"
+            )
+        positions = torch.arange(seq_len, device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)  # (B, L, E)
+        if token_type_ids is None:
+            x = x + self.token_type_embeddings.weight[0]
+        else:
+            x = x + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class MiniAlbertAttention(nn.Module):
+    """Post-LN multi-head self-attention block: LN(x + dropout(Wo · MHA(x)))."""
+
+    def __init__(self, config: MiniAlbertConfig):
+        super().__init__()
+        h = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = h // self.num_heads
+        self.query = nn.Linear(h, h)
+        self.key = nn.Linear(h, h)
+        self.value = nn.Linear(h, h)
+        self.dense = nn.Linear(h, h)
+        self.LayerNorm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.attention_dropout_p = config.attention_probs_dropout_prob
+        self.output_dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, l, _ = x.shape
+        return x.view(b, l, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, L, d)
+
+    def forward(
+        self, x: torch.Tensor, key_mask: torch.Tensor | None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``key_mask``: (B, 1, 1, L) bool, True where the key is a real token (None: attend everywhere)."""
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        dropout_p = self.attention_dropout_p if self.training else 0.0
+        probs = None
+        if output_attentions:
+            # Eager path: the maps are needed (distillation). Same arithmetic as the original code:
+            # scores + (1 - mask) * finfo.min, softmax, dropout.
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, heads, L, L)
+            if key_mask is not None:
+                scores = scores + (~key_mask).to(scores.dtype) * torch.finfo(scores.dtype).min
+            probs = scores.softmax(dim=-1)
+            context = F.dropout(probs, dropout_p, self.training) @ v  # (B, heads, L, d)
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
+        context = context.transpose(1, 2).flatten(2)  # (B, L, H)
+        return self.LayerNorm(x + self.output_dropout(self.dense(context))), probs
+
+
+class MiniAlbertFeedForward(nn.Module):
+    """Post-LN feed-forward block: LN(x + dropout(W2 · act(W1 · x)))."""
+
+    def __init__(self, config: MiniAlbertConfig):
+        super().__init__()
+        self.ffn = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.ffn_output = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(x + self.dropout(self.ffn_output(self.activation(self.ffn(x)))))
+
+
+class MiniAlbertLayer(nn.Module):
+    """The one shared transformer layer; the recursion loop (with adapters between blocks) is in the model."""
+
+    def __init__(self, config: MiniAlbertConfig):
+        super().__init__()
+        self.attention = MiniAlbertAttention(config)
+        self.ffn = MiniAlbertFeedForward(config)
+
+
+class BottleneckAdapter(nn.Module):
+    """LN(x + up(gelu(down(x)))): H -> H/r -> H."""
+
+    def __init__(self, hidden_size: int, reduction_factor: int, eps: float):
+        super().__init__()
+        self.down = nn.Linear(hidden_size, hidden_size // reduction_factor)
+        self.up = nn.Linear(hidden_size // reduction_factor, hidden_size)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.up(F.gelu(self.down(x))) + x)
+
+
+class RecursionAdapters(nn.Module):
+    """The two adapters one recursion owns: before the attention block and before the feed-forward block."""
+
+    def __init__(self, config: MiniAlbertConfig):
+        super().__init__()
+        args = (config.hidden_size, config.adapter_reduction_factor, config.layer_norm_eps)
+        self.attention = BottleneckAdapter(*args)
+        self.ffn = BottleneckAdapter(*args)
+
+
+class MiniAlbertPreTrainedModel(PreTrainedModel):
+    config_class = MiniAlbertConfig
+    config: MiniAlbertConfig
+    base_model_prefix = "minialbert"
+    supports_gradient_checkpointing = False
+    # Names (prefixes of parameter names) of the task head; the head trains with the adapters.
+    _head_prefixes: tuple[str, ...] = ()
+
+    def _base(self) -> "MiniAlbertModel":
+        return self if isinstance(self, MiniAlbertModel) else self.minialbert
+
+    # ----- adapter tuning -------------------------------------------------------------------------------------
+    def add_adapters(self, reduction_factor: int | None = None) -> None:
+        """Give every recursion fresh adapters (no-op when the model already has them)."""
+        base = self._base()
+        if base.adapters is not None:
+            return
+        if reduction_factor is not None:
+            self.config.adapter_reduction_factor = reduction_factor
+        self.config.use_adapters = True
+        self.config.validate()
+        base.adapters = nn.ModuleList(RecursionAdapters(self.config) for _ in range(self.config.num_recursions))
+        base.adapters.apply(self._init_weights)
+        base.adapters.to(next(base.layer.parameters()).device)
+
+    def _is_adapter_or_head(self, name: str) -> bool:
+        return ".adapters." in f".{name}" or name.startswith(self._head_prefixes)
+
+    def train_adapters_only(self) -> dict[str, int]:
+        """Freeze everything but the adapters and the task head (adding adapters if missing).
+
+        Returns the parameter counts ``{"trainable": n, "frozen": m}``.
+        """
+        self.add_adapters()
+        counts = {"trainable": 0, "frozen": 0}
+        for name, p in self.named_parameters():
+            p.requires_grad_(self._is_adapter_or_head(name))
+            counts["trainable" if p.requires_grad else "frozen"] += p.numel()
+        return counts
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The adapters' and the task head's weights: all that adapter tuning changes."""
+        return {k: v for k, v in self.state_dict().items() if self._is_adapter_or_head(k)}
+
+    def save_adapters(self, directory: str | Path) -> Path:
+        """Write the adapters and head (``adapters.safetensors``) and what they fit (``adapter_config.json``)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.adapter_state_dict().items()}
+        meta = {
+            "model_class": type(self).__name__,
+            "hidden_size": self.config.hidden_size,
+            "num_recursions": self.config.num_recursions,
+            "adapter_reduction_factor": self.config.adapter_reduction_factor,
+            "num_labels": self.config.num_labels,
+            "id2label": {str(k): v for k, v in self.config.id2label.items()},
+            "problem_type": self.config.problem_type,
+        }
+        tmp = directory / (ADAPTER_WEIGHTS_NAME + ".tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(directory / ADAPTER_WEIGHTS_NAME)
+        (directory / ADAPTER_CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+        return directory / ADAPTER_WEIGHTS_NAME
+
+    def load_adapters(self, directory: str | Path) -> None:
+        """Load adapters + head saved by ``save_adapters`` onto this (base) model, strictly."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta_path = directory / ADAPTER_CONFIG_NAME
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path}: no adapter config (expected a folder written by save_adapters)")
+        meta = json.loads(meta_path.read_text())
+        for key in ("hidden_size", "num_recursions"):
+            if meta[key] != getattr(self.config, key):
+                raise ValueError(f"{meta_path}: {key}={meta[key]} but the base model has {getattr(self.config, key)}")
+        self.add_adapters(meta["adapter_reduction_factor"])
+        tensors = load_file(str(directory / ADAPTER_WEIGHTS_NAME))
+        expected = set(self.adapter_state_dict())
+        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        if missing or unexpected:
+            raise ValueError(f"{directory / ADAPTER_WEIGHTS_NAME}: missing keys {missing}, unexpected keys {unexpected}")
+        self.load_state_dict(tensors, strict=False)
+
+
+class MiniAlbertModel(MiniAlbertPreTrainedModel):
+    """Embeddings (+ projection) and the shared layer applied N times, with per-recursion adapters."""
+
+    def __init__(self, config: MiniAlbertConfig):
+        super().__init__(config)
+        self.embeddings = MiniAlbertEmbeddings(config)
+        self.embedding_projection = (
+            nn.Linear(config.embedding_size, config.hidden_size) if config.embedding_size != config.hidden_size else None
+        )
+        self.layer = MiniAlbertLayer(config)
+        self.adapters = (
+            nn.ModuleList(RecursionAdapters(config) for _ in range(config.num_recursions)) if config.use_adapters else None
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    @torch.no_grad()
+    def init_embeddings_from(self, source: nn.Module) -> None:
+        """Copy a BERT-family embedding module (word/position/token-type embeddings, LayerNorm) into this one.
+
+        The paper initialises a 312-wide student embedding from TinyBERT's. Shapes must match exactly.
+        """
+        for name, target in self.embeddings.state_dict().items():
+            src = source.state_dict().get(name)
+            if src is None or src.shape != target.shape:
+                got = None if src is None else tuple(src.shape)
+                raise ValueError(f"source embeddings: '{name}' has shape {got}, expected {tuple(target.shape)}")
+            target.copy_(src)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool | None = None,
+        **_: object,
+    ) -> BaseModelOutput:
+        # Maps are only computed when asked for; otherwise attention runs through SDPA.
+        key_mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (B, 1, 1, L)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, L, E)
+        if self.embedding_projection is not None:
+            x = self.embedding_projection(x)  # (B, L, H)
+        hidden_states, attentions = [x], []
+        for i in range(self.config.num_recursions):
+            if self.adapters is not None:
+                x = self.adapters[i].attention(x)
+            x, probs = self.layer.attention(x, key_mask, output_attentions)
+            if self.adapters is not None:
+                x = self.adapters[i].ffn(x)
+            x = self.layer.ffn(x)
+            hidden_states.append(x)
+            attentions.append(probs)
+        return BaseModelOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
+
+
+class MiniAlbertMLMHead(nn.Module):
+    """transform -> GELU -> LayerNorm -> decoder (untied, as in the original)."""
+
+    def __init__(self, config: MiniAlbertConfig):
+        super().__init__()
+        self.transform = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.LayerNorm(F.gelu(self.transform(x))))
+
+
+class MiniAlbertForMaskedLM(MiniAlbertPreTrainedModel):
+    _head_prefixes = ("mlm_head.",)
+
+    def __init__(self, config: MiniAlbertConfig):
+        super().__init__(config)
+        self.minialbert = MiniAlbertModel(config)
+        self.mlm_head = MiniAlbertMLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> None:
+        return None  # the decoder is not tied to the (narrower) word embeddings
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        logits_positions: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool | None = None,
+        **_: object,
+    ) -> MaskedLMOutput:
+        """``logits_positions``: optional (M,) flat indices into B*L; then logits are (M, V) for those positions
+        only (the masked ones in distillation), never a (B, L, V) tensor, and ``labels`` (B, L) are read there."""
+        out = self.minialbert(
+            input_ids, attention_mask, token_type_ids, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+        )
+        seq = out.last_hidden_state  # (B, L, H)
+        if logits_positions is not None:
+            seq = seq.reshape(-1, seq.shape[-1]).index_select(0, logits_positions)  # (M, H)
+        logits = self.mlm_head(seq)  # (B, L, V) or (M, V)
+        loss = None
+        if labels is not None:
+            targets = labels.reshape(-1) if logits_positions is None else labels.reshape(-1).index_select(0, logits_positions)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, ignore_index=-100)
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+def _classifier_dropout(config: MiniAlbertConfig) -> float:
+    p = config.classifier_dropout_prob
+    return config.hidden_dropout_prob if p is None else p
+
+
+class MiniAlbertForSequenceClassification(MiniAlbertPreTrainedModel):
+    """[CLS] hidden state of the last recursion -> dropout -> linear (no pooler, as the original)."""
+
+    _head_prefixes = ("classifier.",)
+
+    def __init__(self, config: MiniAlbertConfig):
+        super().__init__(config)
+        self.minialbert = MiniAlbertModel(config)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool | None = None,
+        **_: object,
+    ) -> SequenceClassifierOutput:
+        out = self.minialbert(
+            input_ids, attention_mask, token_type_ids, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+        )
+        logits = self.classifier(self.dropout(out.last_hidden_state[:, 0]))  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            problem = self.config.problem_type or (
+                "regression"
+                if self.config.num_labels == 1
+                else "single_label_classification"
+                if labels.dtype in (torch.long, torch.int)
+                else "multi_label_classification"
+            )
+            if problem == "regression":
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
+            elif problem == "single_label_classification":
+                loss = F.cross_entropy(logits.float(), labels.view(-1))
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+class MiniAlbertForTokenClassification(MiniAlbertPreTrainedModel):
+    _head_prefixes = ("classifier.",)
+
+    def __init__(self, config: MiniAlbertConfig):
+        super().__init__(config)
+        self.minialbert = MiniAlbertModel(config)
+        self.dropout = nn.Dropout(_classifier_dropout(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool | None = None,
+        **_: object,
+    ) -> TokenClassifierOutput:
+        out = self.minialbert(
+            input_ids, attention_mask, token_type_ids, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+        )
+        logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, L, num_labels)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
