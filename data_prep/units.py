@@ -1,0 +1,94 @@
+"""Units of work and their reports.
+
+A unit is one input file or one byte slice of a big uncompressed file (or one shard of a Hugging Face
+dataset). Units are independent: each is packed by one process into its own shard files, so a Slurm array
+task can run exactly one, and a re-run skips the units that finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+MAX_LISTED_BAD_RECORDS = 100  # per unit in the manifest; counts stay complete
+MAX_PRINTED_BAD_RECORDS = 20  # per unit on stderr
+
+
+class DataPrepError(ValueError):
+    """Bad input or settings; the CLI prints it as one line and exits non-zero."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    index: int
+    path: str  # absolute file path, or "hf:NAME" for a Hugging Face hub dataset
+    start: int = 0  # first byte (text/jsonl slice) or shard number (hub dataset)
+    end: int | None = None  # byte after the slice; None: to the end of the file
+
+    @property
+    def key(self) -> str:
+        """Stable name of the unit; seeds the per-document window sampling and the validation split."""
+        return f"{self.path}[{self.start}:{'' if self.end is None else self.end}]"
+
+    @property
+    def key_hash(self) -> int:
+        return int.from_bytes(hashlib.blake2b(self.key.encode(), digest_size=8).digest(), "little")
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "path": self.path, "start": self.start, "end": self.end}
+
+
+@dataclass
+class SourceReport:
+    """What happened to one unit's input: documents read, skipped (by reason), bad records with positions."""
+
+    unit: Unit
+    strict: bool = False
+    status: str = "ok"  # ok | truncated | corrupt
+    docs_read: int = 0
+    docs_skipped: Counter = field(default_factory=Counter)
+    bad_records: list = field(default_factory=list)
+    bad_record_count: int = 0
+
+    def skip(self, reason: str) -> None:
+        """A document that is legitimately absent from the output (no abstract, deleted, empty)."""
+        self.docs_skipped[reason] += 1
+
+    def bad(self, position: str, reason: str, document: bool = True) -> None:
+        """A record that could not be read; fatal with --strict, else skipped, counted and printed.
+
+        document=False: the bad record is not a document (e.g. an entity declaration in an XML header).
+        """
+        message = f"{self.unit.path}: {position}: {reason}"
+        if self.strict:
+            raise DataPrepError(message + " (--strict)")
+        self.bad_record_count += 1
+        if document:
+            self.docs_skipped["bad record"] += 1
+        if len(self.bad_records) < MAX_LISTED_BAD_RECORDS:
+            self.bad_records.append({"position": position, "reason": reason})
+        if self.bad_record_count <= MAX_PRINTED_BAD_RECORDS:
+            print(f"warning: skipped bad record: {message}", file=sys.stderr)
+
+    def broken_file(self, status: str, position: str, reason: str) -> None:
+        """The rest of the file is unreadable (truncated .gz, corrupt XML/Parquet); what was read is kept."""
+        message = f"{self.unit.path}: {position}: {reason}"
+        if self.strict:
+            raise DataPrepError(message + " (--strict)")
+        self.status = status
+        self.bad_record_count += 1
+        if len(self.bad_records) < MAX_LISTED_BAD_RECORDS:
+            self.bad_records.append({"position": position, "reason": reason})
+        print(f"warning: {status} file, rest skipped: {message}", file=sys.stderr)
+
+    def to_json(self) -> dict:
+        return {
+            **self.unit.to_json(),
+            "status": self.status,
+            "docs_read": self.docs_read,
+            "docs_skipped": dict(sorted(self.docs_skipped.items())),
+            "bad_record_count": self.bad_record_count,
+            "bad_records": self.bad_records,
+        }
