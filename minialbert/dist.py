@@ -1,0 +1,149 @@
+"""The only user of torch.distributed: ranks from the environment, collectives on small values, print0, seeding.
+
+Ranks come from RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT (set by the ``deepspeed`` launcher,
+``torchrun`` and ``slurm/pretrain.sh``), or from Slurm's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID. A plain
+``python`` process is rank 0 of 1. CPU runs (``DS_ACCELERATOR=cpu`` or no CUDA) use gloo, GPU runs nccl.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_rank0(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def use_cuda() -> bool:
+    return os.environ.get("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu") == "cuda"
+
+
+def init_distributed() -> DistContext:
+    env = os.environ
+    if "RANK" not in env and "SLURM_PROCID" in env and "MASTER_ADDR" in env:
+        env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
+        env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
+    if "RANK" not in env:
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0"))
+    if use_cuda():
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+        # Ranks sharing a CPU box split its cores instead of fighting over them.
+        local_world = int(env.get("LOCAL_WORLD_SIZE", env.get("SLURM_NTASKS_PER_NODE", world)) or 1)
+        threads = int(env.get("OMP_NUM_THREADS", "0")) or max(1, (os.cpu_count() or 1) // max(local_world, 1))
+        torch.set_num_threads(threads)
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return DistContext(rank, world, local, device)
+
+
+def barrier() -> None:
+    if tdist.is_initialized():
+        tdist.barrier()
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks of a small float tensor (a copy on CPU for gloo)."""
+    if not tdist.is_initialized() or tdist.get_world_size() == 1:
+        return values
+    backend = tdist.get_backend()
+    t = values.detach().float().to("cpu" if backend == "gloo" else values.device).clone()
+    tdist.all_reduce(t)
+    return t / tdist.get_world_size()
+
+
+def all_reduce_sum(value: float) -> float:
+    return float(all_reduce_mean(torch.tensor([float(value)])) * world_size())
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is True on any rank."""
+    return float(all_reduce_mean(torch.tensor([1.0 if flag else 0.0]))) > 0
+
+
+def all_gather_object(obj: object) -> list:
+    if not tdist.is_initialized() or tdist.get_world_size() == 1:
+        return [obj]
+    out: list = [None] * tdist.get_world_size()
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    if not tdist.is_initialized() or tdist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def world_size() -> int:
+    return tdist.get_world_size() if tdist.is_initialized() else 1
+
+
+def rank() -> int:
+    return tdist.get_rank() if tdist.is_initialized() else 0
+
+
+def print0(*args: object, **kwargs: object) -> None:
+    """Print on rank 0 only (stdout, flushed)."""
+    if rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def warn0(message: str) -> None:
+    if rank() == 0:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def seed_everything(seed: int, rank_: int) -> None:
+    """Same weights on every rank (seed), different dropout streams per rank (seed + rank after init)."""
+    random.seed(seed + rank_)
+    np.random.seed((seed + rank_) % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and use_cuda():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and use_cuda():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def destroy() -> None:
+    if tdist.is_initialized():
+        tdist.destroy_process_group()

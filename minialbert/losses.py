@@ -1,0 +1,104 @@
+"""Distillation losses: pure functions, outputs in, named loss terms out.
+
+Terms (weights default to the paper's 1, 3, 3, 5):
+  mlm        cross-entropy of the student's logits on the masked tokens (mean over masked tokens);
+  attention  KL(teacher || student) of the attention maps of each recursion and its mapped teacher layer;
+  hidden     1 - cosine of hidden states (each recursion's output vs its mapped teacher layer), mean over real tokens;
+  output     KL(teacher || student) of the MLM distributions at temperature T, times T^2, mean over masked tokens.
+Per-recursion attention and hidden terms are summed over recursions.
+
+Two modes, differing only in the attention term:
+  ``paper``    the original code exactly: ``KLDivLoss(reduction='mean')`` over the maps' rows of real query tokens
+               with 1e-12 added to both maps, i.e. the sum divided by heads x real tokens x L — every row's KL is
+               also divided by the sequence length L, which makes the term ~L times too small to matter.
+  ``default``  the KL of each row (a distribution over keys), averaged over heads and real query tokens.
+Everything else (the teacher's dropout, fixed in ``teacher.py``) is outside this module. Logits arrive only
+at the masked positions (M, V), for teacher and student alike; no masked_select copies are made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-12  # the original's epsilon in log(map + eps), and torch's in CosineEmbeddingLoss
+
+
+@dataclass
+class LossTerms:
+    total: torch.Tensor
+    mlm: torch.Tensor
+    attention: torch.Tensor
+    hidden: torch.Tensor
+    output: torch.Tensor
+    attention_per_recursion: torch.Tensor
+    """(N,)"""
+    hidden_per_recursion: torch.Tensor
+    """(N,)"""
+
+    def scalars(self) -> torch.Tensor:
+        """(5 + 2N,) float tensor: total, mlm, attention, hidden, output, per-recursion terms — for all-reduce."""
+        head = torch.stack([self.total, self.mlm, self.attention, self.hidden, self.output]).detach().float()
+        return torch.cat([head, self.attention_per_recursion.detach().float(), self.hidden_per_recursion.detach().float()])
+
+
+def attention_kl(s_probs: torch.Tensor, t_probs: torch.Tensor, row_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """KL(t || s) of attention maps (B, heads, L, L); rows of padded query tokens (row_mask (B, L) == 0) ignored."""
+    s, t = s_probs.float(), t_probs.float()
+    rows = row_mask.to(s.dtype)[:, None, :]  # (B, 1, L)
+    heads, seq = s.shape[1], s.shape[-1]
+    if mode == "paper":
+        t = t + EPS
+        row_kl = (t * (t.log() - (s + EPS).log())).sum(-1)  # (B, heads, L)
+        return (row_kl * rows).sum() / (heads * rows.sum() * seq)
+    row_kl = (torch.xlogy(t, t) - t * (s + EPS).log()).sum(-1)  # (B, heads, L)
+    return (row_kl * rows).sum() / (heads * rows.sum())
+
+
+def hidden_cosine(s_hidden: torch.Tensor, t_hidden: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens of 1 - cos(s, t), cos = <s,t> / sqrt((|s|^2 + eps)(|t|^2 + eps)) as in torch."""
+    s, t = s_hidden.float(), t_hidden.float()
+    cos = (s * t).sum(-1) / ((s.pow(2).sum(-1) + EPS) * (t.pow(2).sum(-1) + EPS)).sqrt()  # (B, L)
+    m = token_mask.to(cos.dtype)
+    return ((1 - cos) * m).sum() / m.sum()
+
+
+def output_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of (M, V) logits at temperature T, mean over the M positions, times T^2."""
+    m = max(s_logits.shape[0], 1)
+    s_log = F.log_softmax(s_logits.float() / temperature, dim=-1)
+    t_prob = F.softmax(t_logits.float() / temperature, dim=-1)
+    return F.kl_div(s_log, t_prob, reduction="sum") / m * temperature**2
+
+
+def mlm_cross_entropy(s_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the M masked positions; (M, V) logits, (M,) labels."""
+    return F.cross_entropy(s_logits.float(), labels, reduction="sum") / max(labels.shape[0], 1)
+
+
+def distillation_losses(
+    *,
+    student_hidden: list[torch.Tensor],
+    student_attentions: list[torch.Tensor],
+    student_logits: torch.Tensor,
+    teacher_hidden: list[torch.Tensor],
+    teacher_attentions: list[torch.Tensor],
+    teacher_logits: torch.Tensor | None,
+    attention_mask: torch.Tensor,
+    masked_labels: torch.Tensor,
+    weights: dict[str, float],
+    temperature: float = 1.0,
+    mode: str = "default",
+) -> LossTerms:
+    """All terms. ``student_hidden``: the N recursion outputs (not the embeddings); ``teacher_*``: the mapped
+    layers, in recursion order. ``teacher_logits`` None (an encoder-only teacher) turns the output term off."""
+    att = torch.stack([attention_kl(s, t, attention_mask, mode) for s, t in zip(student_attentions, teacher_attentions)])
+    hid = torch.stack([hidden_cosine(s, t, attention_mask) for s, t in zip(student_hidden, teacher_hidden)])
+    mlm = mlm_cross_entropy(student_logits, masked_labels)
+    out = output_kl(student_logits, teacher_logits, temperature) if teacher_logits is not None else mlm.new_zeros(())
+    total = weights["mlm"] * mlm + weights["attention"] * att.sum() + weights["hidden"] * hid.sum()
+    if teacher_logits is not None:
+        total = total + weights["output"] * out
+    return LossTerms(total, mlm, att.sum(), hid.sum(), out, att, hid)

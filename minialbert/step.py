@@ -1,0 +1,50 @@
+"""One distillation forward: teacher and student on the same batch, then every loss term.
+
+Shared by the training loop and the benchmark. Logits are computed only at the masked positions (flat
+indices into B*L, found with ``nonzero``), for teacher and student alike.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .losses import LossTerms, distillation_losses
+from .teacher import Teacher
+
+
+def masked_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(M,) flat indices of the positions whose label is not -100."""
+    return (labels.reshape(-1) != -100).nonzero().squeeze(1)
+
+
+def distillation_forward(
+    student: nn.Module,
+    teacher: Teacher,
+    batch: dict[str, torch.Tensor],
+    weights: dict[str, float],
+    temperature: float = 1.0,
+    mode: str = "default",
+) -> LossTerms:
+    """``student``: a MiniAlbertForMaskedLM (or an engine wrapping one); ``batch``: input_ids, attention_mask,
+    token_type_ids, labels (B, L)."""
+    ids, mask, types = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+    positions = masked_positions(batch["labels"])
+    t_out = teacher(ids, mask, types, logits_positions=positions if teacher.has_mlm_head else None)
+    s_out = student(
+        input_ids=ids, attention_mask=mask, token_type_ids=types, logits_positions=positions,
+        output_attentions=True, output_hidden_states=True,
+    )
+    return distillation_losses(
+        student_hidden=list(s_out.hidden_states[1:]),
+        student_attentions=list(s_out.attentions),
+        student_logits=s_out.logits,
+        teacher_hidden=t_out.hidden_states,
+        teacher_attentions=t_out.attentions,
+        teacher_logits=t_out.logits,
+        attention_mask=mask,
+        masked_labels=batch["labels"].reshape(-1).index_select(0, positions),
+        weights=weights,
+        temperature=temperature,
+        mode=mode,
+    )
