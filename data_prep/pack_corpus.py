@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mode", choices=("windows", "packed"), default="windows")
     p.add_argument("--seq-len", type=int, default=256, help="row length including special tokens")
-    p.add_argument("--stride", type=int, default=128, help="tokens between consecutive window starts")
+    p.add_argument("--stride", type=int, default=None,
+                   help="tokens between consecutive window starts (default: seq-len / 2, the paper's 128 for 256)")
     p.add_argument("--max-windows", type=int, default=10, help="at most k windows per document (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--validation-fraction", type=float, default=0.01, help="share of documents held out")
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hf-config", default=None, help="hub dataset config, e.g. 20231101.en")
     p.add_argument("--hf-split", default="train")
     p.add_argument("--shard-rows", type=int, default=65536, help="rows per Arrow shard file")
-    p.add_argument("--slice-mb", type=int, default=256, help="cut uncompressed text/jsonl files into units this big")
+    p.add_argument("--slice-mb", type=float, default=256, help="cut uncompressed text/jsonl files into units this big")
     p.add_argument("--workers", type=int, default=1, help="processes, each packing whole units")
     p.add_argument("--strict", action="store_true", help="a bad record is fatal instead of skipped")
     p.add_argument("--list-units", action="store_true", help="print the number of units and exit")
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def validate(args: argparse.Namespace) -> None:
+    if args.stride is None:
+        args.stride = args.seq_len // 2
     if args.seq_len < 8:
         raise DataPrepError(f"--seq-len {args.seq_len}: expected at least 8")
     if args.max_windows < 0:
@@ -214,14 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         validate(args)
-        units = plan_units(args.format, args.input, args.slice_mb << 20, args.hf_config, args.hf_split)
+        units = plan_units(args.format, args.input, int(args.slice_mb * (1 << 20)), args.hf_config, args.hf_split)
         if args.list_units:
             print(len(units))
             return 0
-        from data_prep.windowing import load_fast_tokenizer, tokenizer_info
+        from data_prep.windowing import Windower, load_fast_tokenizer
         from minialbert.data import tokenizer_fingerprint
 
-        tok_info = tokenizer_info(load_fast_tokenizer(args.tokenizer))
+        # Building a Windower here checks seq_len/stride against the tokenizer before anything is written.
+        tok_info = Windower(load_fast_tokenizer(args.tokenizer), args.seq_len, args.stride, args.max_windows,
+                            args.seed, args.mode, args.validation_fraction).info
         write_plan(args.out, make_plan(args, units, tok_info, tokenizer_fingerprint(args.tokenizer)))
         if args.unit_index is not None:
             first = args.unit_index * args.units_per_task

@@ -79,7 +79,7 @@ class Windower:
         self.content_len = seq_len - len(self.prefix) - len(self.suffix)
         if self.content_len < 1:
             raise DataPrepError(f"--seq-len {seq_len} leaves no room next to {len(self.prefix) + len(self.suffix)} special tokens")
-        if not 0 < stride <= self.content_len:
+        if mode == "windows" and not 0 < stride <= self.content_len:
             raise DataPrepError(f"--stride {stride}: expected 1..{self.content_len} (seq_len minus special tokens)")
         self.info = tokenizer_info(tokenizer)
         self.dtype = np.dtype(self.info["id_dtype"])
