@@ -15,7 +15,7 @@ from xml.parsers import expat
 from data_prep.sources import BROKEN_STREAM_ERRORS
 from data_prep.units import SourceReport, Unit
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 16  # decompressed bytes per parse step; a truncated .gz loses at most this much
 
 
 class _ArticleCollector:
