@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             print(len(units))
             return 0
         from data_prep.windowing import Windower, load_fast_tokenizer
-        from minialbert.data import tokenizer_fingerprint
+        from data_prep.fingerprint import tokenizer_fingerprint
 
         # Building a Windower here checks seq_len/stride against the tokenizer before anything is written.
         tok_info = Windower(load_fast_tokenizer(args.tokenizer), args.seq_len, args.stride, args.max_windows,

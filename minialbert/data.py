@@ -11,8 +11,8 @@ E = (rows of all sources) samples; source s gets a quota n_s proportional to its
 Position k of epoch e maps through a permutation of range(E) keyed by (seed, e) to a slot; slots are
 grouped by source, so the sources are interleaved uniformly at random with exact quotas. The j-th slot of
 source s in epoch e is its sample number e * n_s + j, which walks a permutation of the source's rows keyed by
-(seed, s, pass): an up-weighted source repeats only after a full pass, a down-weighted one continues where the
-previous epoch stopped. Permutations are Feistel networks over the index (O(1) memory, any size).
+(seed, s, pass): epoch e uses sample numbers [e * n_s, (e + 1) * n_s), so a down-weighted source continues
+where the previous epoch stopped and shows every row before repeating one. Permutations are Feistel networks over the index (O(1) memory, any size).
 
 Ranks. Each micro-step consumes the next world_size * micro_batch_size samples of the global sequence; rank r
 takes the r-th block of micro_batch_size. The state is the global sample count, so a run restored with another
@@ -32,48 +32,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+# Shared with data_prep (stdlib only): both sides hash a tokenizer folder the same way.
+from data_prep.fingerprint import tokenizer_fingerprint
+
 IGNORE_INDEX = -100
 _MASK64 = (1 << 64) - 1
-# Files that define a tokenizer's ids; model weights and configs in the same folder are not part of it.
-_VOCAB_FILES = ("vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
-_SPECIAL_KEYS = ("pad_token", "cls_token", "sep_token", "mask_token", "unk_token", "bos_token", "eos_token",
-                 "do_lower_case", "added_tokens_decoder")
-
-
-def tokenizer_fingerprint(tokenizer_dir: str) -> str:
-    """sha256 over the files that define the tokenizer's ids (no transformers import).
-
-    tokenizer.json is hashed without its truncation/padding settings (they do not change ids); from
-    tokenizer_config.json / special_tokens_map.json only the special tokens count. Model weights are ignored.
-    """
-    if not os.path.isdir(tokenizer_dir):
-        raise ValueError(f"{tokenizer_dir}: no such tokenizer folder")
-    h = hashlib.sha256()
-    found = False
-    tok_json = os.path.join(tokenizer_dir, "tokenizer.json")
-    if os.path.isfile(tok_json):
-        with open(tok_json, encoding="utf-8") as f:
-            spec = json.load(f)
-        spec.pop("truncation", None)
-        spec.pop("padding", None)
-        h.update(b"tokenizer.json\0" + json.dumps(spec, sort_keys=True).encode())
-        found = True
-    for name in _VOCAB_FILES:
-        path = os.path.join(tokenizer_dir, name)
-        if os.path.isfile(path) and not found:  # tokenizer.json already holds the vocabulary when present
-            with open(path, "rb") as f:
-                h.update(name.encode() + b"\0" + f.read())
-            found = True
-    if not found:
-        raise ValueError(f"{tokenizer_dir}: no tokenizer.json, vocab.txt or sentencepiece model")
-    special = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        path = os.path.join(tokenizer_dir, name)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                special.update({k: v for k, v in json.load(f).items() if k in _SPECIAL_KEYS})
-    h.update(json.dumps(special, sort_keys=True, default=str).encode())
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- permutations
