@@ -170,7 +170,7 @@ user=mysql
 datadir=$STATE/mysql
 socket=$STATE/run/mysql/mysqld.sock
 pid-file=$STATE/run/mysql/mariadbd.pid
-log-error=$STATE/log/mariadbd.log
+log-error=$STATE/log/mysql/mariadbd.log
 port=$DB_PORT
 bind-address=127.0.0.1
 skip-name-resolve
@@ -188,7 +188,7 @@ start_munge() {
     munge_works && return 0  # a munged already serves /run/munge (ours or the system's): use it
     [ -f /etc/munge/munge.key ] || runuser -u munge -- mungekey --create >/dev/null
     mkdir -p /run/munge && chown munge:munge /run/munge && chmod 755 /run/munge
-    runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid </dev/null >/dev/null 2>&1
+    runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid </dev/null >/dev/null 2>&1 9>&-
     record munged /run/munge/munged.pid
     wait_for 10 munge munge_works
 }
@@ -197,13 +197,13 @@ db() { mariadb --defaults-file="$STATE/etc/my.cnf" -uroot "$@"; }
 
 start_mariadb() {
     started_pid mariadbd >/dev/null && return 0
-    mkdir -p "$STATE/run/mysql" && chown mysql:mysql "$STATE/run/mysql"
+    mkdir -p "$STATE/run/mysql" "$STATE/log/mysql" && chown mysql:mysql "$STATE/run/mysql" "$STATE/log/mysql"
     if [ ! -d "$STATE/mysql/mysql" ]; then
         mkdir -p "$STATE/mysql" && chown mysql:mysql "$STATE/mysql"
         mariadb-install-db --defaults-file="$STATE/etc/my.cnf" --user=mysql \
             >"$STATE/log/mariadb-install.log" 2>&1 || die "mariadb-install-db failed; see $STATE/log"
     fi
-    setsid /usr/sbin/mariadbd --defaults-file="$STATE/etc/my.cnf" </dev/null >/dev/null 2>&1 &
+    setsid /usr/sbin/mariadbd --defaults-file="$STATE/etc/my.cnf" </dev/null >/dev/null 2>&1 9>&- &
     record mariadbd "$STATE/run/mysql/mariadbd.pid"
     wait_for 30 mariadb db -e "SELECT 1"
     # slurmdbd connects over TCP to 127.0.0.1; skip-name-resolve makes the host match by address.
@@ -213,7 +213,7 @@ start_mariadb() {
 
 start_slurmdbd() {
     started_pid slurmdbd >/dev/null && return 0
-    /usr/sbin/slurmdbd </dev/null >/dev/null 2>&1
+    /usr/sbin/slurmdbd </dev/null >/dev/null 2>&1 9>&-
     record slurmdbd "$STATE/run/slurmdbd.pid"
     wait_for 30 slurmdbd sacctmgr -n list cluster
     if ! sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER"; then
@@ -223,14 +223,14 @@ start_slurmdbd() {
 
 start_slurmctld() {
     started_pid slurmctld >/dev/null && return 0
-    /usr/sbin/slurmctld </dev/null >/dev/null 2>&1
+    /usr/sbin/slurmctld </dev/null >/dev/null 2>&1 9>&-
     record slurmctld "$STATE/run/slurmctld.pid"
     wait_for 30 slurmctld scontrol ping
 }
 
 start_slurmd() {
     started_pid slurmd >/dev/null && return 0
-    /usr/sbin/slurmd -N localhost </dev/null >/dev/null 2>&1
+    /usr/sbin/slurmd -N localhost </dev/null >/dev/null 2>&1 9>&-
     record slurmd "$STATE/run/slurmd.pid"
 }
 
@@ -252,7 +252,7 @@ cmd_start() {
     install_packages
     mkdir -p "$STATE"
     exec 9>"$STATE/.lock"
-    flock 9  # two test sessions starting at once share one cluster
+    flock 9  # two test sessions starting at once share one cluster; daemons get 9>&- so they never hold it
     if cluster_up; then
         log "already running ($STATE)"
         return 0

@@ -1,0 +1,61 @@
+"""Helpers for the Slurm tests: submit with ``sbatch``, read states from accounting (``sacct``, as submitit
+does), wait for a state with the job's output in the failure message."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CLUSTER_SH = Path(__file__).with_name("cluster.sh")
+REPO = Path(__file__).resolve().parents[2]
+FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+            "BOOT_FAIL", "DEADLINE"}
+
+
+@dataclass
+class SlurmCluster:
+    state_dir: Path
+
+    def log_tail(self, name: str = "slurmctld", lines: int = 30) -> str:
+        path = self.state_dir / "log" / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def sbatch(*args: str, env: dict | None = None, cwd: Path = REPO) -> str:
+    done = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=60)
+    assert done.returncode == 0, f"sbatch {' '.join(args)} failed: {done.stderr}"
+    return done.stdout.strip().split(";")[0]
+
+
+def job_state(job_id: str) -> str:
+    """The job's state from accounting ("RUNNING", "COMPLETED", ...; "" before slurmdbd knows the job).
+    For an array job, the state of its first task."""
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True,
+                         text=True, timeout=60).stdout.split()
+    return out[0] if out else ""
+
+
+def array_states(job_id: str) -> list[str]:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", job_id], capture_output=True,
+                         text=True, timeout=60).stdout.splitlines()
+    return [line.split("|")[1].split()[0] for line in out if line]
+
+
+def wait_for(condition, what: str, timeout: float, output: Path | None = None, poll: float = 1.0):
+    """Poll ``condition()`` until it returns a truthy value; on timeout fail with the job's output."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    text = output.read_text(errors="replace")[-4000:] if output is not None and output.exists() else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n--- job output ---\n{text}")
+
+
+def wait_finished(job_id: str, timeout: float, output: Path | None = None) -> str:
+    return wait_for(lambda: (s := job_state(job_id)) in FINISHED and s, f"job {job_id} to finish", timeout,
+                    output)
