@@ -1,0 +1,93 @@
+"""Command line: fine-tune and evaluate on GLUE or BioBERT-style NER, and tabulate the results.
+
+One process (CPU or one GPU; bf16 autocast where the device has it)::
+
+    python -m minialbert.finetune glue --task rte --model runs/student/export --data glue/ --lr 1e-4 3e-4 --seeds 1 2 3
+    python -m minialbert.finetune glue --task mrpc --model runs/student/export --data glue/ --adapters-only
+    python -m minialbert.finetune glue --task sst2 --model bert-base-uncased-folder --name bert-base
+    python -m minialbert.finetune ner --data biobert/NCBI-disease --model runs/student/export --epochs 5
+    python -m minialbert.finetune report runs/finetune > results.md
+
+On Slurm, wrap the same command in ``srun`` (one task, one GPU); runs are independent, so a grid over
+tasks is best submitted as a job array. Every run writes ``result.json``; every sweep ``summary.json``
+(layout: ``minialbert.finetune.sweep``). Bad input ends with one ``error: ...`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import InputError
+
+
+def add_training_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="MiniALBERT or any Hugging Face encoder folder (save_pretrained)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
+    p.add_argument("--name", help="row name in reports (default: the model folder's name)")
+    p.add_argument("--adapters-only", action="store_true",
+                   help="train only the adapters and the task head (MiniALBERT); saves only those weights")
+    p.add_argument("--lr", type=float, nargs="+",
+                   help="learning rate(s); several run a grid (default 5e-5, or 5e-4 with --adapters-only)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-batch-size", type=int, default=128)
+    p.add_argument("--seeds", type=int, nargs="+", default=[42], help="several seeds report mean ± std")
+    p.add_argument("--max-length", type=int, default=128, help="word pieces per sequence (capped by the model)")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--out", help="output folder (default runs/finetune/<kind>-<task>-<name>-<mode>)")
+    p.add_argument("--save", choices=["none", "best", "all"], default="best",
+                   help="keep the weights of no run, the single best run, or every run")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 autocast where the device supports it")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest for tiny models on a busy machine)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .glue import TASKS
+
+    parser = argparse.ArgumentParser(prog="python -m minialbert.finetune", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    glue = sub.add_parser("glue", help="fine-tune and evaluate on one GLUE task (validation split)")
+    glue.add_argument("--task", required=True, choices=list(TASKS))
+    glue.add_argument("--data", nargs="+",
+                      help="local data: a save_to_disk folder, a folder of split files, or files "
+                           "(train.tsv dev.tsv | split=path); default: the datasets hub")
+    add_training_flags(glue)
+    ner = sub.add_parser("ner", help="fine-tune on a BioBERT-layout NER folder; entity-level P/R/F1")
+    ner.add_argument("--data", required=True, help="folder with train.tsv, devel.tsv, test.tsv (token<TAB>label)")
+    ner.add_argument("--window-overlap", type=int, default=32,
+                     help="word pieces of context shared by consecutive windows of a long sentence")
+    add_training_flags(ner)
+    report = sub.add_parser("report", help="markdown table of the summaries found under the given folders")
+    report.add_argument("paths", nargs="+", help="summary.json files or folders searched recursively")
+    report.add_argument("--out", help="also write the table to this file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "glue":
+            from .glue import run_glue
+
+            run_glue(args)
+        elif args.command == "ner":
+            from .ner import run_ner
+
+            run_ner(args)
+        else:
+            from .report import run_report
+
+            run_report(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The learning-rate x seed sweep: one ``result.json`` per run, ``summary.json`` with mean ± std per rate.
+
+Layout under ``--out DIR``::
+
+    DIR/summary.json                      the sweep: per learning rate mean/std over seeds, the best rate
+    DIR/lr0.0003-seed1/result.json        one run: settings, parameter counts, metrics, timings
+    DIR/lr0.0003-seed1/adapters/          weights (--save best|all): adapters + head, or model/ for full tuning
+
+The best rate is the one with the highest mean score over seeds (score: the mean of the task's metrics on
+the selection split: GLUE validation, NER devel).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import InputError
+
+
+@dataclass
+class SweepSpec:
+    """What is swept and how it is labelled in reports."""
+
+    kind: str  # "glue" or "ner"
+    task: str  # GLUE task name or NER dataset name (a report column)
+    model: str  # the model folder
+    model_name: str  # a report row, with the mode
+    mode: str  # "full" or "adapters"
+    lrs: list[float]
+    seeds: list[int]
+    out: Path
+    save: str  # "none", "best" (the single best run's weights) or "all"
+    report_metrics: list[str]  # metric keys the report table shows, in order
+    settings: dict = field(default_factory=dict)  # epochs, batch size, ...: written into every JSON
+
+
+@dataclass
+class RunResult:
+    metrics: dict[str, float]
+    score: float  # higher is better; picks the learning rate and the best run
+    info: dict  # parameter counts, training statistics
+    save: Callable[[Path], Path]  # writes this run's weights into a folder, returns it
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Atomic: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def run_sweep(spec: SweepSpec, run_one: Callable[[float, int], RunResult], log: Callable[[str], None] = print) -> dict:
+    """Run every (lr, seed), write the JSON files, return the summary."""
+    spec.out.mkdir(parents=True, exist_ok=True)
+    header = {k: getattr(spec, k) for k in ("kind", "task", "model", "model_name", "mode")}
+    weights_name = "adapters" if spec.mode == "adapters" else "model"
+    grid, best_run, params = [], None, None
+    for lr in spec.lrs:
+        scores, per_metric = [], {}
+        for seed in spec.seeds:
+            run_dir = spec.out / f"lr{lr:g}-seed{seed}"
+            result = run_one(lr, seed)
+            params = params or result.info.get("params")
+            record = {**header, "lr": lr, "seed": seed, "settings": spec.settings, **result.info,
+                      "metrics": result.metrics, "score": result.score, "weights": None}
+            improves = best_run is None or result.score > best_run["score"]
+            if spec.save == "all" or (spec.save == "best" and improves):
+                record["weights"] = str(result.save(run_dir / weights_name))
+            write_json(run_dir / "result.json", record)
+            if improves:
+                if spec.save == "best" and best_run is not None:
+                    # Only now that the new best is on disk does the old one go.
+                    shutil.rmtree(best_run["weights"], ignore_errors=True)
+                    old = json.loads((best_run["dir"] / "result.json").read_text())
+                    write_json(best_run["dir"] / "result.json", {**old, "weights": None})
+                best_run = {"dir": run_dir, "score": result.score, "weights": record["weights"], "lr": lr, "seed": seed}
+            scores.append(result.score)
+            for k, v in result.metrics.items():
+                per_metric.setdefault(k, []).append(v)
+            shown = ", ".join(f"{k} {result.metrics[k]:.4f}" for k in spec.report_metrics)
+            log(f"{spec.task} | {spec.model_name} | {spec.mode} | lr {lr:g} seed {seed}: {shown}")
+        grid.append({
+            "lr": lr, "seeds": list(spec.seeds),
+            "mean": {k: statistics.fmean(v) for k, v in per_metric.items()},
+            "std": {k: _std(v) for k, v in per_metric.items()},
+            "score_mean": statistics.fmean(scores), "score_std": _std(scores),
+        })
+    best = max(grid, key=lambda g: g["score_mean"])
+    summary = {**header, "report_metrics": spec.report_metrics, "settings": spec.settings, "params": params,
+               "grid": grid, "best": best,
+               "best_run": {k: str(v) if isinstance(v, Path) else v for k, v in best_run.items()}}
+    write_json(spec.out / "summary.json", summary)
+    shown = ", ".join(f"{k} {best['mean'][k]:.4f} ± {best['std'][k]:.4f}" for k in spec.report_metrics)
+    log(f"{spec.task} | {spec.model_name} | {spec.mode} | best lr {best['lr']:g} over {len(spec.seeds)} seed(s): {shown}")
+    log(f"wrote {spec.out / 'summary.json'}")
+    return summary
+
+
+# ----- from command-line arguments to a sweep -------------------------------------------------------------------
+DEFAULT_LR = {"full": [5e-5], "adapters": [5e-4]}  # adapters start from scratch and want a larger rate
+
+
+def make_spec(args, kind: str, task: str, report_metrics: list[str]) -> SweepSpec:
+    """The sweep the shared flags describe (see ``__main__.add_training_flags``)."""
+    if not (Path(args.model) / "config.json").is_file():
+        raise InputError(f"{args.model}: not a model folder (expected config.json and weights from save_pretrained)")
+    mode = "adapters" if args.adapters_only else "full"
+    name = args.name or Path(args.model).resolve().name
+    lrs = args.lr or DEFAULT_LR[mode]
+    out = Path(args.out) if args.out else Path("runs/finetune") / f"{kind}-{task}-{name}-{mode}"
+    settings = {"epochs": args.epochs, "batch_size": args.batch_size, "max_length": args.max_length,
+                "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio}
+    return SweepSpec(kind=kind, task=task, model=str(args.model), model_name=name, mode=mode, lrs=lrs,
+                     seeds=args.seeds, out=out, save=args.save, report_metrics=report_metrics, settings=settings)
+
+
+def make_runner(args, spec: SweepSpec, head: str, id2label: dict[int, str], regression: bool, tokenizer,
+                train_features: dict[str, list], evaluate: Callable) -> Callable[[float, int], RunResult]:
+    """``run_one(lr, seed)``: fresh head from the model folder, train, ``evaluate(model, device, dtype)``.
+
+    ``evaluate`` returns ``(metrics, score)``.
+    """
+    import torch
+    from transformers import set_seed
+    from transformers.utils import logging as hf_logging
+
+    from .training import TrainConfig, build_model, pick_autocast, pick_device, save_weights, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    dtype = pick_autocast(args.precision, device)
+    spec.settings.update(device=str(device), precision="bf16" if dtype is not None else "fp32",
+                         train_examples=len(train_features["input_ids"]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    logged = []
+
+    def run_one(lr: float, seed: int) -> RunResult:
+        set_seed(seed)  # the fresh head's initialisation depends on the seed too
+        verbosity = hf_logging.get_verbosity()
+        if logged:  # the load report (fresh head, unused MLM head) is worth reading once, not once per run
+            hf_logging.set_verbosity_error()
+        try:
+            model, counts = build_model(args.model, head, id2label, regression, args.adapters_only)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if not logged:
+            logged.append(True)
+            print(f"{spec.model_name} ({spec.mode}): {counts['trainable']:,} trainable parameters, "
+                  f"{counts['frozen']:,} frozen; {device}, {spec.settings['precision']}")
+        cfg = TrainConfig(lr=lr, epochs=args.epochs, batch_size=args.batch_size, seed=seed, device=device,
+                          autocast_dtype=dtype, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
+                          progress=not args.no_progress, desc=f"{spec.task} lr={lr:g} seed={seed}")
+        stats = train(model, train_features, cfg, pad_id)
+        metrics, score = evaluate(model, device, dtype, pad_id)
+        return RunResult(metrics=metrics, score=score, info={"params": counts, **stats},
+                         save=lambda d: save_weights(model, tokenizer, d, args.adapters_only))
+
+    return run_one
