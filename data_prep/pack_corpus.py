@@ -98,12 +98,16 @@ _windower = None
 _progress = None
 
 
-def _init_worker(args: argparse.Namespace, progress) -> None:
-    global _windower, _progress
+def build_windower(args: argparse.Namespace):
     from data_prep.windowing import Windower, load_fast_tokenizer
 
-    _windower = Windower(load_fast_tokenizer(args.tokenizer), args.seq_len, args.stride, args.max_windows,
-                         args.seed, args.mode, args.validation_fraction)
+    return Windower(load_fast_tokenizer(args.tokenizer), args.seq_len, args.stride, args.max_windows, args.seed,
+                    args.mode, args.validation_fraction)
+
+
+def _init_worker(args: argparse.Namespace, progress, windower=None) -> None:
+    global _windower, _progress
+    _windower = windower if windower is not None else build_windower(args)
     _progress = progress
 
 
@@ -153,7 +157,7 @@ def _pack_unit_in_worker(job):
         return unit.index, None, str(e)
 
 
-def run_units(args: argparse.Namespace, units: list[Unit]) -> None:
+def run_units(args: argparse.Namespace, units: list[Unit], windower=None) -> None:
     """Pack the given units (skipping finished ones) with a progress bar showing docs/s and tokens/s."""
     pending = [u for u in units if not os.path.isfile(unit_record_path(args.out, u.index))]
     if len(pending) < len(units):
@@ -165,7 +169,7 @@ def run_units(args: argparse.Namespace, units: list[Unit]) -> None:
     bar = _ProgressBar(progress, len(pending), disable=args.no_progress)
     try:
         if args.workers == 1:
-            _init_worker(args, progress)
+            _init_worker(args, progress, windower)
             for unit in pending:
                 pack_unit(args, unit)
                 bar.unit_done()
@@ -221,20 +225,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.list_units:
             print(len(units))
             return 0
-        from data_prep.windowing import Windower, load_fast_tokenizer
         from data_prep.fingerprint import tokenizer_fingerprint
 
-        # Building a Windower here checks seq_len/stride against the tokenizer before anything is written.
-        tok_info = Windower(load_fast_tokenizer(args.tokenizer), args.seq_len, args.stride, args.max_windows,
-                            args.seed, args.mode, args.validation_fraction).info
-        write_plan(args.out, make_plan(args, units, tok_info, tokenizer_fingerprint(args.tokenizer)))
+        # Building a Windower here checks seq_len/stride against the tokenizer before anything is written;
+        # a single-process run then uses it (workers build their own after the fork).
+        windower = build_windower(args)
+        write_plan(args.out, make_plan(args, units, windower.info, tokenizer_fingerprint(args.tokenizer)))
         if args.unit_index is not None:
             first = args.unit_index * args.units_per_task
             if not 0 <= first < len(units):
                 raise DataPrepError(f"--unit-index {args.unit_index}: expected 0..{-(-len(units) // args.units_per_task) - 1}")
-            run_units(args, units[first:first + args.units_per_task])
+            run_units(args, units[first:first + args.units_per_task], windower)
             return 0
-        run_units(args, units)
+        run_units(args, units, windower)
         manifest = merge_manifests(args.out)
     except DataPrepError as e:
         print(f"error: {e}", file=sys.stderr)

