@@ -259,6 +259,11 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
         raise ConfigError(f"{path}: {err}" if path else str(err)) from None
 
 
+def run_config_from_yaml(text: str) -> RunConfig:
+    """The config written by ``dump_run_config`` (e.g. a run dir's config.yaml or a checkpoint's meta)."""
+    return _build(RunConfig, yaml.safe_load(text), "")
+
+
 def config_to_dict(cfg: RunConfig) -> dict:
     return dataclasses.asdict(cfg)
 

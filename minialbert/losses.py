@@ -44,38 +44,45 @@ class LossTerms:
         return torch.cat([head, self.attention_per_recursion.detach().float(), self.hidden_per_recursion.detach().float()])
 
 
-def attention_kl(s_probs: torch.Tensor, t_probs: torch.Tensor, row_mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """KL(t || s) of attention maps (B, heads, L, L); rows of padded query tokens (row_mask (B, L) == 0) ignored."""
+def attention_kl(s_probs: torch.Tensor, t_probs: torch.Tensor, row_mask: torch.Tensor, mode: str,
+                 num_tokens: float | None = None) -> torch.Tensor:
+    """KL(t || s) of attention maps (B, heads, L, L); rows of padded query tokens (row_mask (B, L) == 0) ignored.
+
+    ``num_tokens``: the real-token count to average over (default: this batch's)."""
     s, t = s_probs.float(), t_probs.float()
     rows = row_mask.to(s.dtype)[:, None, :]  # (B, 1, L)
     heads, seq = s.shape[1], s.shape[-1]
+    tokens = rows.sum() if num_tokens is None else num_tokens
     if mode == "paper":
         t = t + EPS
         row_kl = (t * (t.log() - (s + EPS).log())).sum(-1)  # (B, heads, L)
-        return (row_kl * rows).sum() / (heads * rows.sum() * seq)
+        return (row_kl * rows).sum() / (heads * tokens * seq)
     row_kl = (torch.xlogy(t, t) - t * (s + EPS).log()).sum(-1)  # (B, heads, L)
-    return (row_kl * rows).sum() / (heads * rows.sum())
+    return (row_kl * rows).sum() / (heads * tokens)
 
 
-def hidden_cosine(s_hidden: torch.Tensor, t_hidden: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+def hidden_cosine(s_hidden: torch.Tensor, t_hidden: torch.Tensor, token_mask: torch.Tensor,
+                  num_tokens: float | None = None) -> torch.Tensor:
     """Mean over real tokens of 1 - cos(s, t), cos = <s,t> / sqrt((|s|^2 + eps)(|t|^2 + eps)) as in torch."""
     s, t = s_hidden.float(), t_hidden.float()
     cos = (s * t).sum(-1) / ((s.pow(2).sum(-1) + EPS) * (t.pow(2).sum(-1) + EPS)).sqrt()  # (B, L)
     m = token_mask.to(cos.dtype)
-    return ((1 - cos) * m).sum() / m.sum()
+    return ((1 - cos) * m).sum() / (m.sum() if num_tokens is None else num_tokens)
 
 
-def output_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def output_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float,
+              num_masked: float | None = None) -> torch.Tensor:
     """KL(teacher || student) of (M, V) logits at temperature T, mean over the M positions, times T^2."""
-    m = max(s_logits.shape[0], 1)
+    m = max(s_logits.shape[0], 1) if num_masked is None else num_masked
     s_log = F.log_softmax(s_logits.float() / temperature, dim=-1)
     t_prob = F.softmax(t_logits.float() / temperature, dim=-1)
     return F.kl_div(s_log, t_prob, reduction="sum") / m * temperature**2
 
 
-def mlm_cross_entropy(s_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def mlm_cross_entropy(s_logits: torch.Tensor, labels: torch.Tensor, num_masked: float | None = None) -> torch.Tensor:
     """Mean cross-entropy over the M masked positions; (M, V) logits, (M,) labels."""
-    return F.cross_entropy(s_logits.float(), labels, reduction="sum") / max(labels.shape[0], 1)
+    m = max(labels.shape[0], 1) if num_masked is None else num_masked
+    return F.cross_entropy(s_logits.float(), labels, reduction="sum") / m
 
 
 def distillation_losses(
@@ -91,13 +98,21 @@ def distillation_losses(
     weights: dict[str, float],
     temperature: float = 1.0,
     mode: str = "default",
+    num_tokens: float | None = None,
+    num_masked: float | None = None,
 ) -> LossTerms:
     """All terms. ``student_hidden``: the N recursion outputs (not the embeddings); ``teacher_*``: the mapped
-    layers, in recursion order. ``teacher_logits`` None (an encoder-only teacher) turns the output term off."""
-    att = torch.stack([attention_kl(s, t, attention_mask, mode) for s, t in zip(student_attentions, teacher_attentions)])
-    hid = torch.stack([hidden_cosine(s, t, attention_mask) for s, t in zip(student_hidden, teacher_hidden)])
-    mlm = mlm_cross_entropy(student_logits, masked_labels)
-    out = output_kl(student_logits, teacher_logits, temperature) if teacher_logits is not None else mlm.new_zeros(())
+    layers, in recursion order. ``teacher_logits`` None (an encoder-only teacher) turns the output term off.
+
+    ``num_tokens`` / ``num_masked``: the real-token and masked-token counts the means divide by (default: this
+    batch's). Gradient accumulation passes the whole global batch's counts divided by the number of micro-batches,
+    so that the accumulated gradient is that of one mean over the global batch, whatever its split."""
+    att = torch.stack([attention_kl(s, t, attention_mask, mode, num_tokens)
+                       for s, t in zip(student_attentions, teacher_attentions)])
+    hid = torch.stack([hidden_cosine(s, t, attention_mask, num_tokens) for s, t in zip(student_hidden, teacher_hidden)])
+    mlm = mlm_cross_entropy(student_logits, masked_labels, num_masked)
+    out = (output_kl(student_logits, teacher_logits, temperature, num_masked) if teacher_logits is not None
+           else mlm.new_zeros(()))
     total = weights["mlm"] * mlm + weights["attention"] * att.sum() + weights["hidden"] * hid.sum()
     if teacher_logits is not None:
         total = total + weights["output"] * out

@@ -25,9 +25,11 @@ def distillation_forward(
     weights: dict[str, float],
     temperature: float = 1.0,
     mode: str = "default",
+    num_tokens: float | None = None,
+    num_masked: float | None = None,
 ) -> LossTerms:
     """``student``: a MiniAlbertForMaskedLM (or an engine wrapping one); ``batch``: input_ids, attention_mask,
-    token_type_ids, labels (B, L)."""
+    token_type_ids, labels (B, L). ``num_tokens`` / ``num_masked``: see ``distillation_losses``."""
     ids, mask, types = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
     positions = masked_positions(batch["labels"])
     t_out = teacher(ids, mask, types, logits_positions=positions if teacher.has_mlm_head else None)
@@ -47,4 +49,6 @@ def distillation_forward(
         weights=weights,
         temperature=temperature,
         mode=mode,
+        num_tokens=num_tokens,
+        num_masked=num_masked,
     )

@@ -1,0 +1,109 @@
+"""Checkpoints of a run dir: ``RUN_DIR/checkpoints/step_XXXXXXXX/`` plus a ``latest`` pointer.
+
+Each checkpoint holds the engine's ZeRO shards (DeepSpeed's layout, so its tools work on it), one
+``trainer_state_rank{r}.pt`` per rank (data-reader state, RNG states) and ``meta.json`` (step, tokens seen, world
+size, loss scale, the resolved config). Saving is collective; ``latest`` moves only after every rank has
+finished writing, atomically, so a crash in the middle of a save leaves the previous checkpoint latest and
+loadable. The last k checkpoints are kept. The teacher is never in a checkpoint (it is not in the engine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import dist, engine as ds
+
+LATEST = "latest"
+META = "meta.json"
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def latest_tag(run_dir: str | Path) -> str | None:
+    pointer = checkpoint_root(run_dir) / LATEST
+    return pointer.read_text().strip() if pointer.is_file() else None
+
+
+def read_meta(run_dir: str | Path, tag: str) -> dict:
+    path = checkpoint_root(run_dir) / tag / META
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint metadata missing (incomplete checkpoint)")
+    return json.loads(path.read_text())
+
+
+def save(engine, run_dir: str | Path, step: int, meta: dict, rank_state: dict, keep_last: int) -> str:
+    """Collective save of step ``step``. ``meta`` is written by rank 0, ``rank_state`` by every rank."""
+    root = checkpoint_root(run_dir)
+    tag = tag_for(step)
+    if dist.rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        if (root / tag).exists() and latest_tag(run_dir) != tag:
+            shutil.rmtree(root / tag)  # left half-written by a crash
+    dist.barrier()
+    ds.save_shards(engine, root, tag)
+    state_path = root / tag / f"trainer_state_rank{dist.rank()}.pt"
+    tmp = state_path.with_name(state_path.name + ".tmp")
+    torch.save(rank_state, tmp)
+    os.replace(tmp, state_path)
+    if dist.rank() == 0:
+        _atomic_write(root / tag / META, json.dumps({**meta, "step": step, "world_size": dist.world_size()}, indent=2))
+    dist.barrier()  # every rank has written everything: now the pointer may move
+    if dist.rank() == 0:
+        _atomic_write(root / LATEST, tag + "\n")
+        _prune(root, keep_last)
+    dist.barrier()
+    return tag
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    tags = sorted(p.name for p in root.glob("step_*") if p.is_dir() and not p.name.endswith("_universal"))
+    for tag in tags[:-keep_last]:
+        for path in (root / tag, root / f"{tag}_universal"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def resume_tag(run_dir: str | Path) -> tuple[str, dict] | None:
+    """(tag, meta) of the checkpoint to resume from, or None when the run dir has none."""
+    tag = latest_tag(run_dir)
+    return None if tag is None else (tag, read_meta(run_dir, tag))
+
+
+def load(engine, run_dir: str | Path, tag: str, meta: dict) -> dict:
+    """Load engine shards (through the universal format when the rank count changed) and this rank's state.
+
+    Returns this rank's trainer state (rank 0's when the run had fewer ranks; then RNG streams are new)."""
+    root = checkpoint_root(run_dir)
+    load_tag = f"{tag}_universal" if meta["world_size"] != dist.world_size() else tag
+    ds.load_shards(engine, root, load_tag)
+    own = root / tag / f"trainer_state_rank{dist.rank()}.pt"
+    state = torch.load(own if own.is_file() else root / tag / "trainer_state_rank0.pt", weights_only=False)
+    if meta["world_size"] != dist.world_size():
+        state.pop("rng", None)
+    return state
+
+
+def prepare_universal(run_dir: str | Path, tag: str, meta: dict) -> bool:
+    """Before ``initialize``: when the rank count changed, convert ``tag`` (rank 0) and say so (every rank)."""
+    if meta["world_size"] == dist.world_size():
+        return False
+    if dist.rank() == 0:
+        ds.convert_to_universal(checkpoint_root(run_dir), tag)
+    dist.barrier()
+    return True

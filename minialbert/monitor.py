@@ -1,0 +1,115 @@
+"""Run monitoring on rank 0: TensorBoard (``RUN_DIR/tensorboard``), ``metrics.jsonl``, throughput and MFU.
+
+Other ranks get a monitor that does nothing. A resumed run continues the same step axis: ``metrics.jsonl`` is cut
+back to the checkpoint's step and TensorBoard purges events after it, so no step is missing or doubled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+METRICS = "metrics.jsonl"
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak GPU memory of this process, or its peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop records after ``last_step`` (logged by a run that died before its next checkpoint)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+class Monitor:
+    def __init__(self, run_dir: str | Path, start_step: int, hparams: dict, flops_per_step: float | None,
+                 peak_flops: float | None, world_size: int, device: torch.device):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        self.metrics_path = self.run_dir / METRICS
+        truncate_metrics(self.metrics_path, start_step)
+        self.metrics = self.metrics_path.open("a")
+        # purge_step hides events at steps > start_step written by a run that crashed after its checkpoint.
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
+        self.flops_per_step, self.peak_flops, self.world_size, self.device = flops_per_step, peak_flops, world_size, device
+        if start_step == 0:
+            self._write_hparams(hparams)
+        self.last_time = time.perf_counter()
+
+    def _write_hparams(self, hparams: dict) -> None:
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
+        exp, ssi, sei = hparams_summary(flat, {"loss/total": 0.0})
+        for summary in (exp, ssi, sei):
+            self.writer.file_writer.add_summary(summary)
+        self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in flat.items()), 0)
+
+    def restart_clock(self) -> None:
+        self.last_time = time.perf_counter()
+
+    def log_step(self, step: int, record: dict, per_recursion: dict[str, list[float]], samples: int, epoch: int) -> dict:
+        """Write one optimizer step. ``record`` has loss_*, lr, grad_norm, tokens (cumulative), step_tokens, loss_scale."""
+        now = time.perf_counter()
+        dt, self.last_time = max(now - self.last_time, 1e-9), now
+        tokens_per_s = record.pop("step_tokens") / dt
+        record.update(step=step, tokens_per_s=tokens_per_s, samples_per_s=samples / dt, epoch=epoch,
+                      peak_mem_gb=peak_memory_gb(self.device))
+        if self.flops_per_step:
+            achieved = self.flops_per_step / dt
+            record["tflops"] = achieved / 1e12
+            if self.peak_flops:
+                record["mfu"] = achieved / (self.peak_flops * self.world_size)
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        w = self.writer
+        for name in ("total", "mlm", "attention", "hidden", "output"):
+            w.add_scalar(f"loss/{name}", record["loss" if name == "total" else f"loss_{name}"], step)
+        for name, values in per_recursion.items():
+            for i, v in enumerate(values):
+                w.add_scalar(f"loss/{name}_recursion_{i}", v, step)
+        w.add_scalar("train/lr", record["lr"], step)
+        w.add_scalar("train/grad_norm", record["grad_norm"], step)
+        if record.get("loss_scale") is not None:
+            w.add_scalar("train/loss_scale", record["loss_scale"], step)
+        w.add_scalar("perf/samples_per_s", record["samples_per_s"], step)
+        w.add_scalar("perf/tokens_per_s", tokens_per_s, step)
+        if "tflops" in record:
+            w.add_scalar("perf/tflops", record["tflops"], step)
+        if "mfu" in record:
+            w.add_scalar("perf/mfu", record["mfu"], step)
+        w.add_scalar("mem/peak_gb", record["peak_mem_gb"], step)
+        w.add_scalar("data/epoch", epoch, step)
+        return record
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+        self.metrics.close()
+
+
+class NullMonitor:
+    """What ranks other than 0 hold: every call does nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def make_monitor(is_rank0: bool, *args, **kwargs) -> Monitor | NullMonitor:
+    return Monitor(*args, **kwargs) if is_rank0 else NullMonitor()
