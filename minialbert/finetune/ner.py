@@ -1,0 +1,210 @@
+"""Named-entity recognition in the BioBERT layout, with entity-level precision/recall/F1 (seqeval).
+
+    python -m minialbert.finetune ner --data biobert/NCBI-disease --model runs/student/export --epochs 5
+
+``--data`` holds ``train.tsv``, ``devel.tsv`` (or ``dev.tsv``) and ``test.tsv``: one ``token<TAB>label`` per
+line, a blank line between sentences (``-DOCSTART-`` lines also end a sentence). Labels are IOB tags, typed
+(``B-Disease``) or bare (``B``, as BioBERT ships them). The label set is train's; a devel/test label that train
+never shows is an error naming its file and line (the head could never predict it).
+
+Each word is labelled on its first word piece (later pieces and special tokens get -100). A sentence longer
+than the model's limit is cut at word boundaries into windows of at most ``max_length - 2`` pieces, each
+sharing up to ``--window-overlap`` pieces of context with the next; every word is then predicted from the
+window where it sits farthest from a cut. The learning rate is chosen on devel F1; test P/R/F1 are reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import InputError
+
+SPLIT_FILES = {"train": ("train.tsv",), "devel": ("devel.tsv", "dev.tsv"), "test": ("test.tsv",)}
+
+
+@dataclass
+class Sentence:
+    words: list[str]
+    labels: list[str]
+    lines: list[int]  # line number of each word in its file, for error messages
+
+
+@dataclass
+class Window:
+    """Words ``[start, end)`` of one sentence, encoded as one sequence."""
+
+    sentence: int
+    start: int
+    end: int
+    first_piece: list[int]  # (end - start,) position of each word's first piece in the window's input_ids
+
+
+def read_tsv(path: Path) -> list[Sentence]:
+    """Sentences of a ``token<TAB>label`` file; a malformed line is an error naming file and line."""
+    sentences, cur = [], Sentence([], [], [])
+
+    def close():
+        nonlocal cur
+        if cur.words:
+            sentences.append(cur)
+        cur = Sentence([], [], [])
+
+    try:
+        with path.open(encoding="utf-8") as f:
+            for lineno, raw in enumerate(f, 1):
+                line = raw.rstrip("\r\n")
+                if not line.strip():
+                    close()
+                    continue
+                fields = line.split("\t")
+                if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
+                    raise InputError(f"{path}:{lineno}: expected 'token<TAB>label', got {line[:80]!r}")
+                word, label = fields[0].strip(), fields[1].strip()
+                if word == "-DOCSTART-":
+                    close()
+                    continue
+                cur.words.append(word)
+                cur.labels.append(label)
+                cur.lines.append(lineno)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    close()
+    if not sentences:
+        raise InputError(f"{path}: no sentences (expected 'token<TAB>label' lines)")
+    return sentences
+
+
+def load_ner(folder: Path) -> tuple[dict[str, list[Sentence]], list[str]]:
+    """``({"train": [...], "devel": [...], "test": [...]}, labels)``; labels from train, "O" first."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder (expected train.tsv, devel.tsv, test.tsv)")
+    splits, files = {}, {}
+    for split, names in SPLIT_FILES.items():
+        path = next((folder / n for n in names if (folder / n).is_file()), None)
+        if path is None:
+            raise InputError(f"{folder}: no {names[0]} (BioBERT NER layout: train.tsv, devel.tsv, test.tsv "
+                             "with token<TAB>label lines)")
+        splits[split], files[split] = read_tsv(path), path
+    seen = {lab for s in splits["train"] for lab in s.labels}
+    labels = sorted(seen, key=lambda lab: (lab != "O", lab))
+    for split in ("devel", "test"):
+        for sent in splits[split]:
+            for lab, line in zip(sent.labels, sent.lines):
+                if lab not in seen:
+                    raise InputError(f"{files[split]}:{line}: label '{lab}' never occurs in {files['train'].name} "
+                                     f"(its labels: {labels})")
+    return splits, labels
+
+
+def plan_windows(piece_counts: list[int], limit: int, overlap: int) -> list[tuple[int, int]]:
+    """Cut a sentence (pieces per word) into word ranges of at most ``limit`` pieces each.
+
+    Consecutive windows share whole words worth at most ``overlap`` pieces; every word is in some window;
+    each window starts after the previous one (progress is guaranteed even when a word alone fills a window).
+    """
+    n, windows, start = len(piece_counts), [], 0
+    while True:
+        end, total = start, 0
+        while end < n and total + piece_counts[end] <= limit:
+            total += piece_counts[end]
+            end += 1
+        end = max(end, start + 1)  # a single word longer than the window: its pieces are cut to the limit
+        windows.append((start, end))
+        if end >= n:
+            return windows
+        nxt, shared = end, 0
+        while nxt - 1 > start and shared + piece_counts[nxt - 1] <= overlap:
+            nxt -= 1
+            shared += piece_counts[nxt]
+        start = nxt
+
+
+def encode_ner(sentences: list[Sentence], tokenizer, label2id: dict[str, int], max_length: int, overlap: int
+               ) -> tuple[dict[str, list], list[Window]]:
+    """Features (one per window) with labels on first pieces only, and the windows to rejoin predictions."""
+    limit = max_length - 2  # room for [CLS] ... [SEP]
+    enc = tokenizer([s.words for s in sentences], is_split_into_words=True, add_special_tokens=False)
+    features = {"input_ids": [], "labels": []}
+    windows = []
+    for i, sent in enumerate(sentences):
+        pieces = [[] for _ in sent.words]
+        for piece, word in zip(enc["input_ids"][i], enc.word_ids(i)):
+            pieces[word].append(piece)
+        # A word the tokenizer drops entirely (control characters) still needs a position for its label.
+        pieces = [(p or [tokenizer.unk_token_id])[:limit] for p in pieces]
+        for start, end in plan_windows([len(p) for p in pieces], limit, overlap):
+            ids, labels, first = [tokenizer.cls_token_id], [-100], []
+            for w in range(start, end):
+                first.append(len(ids))
+                ids.extend(pieces[w])
+                labels.extend([label2id[sent.labels[w]]] + [-100] * (len(pieces[w]) - 1))
+            ids.append(tokenizer.sep_token_id)
+            labels.append(-100)
+            features["input_ids"].append(ids)
+            features["labels"].append(labels)
+            windows.append(Window(i, start, end, first))
+    if "token_type_ids" in tokenizer.model_input_names:
+        features["token_type_ids"] = [[0] * len(ids) for ids in features["input_ids"]]
+    return features, windows
+
+
+def rejoin(windows: list[Window], logits: list[np.ndarray], lengths: list[int]) -> list[list[int]]:
+    """Per sentence, per word: the label id predicted where the word has the most context on both sides."""
+    preds = [[-1] * n for n in lengths]
+    margin = [[-1.0] * n for n in lengths]
+    for win, scores in zip(windows, logits):  # scores: (window length, num_labels)
+        n = lengths[win.sentence]
+        for k, w in enumerate(range(win.start, win.end)):
+            left = w - win.start if win.start > 0 else float("inf")  # a sentence edge is not a cut
+            right = win.end - 1 - w if win.end < n else float("inf")
+            if min(left, right) > margin[win.sentence][w]:
+                margin[win.sentence][w] = min(left, right)
+                preds[win.sentence][w] = int(scores[win.first_piece[k]].argmax())
+    return preds
+
+
+def entity_scores(true: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
+    """Entity-level micro precision/recall/F1 (seqeval, conlleval rules)."""
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    return {"precision": float(precision_score(true, pred, zero_division=0)),
+            "recall": float(recall_score(true, pred, zero_division=0)),
+            "f1": float(f1_score(true, pred, zero_division=0))}
+
+
+def run_ner(args) -> dict:
+    """Fine-tune ``args.model`` on one NER folder over the lr x seed sweep; returns the summary."""
+    from .sweep import make_runner, make_spec, run_sweep
+    from .training import load_tokenizer, max_sequence_length, predict
+
+    folder = Path(args.data)
+    spec = make_spec(args, "ner", folder.resolve().name, ["test_precision", "test_recall", "test_f1"])
+    splits, labels = load_ner(folder)
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    max_length = max_sequence_length(args.model, tokenizer, args.max_length)
+    if max_length < 3:
+        raise InputError(f"--max-length {max_length}: too short for [CLS] word [SEP]")
+    overlap = min(args.window_overlap, (max_length - 2) // 2)
+    label2id = {lab: i for i, lab in enumerate(labels)}
+    train_features, _ = encode_ner(splits["train"], tokenizer, label2id, max_length, overlap)
+    evals = {s: encode_ner(splits[s], tokenizer, label2id, max_length, overlap) for s in ("devel", "test")}
+
+    def evaluate(model, device, dtype, pad_id):
+        metrics = {}
+        for split, (features, windows) in evals.items():
+            logits = predict(model, features, args.eval_batch_size, device, dtype, pad_id)
+            preds = rejoin(windows, logits, [len(s.words) for s in splits[split]])
+            pred_tags = [[labels[i] for i in p] for p in preds]
+            scores = entity_scores([s.labels for s in splits[split]], pred_tags)
+            metrics.update({f"{split}_{k}": v for k, v in scores.items()})
+        return metrics, metrics["devel_f1"]
+
+    spec.settings.update(max_length=max_length, window_overlap=overlap, labels=labels,
+                         sentences={s: len(v) for s, v in splits.items()},
+                         windows={"train": len(train_features["input_ids"]),
+                                  **{s: len(w) for s, (_, w) in evals.items()}})
+    run_one = make_runner(args, spec, "token", dict(enumerate(labels)), False, tokenizer, train_features, evaluate)
+    return run_sweep(spec, run_one)
