@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.unit_index is not None:
             first = args.unit_index * args.units_per_task
             if not 0 <= first < len(units):
-                raise DataPrepError(f"--unit-index {args.unit_index}: expected 0..{-(-len(units) // args.units_per_task) - 1}")
+                tasks = -(-len(units) // args.units_per_task)
+                raise DataPrepError(f"--unit-index {args.unit_index}: expected 0..{tasks - 1}")
             run_units(args, units[first:first + args.units_per_task], windower)
             return 0
         run_units(args, units, windower)

@@ -97,7 +97,8 @@ def read_pubmed(unit: Unit, report: SourceReport) -> Iterator[str]:
             try:
                 parser.Parse(chunk, not chunk)
             except expat.ExpatError as e:
-                report.broken_file("corrupt", f"line {e.lineno} column {e.offset}", f"XML error ({expat.ErrorString(e.code)})")
+                report.broken_file("corrupt", f"line {e.lineno} column {e.offset}",
+                                   f"XML error ({expat.ErrorString(e.code)})")
                 break
             yield from collector.done
             collector.done.clear()

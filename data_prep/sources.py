@@ -70,7 +70,11 @@ def _plan_hf(inputs: list[str], hf_config: str | None, hf_split: str) -> list[Un
         else:
             import datasets  # only hub datasets need it; slow to import
 
-            ds = datasets.load_dataset(name, hf_config, split=hf_split, streaming=True)
+            try:
+                ds = datasets.load_dataset(name, hf_config, split=hf_split, streaming=True)
+            except Exception as e:  # network, unknown name, bad config: all mean "cannot use this input"
+                raise DataPrepError(f"--input {name}: cannot open as a save_to_disk folder or hub dataset "
+                                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
             for shard in range(ds.num_shards):
                 units.append(Unit(len(units), f"hf:{name}:{hf_config or ''}:{hf_split}", start=shard))
     if not units:

@@ -85,7 +85,8 @@ class Windower:
         self._chunk_cache = {} if _chunk_compositional(self.backend) else None
         self.content_len = seq_len - len(self.prefix) - len(self.suffix)
         if self.content_len < 1:
-            raise DataPrepError(f"--seq-len {seq_len} leaves no room next to {len(self.prefix) + len(self.suffix)} special tokens")
+            n_special = len(self.prefix) + len(self.suffix)
+            raise DataPrepError(f"--seq-len {seq_len} leaves no room next to {n_special} special tokens")
         if mode == "windows" and not 0 < stride <= self.content_len:
             raise DataPrepError(f"--stride {stride}: expected 1..{self.content_len} (seq_len minus special tokens)")
         self.info = tokenizer_info(tokenizer)

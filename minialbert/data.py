@@ -12,7 +12,8 @@ Position k of epoch e maps through a permutation of range(E) keyed by (seed, e) 
 grouped by source, so the sources are interleaved uniformly at random with exact quotas. The j-th slot of
 source s in epoch e is its sample number e * n_s + j, which walks a permutation of the source's rows keyed by
 (seed, s, pass): epoch e uses sample numbers [e * n_s, (e + 1) * n_s), so a down-weighted source continues
-where the previous epoch stopped and shows every row before repeating one. Permutations are Feistel networks over the index (O(1) memory, any size).
+where the previous epoch stopped and shows every row before repeating one. Permutations are Feistel networks
+over the index (O(1) memory, any size).
 
 Ranks. Each micro-step consumes the next world_size * micro_batch_size samples of the global sequence; rank r
 takes the r-th block of micro_batch_size. The state is the global sample count, so a run restored with another
@@ -167,7 +168,8 @@ class MlmMasker:
         self.never = np.zeros(vocab_size, dtype=bool)  # (V,) tokens never masked
         self.never[[i for i in list(special_ids.values()) + list(all_special_ids) if i is not None]] = True
 
-    def __call__(self, ids: np.ndarray, word_start: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, ids: np.ndarray, word_start: np.ndarray,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(input ids with masks applied (n,), labels (n,)) for one unpadded row."""
         ids = ids.astype(np.int64)  # shards hold uint16/uint32
         candidate = ~self.never[ids]

@@ -17,8 +17,10 @@ ARTICLE = """<PubmedArticle><MedlineCitation Status="MEDLINE"><PMID Version="1">
 <PubmedData><ReferenceList><Reference><Citation>not part of the text</Citation></Reference></ReferenceList></PubmedData>
 </PubmedArticle>
 """
-HEADER = """<?xml version="1.0" encoding="utf-8"?>
-<!DOCTYPE PubmedArticleSet PUBLIC "-//NLM//DTD PubMedArticle, 1st January 2025//EN" "https://dtd.nlm.nih.gov/ncbi/pubmed/out/pubmed_250101.dtd">
+DOCTYPE = ('<!DOCTYPE PubmedArticleSet PUBLIC "-//NLM//DTD PubMedArticle, 1st January 2025//EN" '
+           '"https://dtd.nlm.nih.gov/ncbi/pubmed/out/pubmed_250101.dtd">')
+HEADER = f"""<?xml version="1.0" encoding="utf-8"?>
+{DOCTYPE}
 <PubmedArticleSet>
 """
 
@@ -80,15 +82,14 @@ def test_articles_structured_abstracts_and_skips(tokenizer, tmp_path):
 def test_external_entity_is_never_expanded(tokenizer, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("zzsecretzz")
-    header = HEADER.replace('<!DOCTYPE PubmedArticleSet PUBLIC "-//NLM//DTD PubMedArticle, 1st January 2025//EN" '
-                            '"https://dtd.nlm.nih.gov/ncbi/pubmed/out/pubmed_250101.dtd">',
-                            f'<!DOCTYPE PubmedArticleSet [ <!ENTITY xxe SYSTEM "file://{secret}"> ]>')
+    header = HEADER.replace(DOCTYPE, f'<!DOCTYPE PubmedArticleSet [ <!ENTITY xxe SYSTEM "file://{secret}"> ]>')
     write_gz(tmp_path / "pubmed_x.xml.gz", article(1, "Title &xxe; end", (None, "the cell &xxe; gene")), header)
     assert pack(tokenizer, tmp_path / "out", tmp_path / "pubmed_x.xml.gz") == 0
     manifest, rows = decoded_rows(tokenizer, tmp_path / "out")
     assert [r.replace(" ", "") for r in rows] == ["titleendthecellgene"]
     source = manifest["sources"][0]
-    assert source["docs_read"] == 1 and "external entity 'xxe' declared; not expanded" in source["bad_records"][0]["reason"]
+    assert source["docs_read"] == 1
+    assert "external entity 'xxe' declared; not expanded" in source["bad_records"][0]["reason"]
     assert pack(tokenizer, tmp_path / "strict", tmp_path / "pubmed_x.xml.gz", extra=["--strict"]) == 2
 
 
@@ -102,7 +103,8 @@ def test_truncated_gz_keeps_what_was_read_and_marks_the_file(tokenizer, tmp_path
     assert "pubmed_t.xml.gz" in capsys.readouterr().err
     manifest, rows = decoded_rows(tokenizer, tmp_path / "out")
     truncated, intact = manifest["sources"]
-    assert truncated["status"] == "truncated" and "truncated or corrupt compressed file" in truncated["bad_records"][0]["reason"]
+    assert truncated["status"] == "truncated"
+    assert "truncated or corrupt compressed file" in truncated["bad_records"][0]["reason"]
     assert 0 < truncated["docs_read"] < 400 and intact["status"] == "ok" and intact["docs_read"] == 1
     assert len(rows) == truncated["docs_read"] + 1
     assert pack(tokenizer, tmp_path / "strict", tmp_path / "pubmed_t.xml.gz", extra=["--strict"]) == 2
@@ -113,4 +115,5 @@ def test_unterminated_xml_is_reported_as_corrupt(tokenizer, tmp_path):
              close=False)
     assert pack(tokenizer, tmp_path / "out", tmp_path / "pubmed_c.xml.gz") == 0
     source = json.load(open(tmp_path / "out" / "manifest.json"))["sources"][0]
-    assert source["status"] == "corrupt" and source["docs_read"] == 1 and "XML error" in source["bad_records"][0]["reason"]
+    assert source["status"] == "corrupt" and source["docs_read"] == 1
+    assert "XML error" in source["bad_records"][0]["reason"]
