@@ -1,0 +1,1 @@
+"""Thin submitit launchers: data prep (submit_prep) and distillation (submit_distill) on Slurm or locally."""
