@@ -1,0 +1,114 @@
+"""Model FLOPs of a distillation step, counted analytically, and the measured peak matmul rate of a device.
+
+The training monitor divides the analytic count by the step time for ``perf/tflops`` and by
+``measure_peak_flops`` for ``perf/mfu``. Only matrix products are counted (2·m·n·k each), as
+``torch.utils.flop_counter`` does; ``bench/bench_distill.py`` checks the two agree. A step is:
+
+- teacher forward (no grad): embeddings, ``teacher_layers_run`` layers, and the MLM head at the positions
+  whose logits are distilled (the masked ones; every position in the original recipe);
+- student forward + backward: the embedding projection, N recursions of the shared layer with two adapters each,
+  the MLM head at the same positions. Backward costs twice the forward (input and weight gradients); the
+  attention products too (eager attention: the maps are distilled).
+
+Usage::
+
+    from minialbert.flops import distillation_step_flops, measure_peak_flops
+    flops = distillation_step_flops(teacher.config, student.config, batch=48, seq=256, masked_fraction=0.15)
+    peak = measure_peak_flops(torch.bfloat16, "cuda")   # FLOP/s
+    mfu = flops / step_seconds / peak
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def _layer_forward_flops(tokens: int, seq: int, hidden: int, intermediate: int) -> int:
+    """One post-LN transformer layer on ``tokens`` = B·L tokens: Q, K, V, output projections, FFN, attention."""
+    projections = 2 * tokens * hidden * hidden * 4  # Q, K, V, dense
+    ffn = 2 * tokens * hidden * intermediate * 2  # up and down
+    attention = 2 * tokens * seq * hidden * 2  # QK^T and PV over all heads: (B, h, L, d) x (B, h, d, L), ...
+    return projections + ffn + attention
+
+
+def _mlm_head_flops(positions: int, hidden: int, vocab: int) -> int:
+    """transform (H -> H) and decoder (H -> V) at ``positions`` rows."""
+    return 2 * positions * hidden * hidden + 2 * positions * hidden * vocab
+
+
+def teacher_forward_flops(teacher_config, batch: int, seq: int, logits_positions: int,
+                          teacher_layers_run: int | None = None) -> int:
+    """A BERT teacher forward: ``teacher_layers_run`` layers (default all) and the MLM head at ``logits_positions``
+    rows (0: no head). ``teacher_config``: a Hugging Face BertConfig (or anything with its field names)."""
+    c = teacher_config
+    layers = c.num_hidden_layers if teacher_layers_run is None else teacher_layers_run
+    tokens = batch * seq
+    flops = layers * _layer_forward_flops(tokens, seq, c.hidden_size, c.intermediate_size)
+    return flops + _mlm_head_flops(logits_positions, c.hidden_size, c.vocab_size)
+
+
+def student_forward_flops(student_config, batch: int, seq: int, logits_positions: int) -> int:
+    """A MiniAlbertForMaskedLM forward with its MLM head at ``logits_positions`` rows."""
+    c = student_config
+    tokens = batch * seq
+    h = c.hidden_size
+    flops = 2 * tokens * c.embedding_size * h if c.embedding_size != h else 0  # embedding projection
+    per_recursion = _layer_forward_flops(tokens, seq, h, c.intermediate_size)
+    if c.use_adapters:
+        bottleneck = h // c.adapter_reduction_factor
+        per_recursion += 2 * (2 * tokens * h * bottleneck * 2)  # two adapters, down and up
+    flops += c.num_recursions * per_recursion
+    return flops + _mlm_head_flops(logits_positions, h, c.vocab_size)
+
+
+def distillation_step_flops(teacher_config, student_config, batch: int, seq: int, masked_fraction: float = 0.15,
+                            teacher_layers_run: int | None = None, all_positions_logits: bool = False) -> int:
+    """Model FLOPs of one distillation training step (teacher forward + student forward and backward).
+
+    ``masked_fraction``: the share of the B·L positions whose logits are computed (the masked ones), or pass
+    ``all_positions_logits=True`` for the original recipe's full-vocabulary logits at every position.
+    ``teacher_layers_run``: layers the teacher runs (all when its logits are distilled; else up to the last
+    mapped layer).
+    """
+    if batch <= 0 or seq <= 0 or not 0.0 <= masked_fraction <= 1.0:
+        raise ValueError(f"batch={batch}, seq={seq}, masked_fraction={masked_fraction}: expected positive sizes and a fraction in [0, 1]")
+    positions = batch * seq if all_positions_logits else round(masked_fraction * batch * seq)
+    teacher = teacher_forward_flops(teacher_config, batch, seq, positions, teacher_layers_run)
+    return teacher + 3 * student_forward_flops(student_config, batch, seq, positions)
+
+
+def _default_size(device: torch.device) -> int:
+    return 8192 if device.type == "cuda" else 2048
+
+
+def measure_peak_flops(dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
+                       size: int | None = None, seconds: float = 1.0, repeats: int = 3) -> float:
+    """The best matmul rate (FLOP/s) of square ``size``×``size`` products of ``dtype`` on ``device``:
+    the best of ``repeats`` windows of about ``seconds`` each (a machine-measured peak, not a datasheet one)."""
+    device = torch.device(device)
+    n = size or _default_size(device)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(3):
+        a @ b
+    sync()
+    best = 0.0
+    for _ in range(repeats):
+        count, start = 0, time.perf_counter()
+        while True:
+            a @ b
+            count += 1
+            if count % 4 == 0:
+                sync()
+                elapsed = time.perf_counter() - start
+                if elapsed >= seconds:
+                    break
+        best = max(best, 2 * n**3 * count / elapsed)
+    return best
