@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--no-flop-check", action="store_true", help="skip the torch.utils.flop_counter check")
     p.add_argument("--json-out", type=Path, help="also write the JSON line to this file")
+    p.add_argument("--profile", action="store_true", help="after timing, profile one step of each recipe (op table)")
     args = p.parse_args(argv)
     args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     bad = [r for r in args.recipes if r not in RECIPES]
@@ -105,6 +106,17 @@ def counted_flops(step) -> int:
     with FlopCounterMode(display=False, custom_mapping=custom) as counter:
         step()
     return counter.get_total_flops()
+
+
+def profile_step(step, device: torch.device, rows: int = 18) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
 def machine() -> str:
@@ -216,6 +228,10 @@ def main(argv: list[str] | None = None) -> dict:
         result["goals_met"] = result["speedup"] >= goal_speedup and result["mfu_fast"] >= goal_mfu
         print(f"speedup {result['speedup']:.2f}x (goal {goal_speedup}x), MFU fast {result['mfu_fast']:.3f} "
               f"(goal {goal_mfu}) of measured bf16 peak {peak_rates['bf16'] / 1e12:.2f} TFLOP/s")
+    if args.profile:
+        for name, r in recipes.items():
+            print(f"--- profile of one {name} step (self time by op) ---")
+            print(profile_step(lambda: r.step(batches[0]), device))
     result["wall_s"] = time.perf_counter() - started
     line = json.dumps(result)
     print(line)
