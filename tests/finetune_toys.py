@@ -33,7 +33,11 @@ def write_tokenizer(directory: Path) -> Path:
 
 
 def write_student(directory: Path, seed: int = 0, **overrides) -> Path:
-    """A tiny MiniALBERT export (masked-LM weights) with the toy tokenizer beside it."""
+    """A tiny MiniALBERT export (masked-LM weights) with the toy tokenizer beside it.
+
+    Tests pass ``initializer_range=0.2``: with the default 0.02 a random tiny model's attention is nearly
+    uniform and a frozen one gives adapters nothing to work with; a distilled student is not like that.
+    """
     import torch
 
     torch.manual_seed(seed)
@@ -41,14 +45,14 @@ def write_student(directory: Path, seed: int = 0, **overrides) -> Path:
     return write_tokenizer(directory)
 
 
-def write_bert(directory: Path, seed: int = 0) -> Path:
+def write_bert(directory: Path, seed: int = 0, initializer_range: float = 0.2) -> Path:
     """A tiny plain BertForSequenceClassification baseline (hidden 32, 2 layers) with the toy tokenizer."""
     import torch
 
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+                        attention_probs_dropout_prob=0.0, initializer_range=initializer_range)
     BertForSequenceClassification(config).save_pretrained(str(directory))
     return write_tokenizer(directory)
 

@@ -158,7 +158,7 @@ def _from_dataset_dict(task: GlueTask, dsd, source: str, needed: tuple[str, ...]
         missing = [c for c in (*task.text_columns, "label") if c not in ds.column_names]
         if missing:
             raise InputError(f"{source}: split '{split}' has no column(s) {missing} (found {ds.column_names})")
-        cols = {c: ds[c] for c in task.text_columns}
+        cols = {c: list(ds[c]) for c in task.text_columns}  # datasets 5 returns lazy Column objects
         cols["label"] = [_label(task, v, f"{source} split '{split}' row {i}") for i, v in enumerate(ds["label"])]
         splits[split] = cols
     return splits
