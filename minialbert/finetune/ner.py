@@ -103,7 +103,7 @@ def plan_windows(piece_counts: list[int], limit: int, overlap: int) -> list[tupl
     """Cut a sentence (pieces per word) into word ranges of at most ``limit`` pieces each.
 
     Consecutive windows share whole words worth at most ``overlap`` pieces; every word is in some window;
-    each window starts after the previous one (progress is guaranteed even when a word alone fills a window).
+    each window starts and ends after the previous one (even when a word alone fills a window).
     """
     n, windows, start = len(piece_counts), [], 0
     while True:
@@ -115,8 +115,9 @@ def plan_windows(piece_counts: list[int], limit: int, overlap: int) -> list[tupl
         windows.append((start, end))
         if end >= n:
             return windows
-        nxt, shared = end, 0
-        while nxt - 1 > start and shared + piece_counts[nxt - 1] <= overlap:
+        # Back up over whole words for context, leaving room for the next new word so that the end advances.
+        nxt, shared, room = end, 0, min(overlap, limit - min(piece_counts[end], limit))
+        while nxt - 1 > start and shared + piece_counts[nxt - 1] <= room:
             nxt -= 1
             shared += piece_counts[nxt]
         start = nxt
