@@ -235,9 +235,20 @@ def _set_dotted(tree: dict, dotted: str, value: object) -> None:
     node[keys[-1]] = value
 
 
+# The embedded default (no --config): the offline demo — the installed all-MiniLM-L6-v2 teacher (6 x 384) into a
+# 3-recursion student with adapters, on the WordNet shards ``python -m minialbert.demo`` packs. Minutes on 2 CPUs.
+EMBEDDED_DEFAULT = {
+    "student": {"num_recursions": 3, "embedding_size": 128, "adapter_reduction_factor": 16},
+    "optim": {"lr": 1e-3, "warmup_steps": 30},
+    "train": {"max_steps": 300, "global_batch_size": 32, "micro_batch_size": 16, "precision": "bf16", "seed": 0},
+    "checkpoint": {"every_steps": 100, "keep_last": 2},
+}
+
+
 def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Defaults <- YAML file (if any) <- ``section.key=value`` overrides (values parsed as YAML)."""
-    tree: dict = {}
+    """Defaults (the paper's recipe) <- YAML file, or the embedded demo default without one <- ``section.key=value``
+    overrides (values parsed as YAML)."""
+    tree: dict = {k: dict(v) for k, v in EMBEDDED_DEFAULT.items()} if path is None else {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
