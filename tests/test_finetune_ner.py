@@ -49,7 +49,7 @@ def _ner(toys, out: Path, *extra) -> dict:
 
 
 def test_full_tuning_learns_entities_through_windows(toys, tmp_path):
-    summary = _ner(toys, tmp_path / "full", "--lr", "1e-3", "--epochs", "8")
+    summary = _ner(toys, tmp_path / "full", "--lr", "3e-3", "--epochs", "8")
     settings = summary["settings"]
     assert settings["labels"] == ["O", "B-Chemical", "B-Disease", "I-Disease"]
     assert settings["windows"]["test"] > settings["sentences"]["test"]  # long sentences were windowed

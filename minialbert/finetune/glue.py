@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,11 +172,21 @@ def load_glue(task: GlueTask, data: list[str] | None) -> dict[str, dict[str, lis
     needed = ("train", *task.eval_splits)
     if not data:
         source = f"hub dataset {HUB_NAME}/{task.name}"
+        # Offline, the retries' warnings would bury the one-line error.
+        loggers = [logging.getLogger(n) for n in ("datasets", "huggingface_hub")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
         try:
             splits = _from_dataset_dict(task, datasets.load_dataset(HUB_NAME, task.name), source, needed)
+        except InputError:
+            raise
         except Exception as e:  # offline, no such config, ...: one line, and how to work offline
             raise InputError(f"{source}: could not load ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                              "pass --data with a local folder or files") from None
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
     elif len(data) == 1 and Path(data[0]).is_dir():
         folder = Path(data[0])
         if not (folder / "dataset_dict.json").is_file() and (folder / task.name).is_dir():

@@ -115,6 +115,11 @@ def make_spec(args, kind: str, task: str, report_metrics: list[str]) -> SweepSpe
     """The sweep the shared flags describe (see ``__main__.add_training_flags``)."""
     if not (Path(args.model) / "config.json").is_file():
         raise InputError(f"{args.model}: not a model folder (expected config.json and weights from save_pretrained)")
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--max-length", args.max_length)):
+        if value < 1:
+            raise InputError(f"{flag} {value}: expected a positive integer")
+    if args.lr and min(args.lr) <= 0:
+        raise InputError(f"--lr {' '.join(map(str, args.lr))}: learning rates must be positive")
     mode = "adapters" if args.adapters_only else "full"
     name = args.name or Path(args.model).resolve().name
     lrs = args.lr or DEFAULT_LR[mode]
