@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-from conftest import tiny_config
+from tiny_models import tiny_config
 from minialbert import MiniAlbertForMaskedLM
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

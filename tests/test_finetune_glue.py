@@ -228,6 +228,11 @@ def test_model_folder_must_exist(tmp_path, capsys):
     assert "not a model folder" in capsys.readouterr().err
     with pytest.raises(InputError, match="no such file"):
         glue.load_glue(glue.TASKS["rte"], [str(tmp_path / "nope.tsv")])
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no summary.json under" in capsys.readouterr().err
+    (tmp_path / "summary.json").write_text("{}")
+    assert main(["report", str(tmp_path)]) == 2
+    assert "summary.json: not a fine-tuning summary" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="no native bf16 on this CPU")

@@ -48,7 +48,7 @@ def _ner(toys, out: Path, *extra) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-def test_full_tuning_learns_entities_through_windows(toys, tmp_path):
+def test_full_tuning_learns_entities_through_windows(toys, tmp_path, capsys):
     summary = _ner(toys, tmp_path / "full", "--lr", "3e-3", "--epochs", "8")
     settings = summary["settings"]
     assert settings["labels"] == ["O", "B-Chemical", "B-Disease", "I-Disease"]
@@ -56,6 +56,11 @@ def test_full_tuning_learns_entities_through_windows(toys, tmp_path):
     scores = summary["best"]["mean"]
     assert scores["test_f1"] >= 0.85 and scores["devel_f1"] >= 0.85, scores
     assert summary["report_metrics"] == ["test_precision", "test_recall", "test_f1"]
+    assert main(["report", str(tmp_path / "full")]) == 0
+    table = capsys.readouterr().out
+    assert "| toy-ner (P/R/F1) |" in table
+    p, r, f = (f"{100 * scores[k]:.1f}" for k in summary["report_metrics"])
+    assert "| student | full | " in table and f"{p} / {r} / {f}" in table
 
 
 def test_adapter_only_tuning_learns_entities(toys, tmp_path):
