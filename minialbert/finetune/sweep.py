@@ -122,12 +122,12 @@ def make_spec(args, kind: str, task: str, report_metrics: list[str]) -> SweepSpe
         raise InputError(f"--lr {' '.join(map(str, args.lr))}: learning rates must be positive")
     mode = "adapters" if args.adapters_only else "full"
     name = args.name or Path(args.model).resolve().name
-    lrs = args.lr or DEFAULT_LR[mode]
+    lrs = list(dict.fromkeys(args.lr or DEFAULT_LR[mode]))  # a repeated value would overwrite its own run
     out = Path(args.out) if args.out else Path("runs/finetune") / f"{kind}-{task}-{name}-{mode}"
     settings = {"epochs": args.epochs, "batch_size": args.batch_size, "max_length": args.max_length,
                 "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio}
     return SweepSpec(kind=kind, task=task, model=str(args.model), model_name=name, mode=mode, lrs=lrs,
-                     seeds=args.seeds, out=out, save=args.save, report_metrics=report_metrics, settings=settings)
+                     seeds=list(dict.fromkeys(args.seeds)), out=out, save=args.save, report_metrics=report_metrics, settings=settings)
 
 
 def make_runner(args, spec: SweepSpec, head: str, id2label: dict[int, str], regression: bool, tokenizer,
