@@ -78,29 +78,9 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return t / tdist.get_world_size()
 
 
-def all_reduce_sum(value: float) -> float:
-    return float(all_reduce_mean(torch.tensor([float(value)])) * world_size())
-
-
 def any_rank(flag: bool) -> bool:
     """True on every rank when it is True on any rank."""
     return float(all_reduce_mean(torch.tensor([1.0 if flag else 0.0]))) > 0
-
-
-def all_gather_object(obj: object) -> list:
-    if not tdist.is_initialized() or tdist.get_world_size() == 1:
-        return [obj]
-    out: list = [None] * tdist.get_world_size()
-    tdist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj: object, src: int = 0) -> object:
-    if not tdist.is_initialized() or tdist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    tdist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def world_size() -> int:
@@ -115,11 +95,6 @@ def print0(*args: object, **kwargs: object) -> None:
     """Print on rank 0 only (stdout, flushed)."""
     if rank() == 0:
         print(*args, **kwargs, flush=True)
-
-
-def warn0(message: str) -> None:
-    if rank() == 0:
-        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def seed_everything(seed: int, rank_: int) -> None:

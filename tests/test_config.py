@@ -1,0 +1,74 @@
+"""The run-config tree and the DeepSpeed config built from it; every shipped config is loaded here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from minialbert.config import ConfigError, EMBEDDED_DEFAULT, dump_run_config, load_run_config, run_config_from_yaml
+from minialbert.engine import build_ds_config
+
+REPO = Path(__file__).resolve().parents[1]
+YAMLS = sorted((REPO / "configs" / "distill").glob("*.yaml"))
+JSONS = sorted((REPO / "configs" / "ds").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=[p.name for p in YAMLS])
+def test_shipped_run_configs_load_and_round_trip(path):
+    cfg = load_run_config(path)
+    assert run_config_from_yaml(dump_run_config(cfg)) == cfg
+
+
+def test_paper_recipes_hold_the_paper_numbers():
+    for name in ("general.yaml", "bio.yaml"):
+        cfg = load_run_config(REPO / "configs" / "distill" / name)
+        assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.weight_decay) == (5e-4, 5000, 1e-4)
+        assert cfg.train.global_batch_size == 192 and cfg.student.num_recursions == 6
+        assert cfg.student.embedding_size == 312 and cfg.student.adapter_reduction_factor == 16
+        assert (cfg.loss.mlm, cfg.loss.attention, cfg.loss.hidden, cfg.loss.output) == (1, 3, 3, 5)
+
+
+@pytest.mark.parametrize("path", JSONS, ids=[p.name for p in JSONS])
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_shipped_deepspeed_configs_build(path, world):
+    cfg = load_run_config(REPO / "configs" / "distill" / "general.yaml", ["train.micro_batch_size=24"])
+    ds = build_ds_config(cfg, path, world_size=world, on_cuda=True)
+    assert ds["train_batch_size"] == 192
+    assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * world == 192
+    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    assert ds["optimizer"]["params"]["lr"] == 5e-4 and ds["scheduler"]["params"]["warmup_num_steps"] == 5000
+    assert ds["zero_optimization"]["stage"] in (1, 2, 3)
+
+
+def test_cpu_without_offload_uses_torch_adamw_and_offload_keeps_deepspeeds():
+    cfg = load_run_config(None)
+    plain = build_ds_config(cfg, REPO / "configs/ds/zero2.json", world_size=2, on_cuda=False)
+    offload = build_ds_config(cfg, REPO / "configs/ds/zero2_offload.json", world_size=2, on_cuda=False)
+    assert plain["optimizer"]["params"].get("torch_adam") is True
+    assert "torch_adam" not in offload["optimizer"]["params"]
+
+
+def test_embedded_default_is_the_demo():
+    cfg = load_run_config(None)
+    assert cfg.train.max_steps == EMBEDDED_DEFAULT["train"]["max_steps"]
+    assert [s.path for s in cfg.data.sources] == ["runs/demo/data/general", "runs/demo/data/bio"]
+    assert cfg.teacher.path == "" and cfg.teacher_path().endswith("model")
+
+
+def test_overrides_are_typed_and_unknown_keys_list_the_valid_ones():
+    cfg = load_run_config(None, ["train.max_steps=7", "optim.lr=1e-3", "data.sources=[{path: x, weight: 2}]"])
+    assert cfg.train.max_steps == 7 and cfg.optim.lr == 1e-3 and cfg.data.sources[0].weight == 2.0
+    with pytest.raises(ConfigError, match="train.nope: unknown key; valid keys: max_steps"):
+        load_run_config(None, ["train.nope=1"])
+    with pytest.raises(ConfigError, match="train.max_steps='many': expected int"):
+        load_run_config(None, ["train.max_steps=many"])
+    with pytest.raises(ConfigError, match="loss.mode='x': expected 'default' or 'paper'"):
+        load_run_config(None, ["loss.mode=x"])
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_run_config(bad)
