@@ -2,9 +2,15 @@
 
 Each checkpoint holds the engine's ZeRO shards (DeepSpeed's layout, so its tools work on it), one
 ``trainer_state_rank{r}.pt`` per rank (data-reader state, RNG states) and ``meta.json`` (step, tokens seen, world
-size, loss scale, the resolved config). Saving is collective; ``latest`` moves only after every rank has
-finished writing, atomically, so a crash in the middle of a save leaves the previous checkpoint latest and
-loadable. The last k checkpoints are kept. The teacher is never in a checkpoint (it is not in the engine).
+size, loss scale, the resolved config). Saving is collective: every rank writes its files, a barrier, then rank 0
+writes ``meta.json`` (so a folder without it is incomplete) and moves ``latest`` atomically. A crash in the
+middle of a save therefore leaves the previous checkpoint latest and loadable; the incomplete folder is deleted
+by the next save. The last k complete checkpoints are kept. The teacher is never in a checkpoint (it is not in
+the engine). docs/checkpoints.md describes the layout.
+
+Crash rehearsal: with ``MINIALBERT_FAULT_AFTER_SHARDS=STEP`` in the environment, every rank SIGKILLs itself while
+saving the checkpoint of step STEP, after writing its files and before the barrier that lets ``latest`` move —
+the worst moment for a crash. The tests use it; on a cluster it shows that a crash mid-save loses nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import torch
@@ -20,6 +27,7 @@ from . import dist, engine as ds
 
 LATEST = "latest"
 META = "meta.json"
+FAULT_AFTER_SHARDS = "MINIALBERT_FAULT_AFTER_SHARDS"
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -62,10 +70,11 @@ def save(engine, run_dir: str | Path, step: int, meta: dict, rank_state: dict, k
     tmp = state_path.with_name(state_path.name + ".tmp")
     torch.save(rank_state, tmp)
     os.replace(tmp, state_path)
+    if os.environ.get(FAULT_AFTER_SHARDS) == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)  # crash rehearsal (module doc): files written, `latest` not moved
+    dist.barrier()  # every rank has written everything: now the checkpoint may be declared complete
     if dist.rank() == 0:
         _atomic_write(root / tag / META, json.dumps({**meta, "step": step, "world_size": dist.world_size()}, indent=2))
-    dist.barrier()  # every rank has written everything: now the pointer may move
-    if dist.rank() == 0:
         _atomic_write(root / LATEST, tag + "\n")
         _prune(root, keep_last)
     dist.barrier()
@@ -73,10 +82,14 @@ def save(engine, run_dir: str | Path, step: int, meta: dict, rank_state: dict, k
 
 
 def _prune(root: Path, keep_last: int) -> None:
-    tags = sorted(p.name for p in root.glob("step_*") if p.is_dir() and not p.name.endswith("_universal"))
-    for tag in tags[:-keep_last]:
-        for path in (root / tag, root / f"{tag}_universal"):
-            shutil.rmtree(path, ignore_errors=True)
+    """Keep the newest ``keep_last`` complete checkpoints (and their universal conversions); delete older ones
+    and incomplete folders (no meta.json: a crash during their save; no save is running now)."""
+    folders = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith("_universal"))
+    complete = [p for p in folders if (p / META).is_file()]
+    doomed = [p for p in folders if p not in complete] + complete[:-max(keep_last, 1)]
+    for path in doomed:
+        for folder in (path, path.with_name(f"{path.name}_universal")):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def resume_tag(run_dir: str | Path) -> tuple[str, dict] | None:

@@ -79,7 +79,7 @@ def check_inputs(cfg: RunConfig, ds_json: str, embedded_default: bool) -> None:
 
 def prepare_run_dir(cfg: RunConfig, no_resume: bool) -> Path:
     run_dir = Path(cfg.run_dir)
-    if no_resume and run_dir.exists() and any(run_dir.iterdir()):
+    if no_resume and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise ConfigError(f"--no-resume: run dir {run_dir} is not empty; choose another --run-dir or drop --no-resume")
     return run_dir
 
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             last_save, saved_step = time.monotonic(), step
             monitor.flush()
             monitor.restart_clock()
-        if preempted:
+        if preempted and step < cfg.train.max_steps:  # on the last step: finish (export, exit 0) instead
             dist.print0(f"stopped by signal at step {step}; checkpoint saved; exit {EXIT_PREEMPTED} (run again to resume)")
             progress.close()
             monitor.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -130,12 +131,15 @@ def convert_to_universal(checkpoint_root: Path, tag: str) -> str:
     out = checkpoint_root / out_tag
     if not (out / "zero").is_dir():
         tmp = checkpoint_root / f".{out_tag}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a conversion that was killed
         subprocess.run(
             [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(checkpoint_root / tag),
              "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1"],
             check=True, stdout=subprocess.DEVNULL, env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")},
         )
         tmp.rename(out)
+        # The converter also writes a `latest_universal` pointer beside its output, naming the temporary folder.
+        (checkpoint_root / "latest_universal").unlink(missing_ok=True)
     return out_tag
 
 

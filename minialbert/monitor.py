@@ -25,10 +25,18 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop records after ``last_step`` (logged by a run that died before its next checkpoint)."""
+    """Drop records after ``last_step`` (logged by a run that died before its next checkpoint), and a last line
+    torn by a kill in the middle of its write."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record["step"] <= last_step:
+            keep.append(line)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)
@@ -74,8 +82,6 @@ class Monitor:
             record["tflops"] = achieved / 1e12
             if self.peak_flops:
                 record["mfu"] = achieved / (self.peak_flops * self.world_size)
-        self.metrics.write(json.dumps(record) + "\n")
-        self.metrics.flush()
         w = self.writer
         for name in ("total", "mlm", "attention", "hidden", "output"):
             w.add_scalar(f"loss/{name}", record["loss" if name == "total" else f"loss_{name}"], step)
@@ -94,6 +100,11 @@ class Monitor:
             w.add_scalar("perf/mfu", record["mfu"], step)
         w.add_scalar("mem/peak_gb", record["peak_mem_gb"], step)
         w.add_scalar("data/epoch", epoch, step)
+        # Flushed every step, events first: a live TensorBoard is current, and a step in metrics.jsonl is on
+        # disk in the event file too (a resumed run purges both after its checkpoint).
+        w.flush()
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
         return record
 
     def flush(self) -> None:

@@ -1,0 +1,97 @@
+"""Monitoring and checkpoint bookkeeping without DeepSpeed: the step axis across a resume, metrics.jsonl repair,
+which checkpoint folders are kept, and the stop signals. (The same behaviour end to end: tests/test_resume.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from minialbert import checkpoint as ckpt
+from minialbert.monitor import METRICS, Monitor, truncate_metrics
+
+
+def _record(step: int) -> dict:
+    return {"loss": 10.0 - step, "loss_mlm": 1.0, "loss_attention": 2.0, "loss_hidden": 3.0, "loss_output": 4.0,
+            "tokens": 100 * step, "step_tokens": 100, "lr": 1e-3, "grad_norm": 0.5, "loss_scale": None}
+
+
+def _log(monitor: Monitor, steps) -> None:
+    for step in steps:
+        monitor.log_step(step, _record(step), {"attention": [0.1, 0.2], "hidden": [0.3, 0.4]}, samples=8, epoch=0)
+
+
+def test_a_resumed_monitor_continues_the_step_axis_without_doubles(tmp_path):
+    cpu = torch.device("cpu")
+    first = Monitor(tmp_path, 0, {"optim.lr": 1e-3, "train.precision": "bf16"}, 1e6, 1e12, 2, cpu)
+    _log(first, range(1, 6))  # steps 4 and 5 come after the checkpoint of step 3; then the run dies
+    with (tmp_path / METRICS).open("a") as f:
+        f.write('{"loss": 1.0, "st')  # torn by the kill
+    resumed = Monitor(tmp_path, 3, {}, 1e6, 1e12, 2, cpu)
+    _log(resumed, range(4, 8))
+    first.close()
+    resumed.close()
+
+    assert [json.loads(line)["step"] for line in (tmp_path / METRICS).read_text().splitlines()] == list(range(1, 8))
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert len(list((tmp_path / "tensorboard").iterdir())) == 2
+    for tag in ("loss/total", "loss/attention_recursion_1", "loss/hidden_recursion_0", "perf/tflops", "perf/mfu",
+                "mem/peak_gb", "data/epoch", "train/lr", "train/grad_norm", "perf/samples_per_s", "perf/tokens_per_s"):
+        assert [e.step for e in acc.Scalars(tag)] == list(range(1, 8)), tag
+    assert "train/loss_scale" not in acc.Tags()["scalars"]  # bf16 / fp32: no loss scale
+    assert set(acc.PluginTagToContent("hparams")) == {"_hparams_/experiment", "_hparams_/session_start_info",
+                                                      "_hparams_/session_end_info"}
+
+
+def test_truncate_metrics_keeps_steps_up_to_the_checkpoint(tmp_path):
+    path = tmp_path / METRICS
+    path.write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 7)) + '{"step": 7, "lo')
+    truncate_metrics(path, 4)
+    assert path.read_text() == "".join(json.dumps({"step": s}) + "\n" for s in range(1, 5))
+    truncate_metrics(tmp_path / "missing.jsonl", 4)  # a run that never logged: nothing to do
+    assert not (tmp_path / "missing.jsonl").exists()
+
+
+def test_prune_keeps_the_last_complete_checkpoints_and_drops_incomplete_ones(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step, complete in ((2, True), (4, True), (5, False), (6, True), (8, True)):
+        folder = root / ckpt.tag_for(step)
+        folder.mkdir(parents=True)
+        (folder / "mp_rank_00_model_states.pt").write_bytes(b"x")
+        if complete:
+            (folder / ckpt.META).write_text("{}")
+    (root / "step_00000004_universal").mkdir()
+    ckpt._prune(root, keep_last=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000006", "step_00000008"]
+
+
+def test_resume_tag_reads_latest_and_refuses_an_incomplete_target(tmp_path):
+    assert ckpt.resume_tag(tmp_path) is None
+    (tmp_path / "checkpoints" / "step_00000004").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "latest").write_text("step_00000004\n")
+    try:
+        ckpt.resume_tag(tmp_path)
+    except FileNotFoundError as err:
+        assert "step_00000004/meta.json: checkpoint metadata missing" in str(err)
+    else:
+        raise AssertionError("an incomplete checkpoint was accepted")
+    (tmp_path / "checkpoints" / "step_00000004" / ckpt.META).write_text('{"step": 4, "world_size": 2}')
+    assert ckpt.resume_tag(tmp_path) == ("step_00000004", {"step": 4, "world_size": 2})
+
+
+def test_sigterm_and_sigusr1_set_the_stop_flag_instead_of_killing():
+    from minialbert.distill import STOP_SIGNALS, StopFlag
+
+    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            flag = StopFlag()
+            os.kill(os.getpid(), sig)  # handled at the next bytecode boundary
+            assert flag.set, sig
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,398 @@
+"""Checkpoints, exact resume, preemption and export with real DeepSpeed runs (2 CPU ranks, gloo, tiny.yaml).
+
+Each run is a module-scoped fixture shared by the tests that read it: a straight run, a run SIGKILLed mid-way
+then resumed, a run killed in the middle of a checkpoint save then resumed, a run stopped by SIGUSR1/SIGTERM then
+resumed on 1 rank, and a ZeRO-3 fp16 run that is exported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM
+
+from distill_helpers import REPO, build_teacher, distill_command, distill_env, pack_shards, read_metrics, run_distill
+
+MAX_STEPS = 8
+EVERY_2 = "checkpoint.every_steps=2"  # tiny.yaml keeps the last 2
+# What must match bit for bit between a resumed and a straight run (the rest is timing).
+EXACT = ("loss", "loss_mlm", "loss_attention", "loss_hidden", "loss_output", "tokens", "lr", "grad_norm",
+         "loss_scale", "epoch")
+LOSSES = ("loss", "loss_mlm", "loss_attention", "loss_hidden", "loss_output")
+TAGS = ("loss/total", "loss/mlm", "loss/attention", "loss/hidden", "loss/output", "loss/attention_recursion_0",
+        "loss/attention_recursion_1", "loss/hidden_recursion_0", "loss/hidden_recursion_1", "train/lr",
+        "train/grad_norm", "perf/samples_per_s", "perf/tokens_per_s", "perf/tflops", "perf/mfu", "mem/peak_gb",
+        "data/epoch")
+
+
+# ----------------------------------------------------------------------------- running and watching runs
+
+
+def start_distill(run_dir: Path, world, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    """The launcher in its own process group (so the whole run can be SIGKILLed at once); output to RUN_DIR.log."""
+    _, teacher, shards = world
+    log = open(f"{run_dir}.log", "a")
+    return subprocess.Popen(distill_command(run_dir, teacher, shards, *extra), cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT, env={**distill_env(), **(env or {})}, start_new_session=True)
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    steps = []
+    for line in (path.read_text().splitlines() if path.is_file() else []):
+        try:
+            steps.append(json.loads(line)["step"])
+        except json.JSONDecodeError:  # a line being written
+            pass
+    return steps
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 300) -> int:
+    """Poll metrics.jsonl until it logs ``step`` (or later); returns the last logged step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        steps = logged_steps(run_dir)
+        if steps and steps[-1] >= step:
+            return steps[-1]
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (exit {proc.returncode}) before step {step}: {log_tail(run_dir)}")
+        time.sleep(0.005)
+    raise AssertionError(f"no step {step} within {timeout}s: {log_tail(run_dir)}")
+
+
+def log_tail(run_dir: Path) -> str:
+    path = Path(f"{run_dir}.log")
+    return path.read_text()[-3000:] if path.is_file() else ""
+
+
+def rank_processes(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The training ranks under the launcher (the processes it started with --local_rank=N)."""
+    children = psutil.Process(proc.pid).children(recursive=True)
+    return [c for c in children if any(a.startswith("--local_rank=") for a in c.cmdline())]
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def latest(run_dir: Path) -> str:
+    return (run_dir / "checkpoints" / "latest").read_text().strip()
+
+
+def trainer_state(run_dir: Path, tag: str, rank: int) -> dict:
+    return torch.load(run_dir / "checkpoints" / tag / f"trainer_state_rank{rank}.pt", weights_only=False)
+
+
+def engine_weights(run_dir: Path, tag: str = "step_00000008") -> dict[str, torch.Tensor]:
+    """The fp32 master weights of a checkpoint, gathered from its ZeRO shards by DeepSpeed."""
+    from minialbert import engine as ds
+
+    return ds.consolidated_state_dict(run_dir / "checkpoints", tag)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"weights differ: {different}"
+
+
+def assert_same_records(resumed: list[dict], straight: list[dict], keys=EXACT) -> None:
+    assert [r["step"] for r in resumed] == list(range(1, MAX_STEPS + 1))  # every step once
+    for r, s in zip(resumed, straight):
+        assert {k: r[k] for k in keys} == {k: s[k] for k in keys}, f"step {r['step']}"
+
+
+# ----------------------------------------------------------------------------- the runs
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    teacher = build_teacher(root / "teacher")
+    return root, teacher, [pack_shards(teacher, root / "general", seed=0)]
+
+
+@pytest.fixture(scope="module")
+def straight(world):
+    """8 steps, checkpoints every 2; --no-resume into a new run dir is allowed."""
+    run_dir = world[0] / "straight"
+    assert finish(start_distill(run_dir, world, EVERY_2, "--no-resume")) == 0, log_tail(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def killed(world):
+    """SIGKILL to the launcher's whole process group once step 5 is logged, then the same command again."""
+    run_dir = world[0] / "killed"
+    proc = start_distill(run_dir, world, EVERY_2)
+    try:
+        at_kill = wait_for_step(proc, run_dir, 5)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        finish(proc)
+    before = {"code": proc.returncode, "logged": at_kill, "latest": latest(run_dir)}
+    assert finish(start_distill(run_dir, world, EVERY_2)) == 0, log_tail(run_dir)
+    return run_dir, before
+
+
+@pytest.fixture(scope="module")
+def crashed_in_save(world):
+    """Every rank SIGKILLs itself in the middle of saving step 6 (MINIALBERT_FAULT_AFTER_SHARDS), then resume."""
+    from minialbert.export import export_checkpoint
+
+    run_dir = world[0] / "crashed"
+    code = finish(start_distill(run_dir, world, EVERY_2, env={"MINIALBERT_FAULT_AFTER_SHARDS": "6"}))
+    ckpts = run_dir / "checkpoints"
+    before = {
+        "code": code, "latest": latest(run_dir), "logged": logged_steps(run_dir),
+        "step6_files": sorted(p.name for p in (ckpts / "step_00000006").iterdir()),
+        "events": {p.name: _scalar_steps(p) for p in (run_dir / "tensorboard").iterdir()},
+    }
+    # Loadable as it is: DeepSpeed gathers its shards into a model that loads in transformers.
+    export = export_checkpoint(run_dir, None, world[0] / "crashed_export")
+    before["export"] = AutoModelForMaskedLM.from_pretrained(export).state_dict()
+    assert finish(start_distill(run_dir, world, EVERY_2)) == 0, log_tail(run_dir)
+    return run_dir, before
+
+
+@pytest.fixture(scope="module")
+def preempted(world):
+    """SIGUSR1 to rank 0 and SIGTERM to rank 1 (Slurm's --signal and scancel) after step 2; then resume on 1 rank."""
+    run_dir = world[0] / "preempted"
+    proc = start_distill(run_dir, world)
+    try:
+        sent_after = wait_for_step(proc, run_dir, 2)
+        ranks = sorted(rank_processes(proc), key=lambda p: p.cmdline())  # --local_rank=0 first
+        assert len(ranks) == 2
+        ranks[0].send_signal(signal.SIGUSR1)
+        ranks[1].send_signal(signal.SIGTERM)
+        logged_at_signal = logged_steps(run_dir)[-1]
+    finally:
+        code = finish(proc)
+    tag = latest(run_dir)
+    before = {"code": code, "sent_after": sent_after, "logged_at_signal": logged_at_signal, "latest": tag,
+              "logged": logged_steps(run_dir), "states": [trainer_state(run_dir, tag, r) for r in (0, 1)],
+              "log": log_tail(run_dir)}
+    _, teacher, shards = world
+    done = run_distill(run_dir, teacher, shards, ranks=1)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return run_dir, before, done
+
+
+def _scalar_steps(event_file: Path) -> dict[str, list[int]]:
+    """{tag: steps} of the scalars in one event file, as written (no purging)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    out: dict[str, list[int]] = {}
+    for event in EventFileLoader(str(event_file)).Load():
+        for value in event.summary.value:
+            if value.metadata.plugin_data.plugin_name == "scalars":
+                out.setdefault(value.tag, []).append(event.step)
+    return out
+
+
+def _accumulator(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+# ----------------------------------------------------------------------------- exact resume after SIGKILL
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_the_straight_run(straight, killed):
+    run_dir, before = killed
+    assert before["code"] == -signal.SIGKILL
+    assert before["logged"] >= 5 and before["latest"] in ("step_00000004", "step_00000006")  # killed mid-run
+    assert f"resumed from {run_dir / 'checkpoints' / before['latest']}" in log_tail(run_dir)
+    # Per-step losses bit for bit, every step once (the steps after the checkpoint were logged again).
+    assert_same_records(read_metrics(run_dir), read_metrics(straight))
+    assert_same_weights(engine_weights(run_dir), engine_weights(straight))
+    export = AutoModelForMaskedLM.from_pretrained(run_dir / "export").state_dict()
+    assert_same_weights(export, AutoModelForMaskedLM.from_pretrained(straight / "export").state_dict())
+
+
+@pytest.mark.slow
+def test_checkpoint_holds_step_tokens_stream_rng_and_config_not_the_teacher(world, straight):
+    ckpt = straight / "checkpoints" / "step_00000008"
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["step"] == 8 and meta["world_size"] == 2 and meta["tokens"] == read_metrics(straight)[-1]["tokens"]
+    assert "loss_scale" in meta and "teacher:" in meta["config"] and "every_steps: 2" in meta["config"]
+    for rank in (0, 1):
+        state = trainer_state(straight, "step_00000008", rank)
+        assert state["stream"]["samples_consumed"] == 8 * 8  # 8 steps of a global batch of 8
+        assert set(state["rng"]) >= {"python", "numpy", "torch"}
+    assert sorted(p.name for p in (straight / "checkpoints").glob("step_*")) == ["step_00000006", "step_00000008"]
+    weights = engine_weights(straight)
+    assert all(k.startswith(("minialbert.", "mlm_head.")) for k in weights)  # the student's, no teacher's
+    teacher = AutoModelForMaskedLM.from_pretrained(world[1])
+    assert sum(v.numel() for v in weights.values()) < sum(p.numel() for p in teacher.parameters())
+
+
+# ----------------------------------------------------------------------------- a crash during a save
+
+
+@pytest.mark.slow
+def test_crash_while_saving_leaves_the_previous_checkpoint_latest_and_loadable(straight, crashed_in_save):
+    run_dir, before = crashed_in_save
+    assert before["code"] != 0
+    assert before["logged"] == [1, 2, 3, 4, 5, 6]  # the crash came in the save after step 6
+    assert before["latest"] == "step_00000004"
+    # The ranks had written their shards and states; the save never completed (no meta.json).
+    assert "trainer_state_rank1.pt" in before["step6_files"] and "meta.json" not in before["step6_files"]
+    assert any("optim_states" in name for name in before["step6_files"])
+    assert before["export"]  # step 4 was exported as it stood
+    # The resume starts from step 4, redoes 5 and 6 exactly, replaces the half-written step 6 and finishes.
+    assert "resumed from" in log_tail(run_dir) and "step_00000004 at step 4" in log_tail(run_dir)
+    assert_same_records(read_metrics(run_dir), read_metrics(straight))
+    assert_same_weights(engine_weights(run_dir), engine_weights(straight))
+    assert (run_dir / "checkpoints" / "step_00000006" / "meta.json").is_file()
+
+
+@pytest.mark.slow
+def test_tensorboard_carries_every_tag_and_one_event_per_step_across_a_resume(straight, crashed_in_save):
+    run_dir, before = crashed_in_save
+    # The crashed run's event file holds steps 5 and 6, after its last checkpoint: the resume must hide them.
+    (first_file, first_steps), = [(n, s) for n, s in before["events"].items()]
+    assert first_steps["loss/total"] == [1, 2, 3, 4, 5, 6]
+    acc = _accumulator(run_dir)
+    assert set(acc.Tags()["scalars"]) >= set(TAGS)
+    metrics = read_metrics(run_dir)
+    for tag in TAGS:
+        steps = [e.step for e in acc.Scalars(tag)]
+        assert steps == list(range(1, MAX_STEPS + 1)), (tag, steps)
+    assert [e.value for e in acc.Scalars("loss/total")] == [pytest.approx(r["loss"], rel=1e-6) for r in metrics]
+    assert [e.value for e in acc.Scalars("train/lr")] == [pytest.approx(r["lr"], rel=1e-6) for r in metrics]
+    assert [e.value for e in acc.Scalars("data/epoch")] == [r["epoch"] for r in metrics]
+    assert all(e.value > 0 for e in acc.Scalars("mem/peak_gb"))
+    # The hyper-parameters, once, from the first run.
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = _accumulator(straight).PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = start.session_start_info.hparams
+    assert hparams["optim.lr"].number_value == pytest.approx(1e-3)
+    assert hparams["train.global_batch_size"].number_value == 8
+    assert hparams["train.precision"].string_value == "bf16"
+
+
+# ----------------------------------------------------------------------------- preemption, fewer ranks
+
+
+@pytest.mark.slow
+def test_stop_signals_save_within_one_step_and_exit_75(preempted):
+    run_dir, before, _ = preempted
+    assert before["code"] == 75, before["log"]
+    saved = int(before["latest"].removeprefix("step_"))
+    # Each rank checks for a signal after every step: the save comes at the step in flight, at the latest.
+    assert before["sent_after"] <= saved <= before["logged_at_signal"] + 1 < MAX_STEPS
+    assert before["logged"] == list(range(1, saved + 1))  # nothing after the save
+    assert f"stopped by signal at step {saved}; checkpoint saved; exit 75" in before["log"]
+    assert [s["stream"]["samples_consumed"] for s in before["states"]] == [saved * 8, saved * 8]
+
+
+@pytest.mark.slow
+def test_two_rank_checkpoint_resumes_on_one_rank_and_continues_the_stream(straight, preempted):
+    run_dir, before, done = preempted
+    saved = int(before["latest"].removeprefix("step_"))
+    assert f"resumed from {run_dir / 'checkpoints' / before['latest']} at step {saved}" in done.stdout
+    assert "world 1 x micro 4 x accumulation 2" in done.stdout
+    records, reference = read_metrics(run_dir), read_metrics(straight)
+    assert [r["step"] for r in records] == list(range(1, MAX_STEPS + 1))
+    # Same samples as the 2-rank run at every step: the token counts agree, and the first step after the resume
+    # (same weights, same batch) gives the same losses; later steps differ only by reduction order.
+    assert [r["tokens"] for r in records] == [r["tokens"] for r in reference]
+    resumed, first = records[saved:], reference[saved:]
+    torch.testing.assert_close(torch.tensor([resumed[0][k] for k in LOSSES]), torch.tensor([first[0][k] for k in LOSSES]),
+                               rtol=1e-5, atol=0)
+    torch.testing.assert_close(torch.tensor([[r[k] for k in LOSSES] for r in resumed]),
+                               torch.tensor([[r[k] for k in LOSSES] for r in first]), rtol=1e-3, atol=1e-6)
+    meta = json.loads((run_dir / "checkpoints" / "step_00000008" / "meta.json").read_text())
+    assert meta["world_size"] == 1
+    assert trainer_state(run_dir, "step_00000008", 0)["stream"]["samples_consumed"] == MAX_STEPS * 8
+    assert not (run_dir / "checkpoints" / "latest_universal").exists()
+    AutoModelForMaskedLM.from_pretrained(run_dir / "export")
+
+
+# ----------------------------------------------------------------------------- export from ZeRO-3
+
+
+@pytest.mark.slow
+def test_export_of_a_zero3_checkpoint_loads_and_equals_the_engine_weights(world, tmp_path):
+    run_dir = world[0] / "zero3"
+    ds_json = tmp_path / "zero3_fp16.json"  # a loss scale that does not overflow at once: the steps are applied
+    ds_json.write_text(json.dumps({"zero_optimization": {"stage": 3}, "fp16": {"initial_scale_power": 8}}))
+    _, teacher, shards = world
+    done = run_distill(run_dir, teacher, shards, "--max-steps", "4", "train.precision=fp16", ds_config=str(ds_json))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ckpts = run_dir / "checkpoints"
+    assert any(p.name.startswith("zero_pp_rank_1") for p in (ckpts / "step_00000004").iterdir())  # ZeRO-3 shards
+    records = read_metrics(run_dir)
+    assert all(r["loss_scale"] == 256.0 and r["grad_norm"] == r["grad_norm"] < float("inf") for r in records)
+
+    out = tmp_path / "export"
+    cli = subprocess.run([sys.executable, "-m", "minialbert.export", str(run_dir), "--tag", "step_00000004",
+                          "--out", str(out)], cwd=REPO, env=distill_env(), capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    model = AutoModelForMaskedLM.from_pretrained(out)
+    assert type(model).__name__ == "MiniAlbertForMaskedLM"
+    # DeepSpeed's own recovery script, shipped in the checkpoint folder, gathers the engine's fp32 partitions.
+    fp32 = tmp_path / "fp32"
+    script = subprocess.run([sys.executable, str(ckpts / "zero_to_fp32.py"), str(ckpts), str(fp32),
+                             "--tag", "step_00000004"], env=distill_env(), capture_output=True, text=True)
+    assert script.returncode == 0, script.stderr[-3000:]
+    engine = torch.load(fp32 / "pytorch_model.bin", weights_only=True)
+    exported = model.state_dict()
+    assert set(exported) >= set(engine)
+    assert_same_weights({k: exported[k] for k in engine}, engine)
+    assert_same_weights(exported, AutoModelForMaskedLM.from_pretrained(run_dir / "export").state_dict())
+    card = (out / "README.md").read_text()
+    for needle in ("teacher:", str(teacher), "optimizer steps: 4", f"tokens seen: {records[-1]['tokens']}",
+                   "## Final losses", f"loss: {records[-1]['loss']:.5f}", "## Parameters", str(shards[0])):
+        assert needle in card, needle
+    assert (out / "tokenizer.json").is_file()
+    # fp16 runs log the loss scale.
+    acc = _accumulator(run_dir)
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss_scale")] == [(s, 256.0) for s in range(1, 5)]
+
+
+# ----------------------------------------------------------------------------- --no-resume
+
+
+@pytest.mark.slow
+def test_no_resume_refuses_a_non_empty_run_dir_and_touches_nothing(world, tmp_path):
+    _, teacher, shards = world
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "latest").write_text("step_00000004\n")
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+
+    def snapshot():
+        return {str(p): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in run_dir.rglob("*")}
+
+    before = snapshot()
+    sources = json.dumps([{"path": str(s)} for s in shards])
+    done = subprocess.run([sys.executable, "minialbert/distill.py", "--config", "configs/distill/tiny.yaml",
+                           "--run-dir", str(run_dir), "--no-resume", f"teacher.path={teacher}", f"data.sources={sources}"],
+                          cwd=REPO, env=distill_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: --no-resume: run dir {run_dir} is not empty; choose another --run-dir or drop --no-resume"]
+    assert snapshot() == before
