@@ -1,0 +1,43 @@
+"""The house layering, read from the imports: model code knows nothing of DeepSpeed, ranks or launchers."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = sorted(p for d in ("minialbert", "data_prep", "launchers") for p in (REPO / d).rglob("*.py"))
+# module prefix -> the only files allowed to import it
+OWNERS = {
+    "deepspeed": {"minialbert/engine.py"},
+    "torch.distributed": {"minialbert/dist.py"},
+    "submitit": {"launchers/submit_distill.py", "launchers/submit_prep.py"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+@pytest.mark.parametrize("prefix", sorted(OWNERS))
+def test_only_the_owner_imports(prefix):
+    offenders = [
+        str(p.relative_to(REPO)) for p in SOURCES
+        if str(p.relative_to(REPO)) not in OWNERS[prefix]
+        and any(n == prefix or n.startswith(prefix + ".") for n in _imports(p))
+    ]
+    assert not offenders, f"{prefix} imported outside {sorted(OWNERS[prefix])}: {offenders}"
+
+
+def test_the_student_loads_without_the_training_code():
+    imports = _imports(REPO / "minialbert" / "modeling_minialbert.py")
+    assert not {n for n in imports if n.startswith(("deepspeed", "torch.distributed", "minialbert.distill"))}
