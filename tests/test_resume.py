@@ -24,6 +24,8 @@ from distill_helpers import REPO, build_teacher, distill_command, distill_env, p
 
 MAX_STEPS = 8
 EVERY_2 = "checkpoint.every_steps=2"  # tiny.yaml keeps the last 2
+# Dropout on, so an exact resume needs every rank's RNG state back (tiny.yaml turns dropout off).
+DROPOUT = ("student.hidden_dropout_prob=0.1", "student.attention_probs_dropout_prob=0.1")
 # What must match bit for bit between a resumed and a straight run (the rest is timing).
 EXACT = ("loss", "loss_mlm", "loss_attention", "loss_hidden", "loss_output", "tokens", "lr", "grad_norm",
          "loss_scale", "epoch")
@@ -123,14 +125,15 @@ def assert_same_records(resumed: list[dict], straight: list[dict], keys=EXACT) -
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     teacher = build_teacher(root / "teacher")
-    return root, teacher, [pack_shards(teacher, root / "general", seed=0)]
+    # Rows of 64 tokens, many of them partly filled: the token count of a step tells which samples it read.
+    return root, teacher, [pack_shards(teacher, root / "general", seed=0, seq_len=64)]
 
 
 @pytest.fixture(scope="module")
 def straight(world):
     """8 steps, checkpoints every 2; --no-resume into a new run dir is allowed."""
     run_dir = world[0] / "straight"
-    assert finish(start_distill(run_dir, world, EVERY_2, "--no-resume")) == 0, log_tail(run_dir)
+    assert finish(start_distill(run_dir, world, EVERY_2, *DROPOUT, "--no-resume")) == 0, log_tail(run_dir)
     return run_dir
 
 
@@ -138,14 +141,14 @@ def straight(world):
 def killed(world):
     """SIGKILL to the launcher's whole process group once step 5 is logged, then the same command again."""
     run_dir = world[0] / "killed"
-    proc = start_distill(run_dir, world, EVERY_2)
+    proc = start_distill(run_dir, world, EVERY_2, *DROPOUT)
     try:
         at_kill = wait_for_step(proc, run_dir, 5)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         finish(proc)
     before = {"code": proc.returncode, "logged": at_kill, "latest": latest(run_dir)}
-    assert finish(start_distill(run_dir, world, EVERY_2)) == 0, log_tail(run_dir)
+    assert finish(start_distill(run_dir, world, EVERY_2, *DROPOUT)) == 0, log_tail(run_dir)
     return run_dir, before
 
 
@@ -155,7 +158,7 @@ def crashed_in_save(world):
     from minialbert.export import export_checkpoint
 
     run_dir = world[0] / "crashed"
-    code = finish(start_distill(run_dir, world, EVERY_2, env={"MINIALBERT_FAULT_AFTER_SHARDS": "6"}))
+    code = finish(start_distill(run_dir, world, EVERY_2, *DROPOUT, env={"MINIALBERT_FAULT_AFTER_SHARDS": "6"}))
     ckpts = run_dir / "checkpoints"
     before = {
         "code": code, "latest": latest(run_dir), "logged": logged_steps(run_dir),
@@ -165,7 +168,7 @@ def crashed_in_save(world):
     # Loadable as it is: DeepSpeed gathers its shards into a model that loads in transformers.
     export = export_checkpoint(run_dir, None, world[0] / "crashed_export")
     before["export"] = AutoModelForMaskedLM.from_pretrained(export).state_dict()
-    assert finish(start_distill(run_dir, world, EVERY_2)) == 0, log_tail(run_dir)
+    assert finish(start_distill(run_dir, world, EVERY_2, *DROPOUT)) == 0, log_tail(run_dir)
     return run_dir, before
 
 
@@ -173,7 +176,7 @@ def crashed_in_save(world):
 def preempted(world):
     """SIGUSR1 to rank 0 and SIGTERM to rank 1 (Slurm's --signal and scancel) after step 2; then resume on 1 rank."""
     run_dir = world[0] / "preempted"
-    proc = start_distill(run_dir, world)
+    proc = start_distill(run_dir, world, *DROPOUT)
     try:
         sent_after = wait_for_step(proc, run_dir, 2)
         ranks = sorted(rank_processes(proc), key=lambda p: p.cmdline())  # --local_rank=0 first
@@ -188,7 +191,7 @@ def preempted(world):
               "logged": logged_steps(run_dir), "states": [trainer_state(run_dir, tag, r) for r in (0, 1)],
               "log": log_tail(run_dir)}
     _, teacher, shards = world
-    done = run_distill(run_dir, teacher, shards, ranks=1)
+    done = run_distill(run_dir, teacher, shards, *DROPOUT, ranks=1)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return run_dir, before, done
 
@@ -316,14 +319,13 @@ def test_two_rank_checkpoint_resumes_on_one_rank_and_continues_the_stream(straig
     assert "world 1 x micro 4 x accumulation 2" in done.stdout
     records, reference = read_metrics(run_dir), read_metrics(straight)
     assert [r["step"] for r in records] == list(range(1, MAX_STEPS + 1))
-    # Same samples as the 2-rank run at every step: the token counts agree, and the first step after the resume
-    # (same weights, same batch) gives the same losses; later steps differ only by reduction order.
-    assert [r["tokens"] for r in records] == [r["tokens"] for r in reference]
-    resumed, first = records[saved:], reference[saved:]
-    torch.testing.assert_close(torch.tensor([resumed[0][k] for k in LOSSES]), torch.tensor([first[0][k] for k in LOSSES]),
-                               rtol=1e-5, atol=0)
-    torch.testing.assert_close(torch.tensor([[r[k] for k in LOSSES] for r in resumed]),
-                               torch.tensor([[r[k] for k in LOSSES] for r in first]), rtol=1e-3, atol=1e-6)
+    # The same samples as the 2-rank run at every step: the per-step token counts (which vary from step to step
+    # with these shards) agree. Losses only roughly: the RNG streams (dropout) are new on a new rank count.
+    step_tokens = [r["tokens"] for r in reference]
+    assert len({b - a for a, b in zip([0] + step_tokens, step_tokens)}) > 2
+    assert [r["tokens"] for r in records] == step_tokens
+    torch.testing.assert_close(torch.tensor([records[-1][k] for k in LOSSES]),
+                               torch.tensor([reference[-1][k] for k in LOSSES]), rtol=0.1, atol=1e-3)
     meta = json.loads((run_dir / "checkpoints" / "step_00000008" / "meta.json").read_text())
     assert meta["world_size"] == 1
     assert trainer_state(run_dir, "step_00000008", 0)["stream"]["samples_consumed"] == MAX_STEPS * 8
