@@ -50,7 +50,11 @@ def latest_tag(run_dir: str | Path) -> str | None:
 
 
 def read_meta(run_dir: str | Path, tag: str) -> dict:
-    path = checkpoint_root(run_dir) / tag / META
+    root = checkpoint_root(run_dir)
+    if not (root / tag).is_dir():
+        have = ", ".join(sorted(p.name for p in root.glob("step_*") if (p / META).is_file())) or "none"
+        raise FileNotFoundError(f"{root / tag}: no such checkpoint (complete ones: {have})")
+    path = root / tag / META
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint metadata missing (incomplete checkpoint)")
     return json.loads(path.read_text())

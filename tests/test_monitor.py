@@ -95,3 +95,22 @@ def test_sigterm_and_sigusr1_set_the_stop_flag_instead_of_killing():
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def test_export_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    from minialbert.export import main as export_main
+
+    out = tmp_path / "out"
+    assert export_main([str(tmp_path), "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path}: no checkpoint (checkpoints/latest missing)\n"
+    (tmp_path / "checkpoints" / "step_00000004").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step_00000004" / ckpt.META).write_text('{"step": 4}')
+    assert export_main([str(tmp_path), "--tag", "step_00000005", "--out", str(out)]) == 1
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'checkpoints' / 'step_00000005'}: no such checkpoint "
+                                       f"(complete ones: step_00000004)\n")
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert export_main([str(tmp_path), "--tag", "step_00000004", "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"error: {out}: exists and is not empty; choose a new --out\n"
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "out"]
