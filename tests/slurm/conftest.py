@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_jobs import CLUSTER_SH, SlurmCluster
+from slurm_jobs import CLUSTER_SH, SlurmCluster, cancel_tracked
 
 
 def _cluster(command: str) -> subprocess.CompletedProcess:
@@ -30,3 +30,10 @@ def slurm_cluster() -> SlurmCluster:
     yield SlurmCluster(state)
     if not already_running:
         _cluster("stop")
+
+
+@pytest.fixture(autouse=True)
+def _cancel_leftover_jobs():
+    """A failed test must not leave its jobs running into the next test (the node has few CPUs)."""
+    yield
+    cancel_tracked()

@@ -23,11 +23,26 @@ class SlurmCluster:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
+_submitted: list[str] = []
+
+
+def track(job_id: str) -> str:
+    """Remember a job so ``cancel_tracked`` cancels it if the test ends (or fails) before it does."""
+    _submitted.append(job_id)
+    return job_id
+
+
+def cancel_tracked() -> None:
+    if _submitted:
+        subprocess.run(["scancel", *_submitted], capture_output=True, timeout=60)
+        _submitted.clear()
+
+
 def sbatch(*args: str, env: dict | None = None, cwd: Path = REPO) -> str:
     done = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=60)
     assert done.returncode == 0, f"sbatch {' '.join(args)} failed: {done.stderr}"
-    return done.stdout.strip().split(";")[0]
+    return track(done.stdout.strip().split(";")[0])
 
 
 def job_state(job_id: str) -> str:
@@ -56,6 +71,16 @@ def wait_for(condition, what: str, timeout: float, output: Path | None = None, p
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n--- job output ---\n{text}")
 
 
+def ended(job_id: str) -> str:
+    """The final state once the job is over and none of its processes is left (a cancelled job is CANCELLED
+    in accounting at once, while its ranks may still be saving a checkpoint); "" until then."""
+    state = job_state(job_id)
+    if state not in FINISHED:
+        return ""
+    live = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                          timeout=60).stdout.split()
+    return "" if any(s in ("COMPLETING", "RUNNING", "PENDING") for s in live) else state
+
+
 def wait_finished(job_id: str, timeout: float, output: Path | None = None) -> str:
-    return wait_for(lambda: (s := job_state(job_id)) in FINISHED and s, f"job {job_id} to finish", timeout,
-                    output)
+    return wait_for(lambda: ended(job_id), f"job {job_id} to finish", timeout, output)
