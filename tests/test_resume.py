@@ -270,7 +270,7 @@ def test_crash_while_saving_leaves_the_previous_checkpoint_latest_and_loadable(s
 
 
 @pytest.mark.slow
-def test_tensorboard_carries_every_tag_and_one_event_per_step_across_a_resume(straight, crashed_in_save):
+def test_tensorboard_carries_every_tag_and_one_event_per_step_across_a_resume(crashed_in_save):
     run_dir, before = crashed_in_save
     # The crashed run's event file holds steps 5 and 6, after its last checkpoint: the resume must hide them.
     (first_file, first_steps), = [(n, s) for n, s in before["events"].items()]
@@ -285,10 +285,10 @@ def test_tensorboard_carries_every_tag_and_one_event_per_step_across_a_resume(st
     assert [e.value for e in acc.Scalars("train/lr")] == [pytest.approx(r["lr"], rel=1e-6) for r in metrics]
     assert [e.value for e in acc.Scalars("data/epoch")] == [r["epoch"] for r in metrics]
     assert all(e.value > 0 for e in acc.Scalars("mem/peak_gb"))
-    # The hyper-parameters, once, from the first run.
+    # The hyper-parameters, written once by the first run.
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    content = _accumulator(straight).PluginTagToContent("hparams")
+    content = acc.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     hparams = start.session_start_info.hparams
     assert hparams["optim.lr"].number_value == pytest.approx(1e-3)
@@ -391,9 +391,9 @@ def test_no_resume_refuses_a_non_empty_run_dir_and_touches_nothing(world, tmp_pa
 
     before = snapshot()
     sources = json.dumps([{"path": str(s)} for s in shards])
-    done = subprocess.run([sys.executable, "minialbert/distill.py", "--config", "configs/distill/tiny.yaml",
-                           "--run-dir", str(run_dir), "--no-resume", f"teacher.path={teacher}", f"data.sources={sources}"],
-                          cwd=REPO, env=distill_env(), capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "minialbert/distill.py", "--config", "configs/distill/tiny.yaml", "--run-dir",
+               str(run_dir), "--no-resume", f"teacher.path={teacher}", f"data.sources={sources}"]
+    done = subprocess.run(command, cwd=REPO, env=distill_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: --no-resume: run dir {run_dir} is not empty; choose another --run-dir or drop --no-resume"]
