@@ -80,7 +80,8 @@ class DistillJob(submitit.helpers.Checkpointable):
         job = str(env.job_id).split("_")[0]
         os.environ.update(
             RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
-            LOCAL_WORLD_SIZE=str(env.num_tasks // env.num_nodes), MASTER_ADDR=env.hostnames[0],
+            LOCAL_WORLD_SIZE=str(env.num_tasks // env.num_nodes),
+            MASTER_ADDR="127.0.0.1" if env.num_nodes == 1 else env.hostnames[0],
             # one port per job, the same after a requeue
             MASTER_PORT=os.environ.get("MASTER_PORT") or str(20000 + int(job) % 20000 if job.isdigit() else 29500),
         )

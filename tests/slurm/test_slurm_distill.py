@@ -15,7 +15,7 @@ import pytest
 from distill_helpers import build_teacher, pack_shards, read_metrics
 
 from minialbert import checkpoint as ckpt
-from slurm_jobs import REPO, job_state, sbatch, track, wait_finished, wait_for
+from slurm_jobs import REPO, ended, sbatch, track, wait_finished, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -52,6 +52,14 @@ def job_info(job_id: str) -> dict:
     return dict(re.findall(r"(\w+)=(\S*)", out))
 
 
+def requeued(job_id: str) -> bool:
+    """True once the job was requeued; fails at once if it ended instead."""
+    if job_info(job_id).get("Restarts") == "1":
+        return True
+    assert not ended(job_id), f"job {job_id} ended ({ended(job_id)}) instead of being requeued"
+    return False
+
+
 def sent(*cmd: str) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, f"{' '.join(cmd)}: {done.stderr}"
@@ -69,7 +77,7 @@ def test_pretrain_sh_survives_time_limit_signal_and_requeue_and_finishes(slurm_c
     # What Slurm does at --signal=B:USR1@...: signal the batch script, which forwards to the ranks and requeues.
     wait_for(lambda: len(steps(run_dir)) >= 3, "the first steps", 600, log, poll=0.3)
     sent("scancel", "--batch", "--signal=USR1", job)
-    wait_for(lambda: job_info(job).get("Restarts") == "1", "pretrain.sh to requeue itself", 300, log, poll=0.3)
+    wait_for(lambda: requeued(job), "pretrain.sh to requeue itself", 300, log, poll=0.3)
     first_stop = ckpt.resume_tag(run_dir)[1]["step"]
     assert steps(run_dir)[-1] == first_stop
 
@@ -128,20 +136,20 @@ def test_submitit_job_resumes_hits_time_limit_is_requeued_and_returns(cancelled_
     run_dir = tmp_path / "run"
     shutil.copytree(cancelled_run[0], run_dir)
     start = steps(run_dir)[-1]
-    n = start + 150
+    n = start + 250  # more steps than the first run can do before the warning (at most ~32 s in)
     for key, value in job_env().items():
         monkeypatch.setenv(key, value)
     # A 1-minute limit with the signal 58 s before it: slurmctld checks limits every 30 s, so the warning
-    # arrives 2-32 s into the run, before 150 steps are done.
+    # arrives 2-32 s into the run, before 250 steps are done.
     job = submitit_job(world, run_dir, n, tmp_path / "submitit", time_min=1, signal_delay_s=58)
     track(job.job_id)
     log = tmp_path / "submitit" / f"{job.job_id}_0_log.err"  # rank 0's stderr; its stdout is _log.out
-    wait_for(lambda: job_info(job.job_id).get("Restarts") == "1", "submitit to requeue the job", 600, log, poll=0.3)
+    wait_for(lambda: requeued(job.job_id), "submitit to requeue the job", 600, log, poll=0.3)
     # The second run gets time to finish; and skip the requeue hold.
     sent("scontrol", "update", f"JobId={job.job_id}", "TimeLimit=10", "StartTime=now")
 
     assert job.results() == [str(run_dir)] * 2  # one result per rank
-    assert job_state(job.job_id) == "COMPLETED"
+    assert wait_finished(job.job_id, timeout=120, output=log) == "COMPLETED"
     assert steps(run_dir) == list(range(1, n + 1)), "a step is missing or logged twice"
     text = log.read_text() + log.with_name(f"{job.job_id}_0_log.out").read_text()
     assert f"resumed from {run_dir / 'checkpoints' / ckpt.tag_for(start)} at step {start}" in text
