@@ -13,3 +13,13 @@ if ! "$py" -c 'import torch' 2>/dev/null; then
 fi
 extras=${MINIALBERT_EXTRAS:-test,demo}
 "$py" -m pip install -q --disable-pip-version-check -e ".[$extras]"
+# DeepSpeed JIT-compiles its CPU shared-memory collective op on first use (~30-100 s). Build it once here, in one
+# process, so that ranks started together (tests, the demo, Slurm jobs) find it cached instead of racing to build it.
+if [ -z "${CUDA_VISIBLE_DEVICES:-}" ] && ! "$py" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+    DS_ACCELERATOR=cpu PATH="$PWD/.venv/bin:$PATH" "$py" - <<'PY' >/dev/null
+from deepspeed.accelerator import get_accelerator
+builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+if builder is not None:
+    builder.load()
+PY
+fi
