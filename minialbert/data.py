@@ -35,21 +35,12 @@ import torch
 
 # Shared with data_prep (stdlib only): both sides hash a tokenizer folder the same way.
 from data_prep.fingerprint import tokenizer_fingerprint
+from data_prep.windowing import mix64  # the same hash keys data prep's document sampling
 
 IGNORE_INDEX = -100
-_MASK64 = (1 << 64) - 1
 
 
 # ----------------------------------------------------------------------------- permutations
-
-
-def _mix64(*values: int) -> int:
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (v & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
-        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & _MASK64
-        h ^= h >> 29
-    return h
 
 
 def permute(index: np.ndarray, n: int, key: int) -> np.ndarray:
@@ -61,7 +52,7 @@ def permute(index: np.ndarray, n: int, key: int) -> np.ndarray:
         return np.zeros_like(index)
     half = max(1, ((n - 1).bit_length() + 1) // 2)
     mask = np.uint64((1 << half) - 1)
-    round_keys = [np.uint64(_mix64(key, r)) for r in range(4)]
+    round_keys = [np.uint64(mix64(key, r)) for r in range(4)]
     x = index.astype(np.uint64)
 
     def feistel(v: np.ndarray) -> np.ndarray:
@@ -275,7 +266,7 @@ class ShardStream:
         out = [None] * len(positions)
         for e in np.unique(epoch):
             sel = np.flatnonzero(epoch == e)
-            slot = permute(k[sel], E, _mix64(self.seed, int(e), 0x6D6978))  # position → slot in the epoch
+            slot = permute(k[sel], E, mix64(self.seed, int(e), 0x6D6978))  # position → slot in the epoch
             source = np.searchsorted(self.quota_starts, slot, side="right") - 1
             for s in np.unique(source):
                 these = sel[source == s]
@@ -284,7 +275,7 @@ class ShardStream:
                 rows = np.empty(len(nth), np.int64)
                 for p in np.unique(nth // n):  # source pass
                     in_pass = nth // n == p
-                    rows[in_pass] = permute(nth[in_pass] % n, n, _mix64(self.seed, int(s), int(p), 0x737263))
+                    rows[in_pass] = permute(nth[in_pass] % n, n, mix64(self.seed, int(s), int(p), 0x737263))
                 for i, r in zip(these, rows):
                     out[i] = (int(s), int(r))
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -76,3 +77,14 @@ def pack(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise AssertionError(f"pack_corpus failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def tree(folder) -> dict[str, str]:
+    """relative path -> sha256 of every file under folder (hidden temporaries included)."""
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out

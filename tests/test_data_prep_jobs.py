@@ -3,14 +3,13 @@ byte-identical folders to one uninterrupted run."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
 import time
 
 import pytest
-from data_prep_helpers import PYTHON, REPO, build_wordpiece_tokenizer, make_texts, pack, write_jsonl
+from data_prep_helpers import PYTHON, REPO, build_wordpiece_tokenizer, make_texts, pack, write_jsonl, tree
 
 from data_prep.pack_corpus import main
 from minialbert.data import ShardStream
@@ -27,16 +26,6 @@ def corpus(tmp_path_factory):
     reference = root / "reference"
     assert main(["--no-progress", *args, "--out", str(reference)]) == 0
     return args, reference
-
-
-def tree(folder) -> dict[str, str]:
-    """relative path → sha256 of every file (hidden temporaries included)."""
-    out = {}
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return out
 
 
 def test_killed_job_rerun_gives_identical_shards(corpus, tmp_path):

@@ -3,13 +3,12 @@ shards to one local ``pack_corpus`` run."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 
 import pytest
-from data_prep_helpers import build_wordpiece_tokenizer, make_texts, write_jsonl
+from data_prep_helpers import build_wordpiece_tokenizer, make_texts, write_jsonl, tree
 
 from data_prep.pack_corpus import main as pack_corpus
 from slurm_jobs import REPO, array_states, job_state, wait_finished
@@ -28,16 +27,6 @@ def prep_corpus(tmp_path_factory):
     reference = root / "reference"
     assert pack_corpus(["--no-progress", *args, "--out", str(reference)]) == 0
     return args, reference
-
-
-def tree(folder) -> dict[str, str]:
-    """relative path → sha256 of every file under folder."""
-    out = {}
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return out
 
 
 def run(cmd: list[str], cwd, timeout: float = 300) -> subprocess.CompletedProcess:
