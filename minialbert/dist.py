@@ -98,10 +98,10 @@ def print0(*args: object, **kwargs: object) -> None:
 
 
 def seed_everything(seed: int, rank_: int) -> None:
-    """Same weights on every rank (seed), different dropout streams per rank (seed + rank after init)."""
-    random.seed(seed + rank_)
-    np.random.seed((seed + rank_) % 2**32)
-    torch.manual_seed(seed)
+    """Seed this rank's python, numpy and torch streams (dropout differs between ranks)."""
+    random.seed(seed + 1000 * rank_)
+    np.random.seed((seed + 1000 * rank_) % 2**32)
+    torch.manual_seed(seed + 1000 * rank_)
 
 
 def rng_state() -> dict:

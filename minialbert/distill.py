@@ -42,6 +42,7 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved on SIGTERM/SIGUSR1; r
 EXIT_CONFIG = 2
 DEFAULT_DS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ds" / "zero2.json"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -150,8 +151,8 @@ def flops_and_peak(cfg: RunConfig, teacher: Teacher, student: MiniAlbertForMaske
         teacher.config, student.config, cfg.train.global_batch_size, seq_len, cfg.data.mlm_probability,
         teacher_layers_run=len(teacher.layers) if teacher.has_mlm_head else teacher.layer_map[-1],
     )
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.train.precision]
-    peak = cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops else flops.measure_peak_flops(dtype, device, seconds=0.25, repeats=2)
+    peak = cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops else flops.measure_peak_flops(
+        DTYPES[cfg.train.precision], device, seconds=0.25, repeats=2)
     return per_step, peak
 
 
@@ -166,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     ctx = dist.init_distributed()
     stop = StopFlag()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.train.precision]
     try:
-        teacher = load_teacher(cfg.teacher_path(), cfg.student.num_recursions, cfg.teacher.layer_map, dtype, ctx.device)
+        teacher = load_teacher(cfg.teacher_path(), cfg.student.num_recursions, cfg.teacher.layer_map,
+                               DTYPES[cfg.train.precision], ctx.device)
         torch.manual_seed(cfg.train.seed)  # the same initial student on every rank
         student = build_student(cfg, teacher)
         stream = build_stream(cfg, teacher, ctx)
@@ -200,7 +201,6 @@ def main(argv: list[str] | None = None) -> int:
         dist.print0(f"resumed from {run_dir / 'checkpoints' / tag} at step {step}")
     else:
         dist.seed_everything(cfg.train.seed, ctx.rank)
-        torch.manual_seed(cfg.train.seed + 1000 * ctx.rank)  # per-rank dropout streams
     if ctx.is_rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_run_config(cfg))
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                            ctx.world_size, ctx.device)
     weights = {"mlm": cfg.loss.mlm, "attention": cfg.loss.attention, "hidden": cfg.loss.hidden, "output": cfg.loss.output}
     progress = _progress(ctx.is_rank0, step, cfg.train.max_steps)
-    last_save, saved_step = time.monotonic(), step
+    last_save = time.monotonic()
     batches = iter(stream)
     while step < cfg.train.max_steps:
         lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step applies
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             meta = {"tokens": tokens, "loss_scale": ds.loss_scale(engine), "config": dump_run_config(cfg)}
             rank_state = {"stream": stream.state_dict(), "rng": dist.rng_state()}
             ckpt.save(engine, run_dir, step, meta, rank_state, every.keep_last)
-            last_save, saved_step = time.monotonic(), step
+            last_save = time.monotonic()
             monitor.flush()
             monitor.restart_clock()
         if preempted and step < cfg.train.max_steps:  # on the last step: finish (export, exit 0) instead
@@ -261,10 +261,6 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy()
             return EXIT_PREEMPTED
     progress.close()
-    if saved_step != step:  # a resumed run that was already at max_steps
-        ckpt.save(engine, run_dir, step, {"tokens": tokens, "loss_scale": ds.loss_scale(engine),
-                                          "config": dump_run_config(cfg)},
-                  {"stream": stream.state_dict(), "rng": dist.rng_state()}, cfg.checkpoint.keep_last)
     monitor.close()
     if ctx.is_rank0:
         from minialbert.export import export_checkpoint
