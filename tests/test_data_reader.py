@@ -132,19 +132,24 @@ def test_resume_gives_identical_batches_and_masks(packed):
 
 def test_mixture_weights_set_each_sources_share(packed):
     _, folders = packed
-    general, bio = set(shard_rows(folders["general"])), shard_rows(folders["bio"])
+    rows = [shard_rows(folders["general"]), shard_rows(folders["bio"])]
+    general, bio = rows
     for weights in ((3.0, 1.0), (9.0, 1.0)):  # bio up-weighted (natural share ~1/5), then down-weighted
         stream = ShardStream([(folders["general"], weights[0]), (folders["bio"], weights[1])], micro_batch_size=1,
                              seed=1)
         epoch = stream.samples_per_epoch
         assert epoch == len(general) + len(bio)
         samples = [r for b in take(stream, 3 * epoch) for r in originals(b)]
-        from_bio = [[r for r in samples[e * epoch:(e + 1) * epoch] if r not in general] for e in range(3)]
+        # Sources are told apart by the stream's own (source, row) ids (two folders may share a row's text);
+        # the batches must hold exactly those rows.
+        ids = stream.sample_ids(np.arange(3 * epoch, dtype=np.int64))
+        assert samples == [rows[s][r] for s, r in ids]
+        from_bio = [[r for s, r in ids[e * epoch:(e + 1) * epoch] if s == 1] for e in range(3)]
         assert [len(b) for b in from_bio] == [round(epoch * weights[1] / sum(weights))] * 3 == [stream.quota[1]] * 3
         first_epochs = [r for e in range(len(bio) // stream.quota[1]) for r in from_bio[e]]
         assert len(set(first_epochs)) == len(first_epochs)  # no row repeats before a full pass over the source
         if weights[1] * len(general) > weights[0] * len(bio):
-            assert set(from_bio[0]) == set(bio)  # up-weighted: every row in every epoch
+            assert set(from_bio[0]) == set(range(len(bio)))  # up-weighted: every row in every epoch
 
 
 def test_masking_rates_and_whole_words(packed):
