@@ -358,22 +358,22 @@ class MiniAlbertForMaskedLM(MiniAlbertPreTrainedModel):
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
-def _classifier_dropout(config: MiniAlbertConfig) -> float:
-    p = config.classifier_dropout_prob
-    return config.hidden_dropout_prob if p is None else p
-
-
-class MiniAlbertForSequenceClassification(MiniAlbertPreTrainedModel):
-    """[CLS] hidden state of the last recursion -> dropout -> linear (no pooler, as the original)."""
+class _MiniAlbertWithClassifier(MiniAlbertPreTrainedModel):
+    """The encoder plus dropout and a linear task head (``classifier``), shared by the two classification heads."""
 
     _head_prefixes = ("classifier.",)
 
     def __init__(self, config: MiniAlbertConfig):
         super().__init__(config)
         self.minialbert = MiniAlbertModel(config)
-        self.dropout = nn.Dropout(_classifier_dropout(config))
+        p = config.classifier_dropout_prob
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if p is None else p)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
+
+
+class MiniAlbertForSequenceClassification(_MiniAlbertWithClassifier):
+    """[CLS] hidden state of the last recursion -> dropout -> linear (no pooler, as the original)."""
 
     def forward(
         self,
@@ -408,15 +408,8 @@ class MiniAlbertForSequenceClassification(MiniAlbertPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
-class MiniAlbertForTokenClassification(MiniAlbertPreTrainedModel):
-    _head_prefixes = ("classifier.",)
-
-    def __init__(self, config: MiniAlbertConfig):
-        super().__init__(config)
-        self.minialbert = MiniAlbertModel(config)
-        self.dropout = nn.Dropout(_classifier_dropout(config))
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
+class MiniAlbertForTokenClassification(_MiniAlbertWithClassifier):
+    """Every position's hidden state of the last recursion -> dropout -> linear."""
 
     def forward(
         self,

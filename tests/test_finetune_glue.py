@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from finetune_toys import pair_rows, write_bert, write_pair_task, write_student
+from finetune_toys import pair_rows, write_bert, write_pair_task, write_student, one_thread  # noqa: F401  (autouse fixture)
 from transformers import AutoModelForSequenceClassification
 
 from minialbert.finetune import InputError, glue
@@ -23,16 +23,6 @@ QUIET = ["--precision", "fp32", "--no-progress", "--batch-size", "16"]
 FULL = ["--lr", "1e-3", "--epochs", "12", *QUIET]
 ADAPTERS = ["--adapters-only", "--lr", "1e-2", "--epochs", "20", *QUIET]
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: intra-op threads only add contention on a shared 2-core machine. Module scope, so that it
-    # is in force before the module-scoped training fixtures run.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

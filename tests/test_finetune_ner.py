@@ -11,8 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
-from finetune_toys import write_ner_task, write_student, write_tokenizer
+from finetune_toys import write_ner_task, write_student, write_tokenizer, one_thread  # noqa: F401  (autouse fixture)
 
 from minialbert.finetune import InputError
 from minialbert.finetune.__main__ import main
@@ -21,14 +20,6 @@ from minialbert.finetune.training import load_tokenizer
 
 QUIET = ["--precision", "fp32", "--no-progress", "--batch-size", "16", "--seeds", "1"]
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()  # tiny models: intra-op threads only add contention on a shared machine
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
