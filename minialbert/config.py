@@ -275,9 +275,5 @@ def run_config_from_yaml(text: str) -> RunConfig:
     return _build(RunConfig, yaml.safe_load(text), "")
 
 
-def config_to_dict(cfg: RunConfig) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def dump_run_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

@@ -78,9 +78,9 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return t / tdist.get_world_size()
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when it is True on any rank."""
-    return float(all_reduce_mean(torch.tensor([1.0 if flag else 0.0]))) > 0
+def any_rank(*flags: bool) -> list[bool]:
+    """For each flag, True on every rank when it is True on any rank (one all-reduce for all of them)."""
+    return [v > 0 for v in all_reduce_mean(torch.tensor([1.0 if f else 0.0 for f in flags])).tolist()]
 
 
 def world_size() -> int:

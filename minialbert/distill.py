@@ -243,10 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         progress.update(1)
         progress.set_postfix(loss=f"{means[0]:.4f}", refresh=False)
 
-        preempted = dist.any_rank(stop.set)
         every = cfg.checkpoint
-        due = (every.every_steps and step % every.every_steps == 0) or dist.any_rank(
-            bool(every.every_minutes) and time.monotonic() - last_save >= 60 * every.every_minutes)
+        minutes_due = bool(every.every_minutes) and time.monotonic() - last_save >= 60 * every.every_minutes
+        preempted, minutes_due = dist.any_rank(stop.set, minutes_due)  # one collective: ranks decide together
+        due = (every.every_steps and step % every.every_steps == 0) or minutes_due
         if preempted or due or step == cfg.train.max_steps:
             meta = {"tokens": tokens, "loss_scale": ds.loss_scale(engine), "config": dump_run_config(cfg)}
             rank_state = {"stream": stream.state_dict(), "rng": dist.rng_state()}
