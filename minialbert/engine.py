@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import dist
 from .config import RunConfig, ConfigError
 
 # Keys the run config owns: (DeepSpeed key, how to describe the run-config source).
@@ -111,7 +112,21 @@ def initialize(model: nn.Module, ds_config: dict):
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
     )
+    _unlink_shared_memory_segment()
     return engine
+
+
+def _unlink_shared_memory_segment() -> None:
+    """DeepSpeed's CPU all-reduce op maps one ~69 MB segment per rank in /dev/shm (RAM) and never unlinks it, so
+    every run would leave its segments behind until reboot. Once every rank has mapped every peer's segment
+    (``initialize`` returned on all ranks: the barrier), each rank unlinks its own name; the memory is then freed
+    when the ranks exit, however they exit."""
+    env = os.environ
+    segment = Path("/dev/shm") / (
+        f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_{env.get('MASTER_PORT', '')}_{dist.rank()}"
+    )
+    dist.barrier()
+    segment.unlink(missing_ok=True)
 
 
 def save_shards(engine, checkpoint_root: Path, tag: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,6 +41,9 @@ def test_zero2_bf16_run_completes_and_its_export_loads(world, tmp_path):
     assert type(model).__name__ == "MiniAlbertForMaskedLM"
     assert (run_dir / "export" / "tokenizer.json").is_file()
     assert "tokens seen" in (run_dir / "export" / "README.md").read_text()
+    # DeepSpeed's CPU all-reduce segments (~69 MB of RAM each) are gone with the ranks, not left in /dev/shm.
+    port = done.args[done.args.index("--master_port") + 1]
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
 
 def _first_losses(run_dir, n=3):
