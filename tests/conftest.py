@@ -14,3 +14,20 @@ from tiny_models import tiny_config  # noqa: E402
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reclaim_leaked_deepspeed_segments():
+    """DeepSpeed's CPU all-reduce segments (/dev/shm, ~69 MB of RAM per rank) outlive runs killed during start-up,
+    and every run made before minialbert unlinked them. Free those no live process maps, so that a machine's
+    leftovers cannot starve this session of memory."""
+    leaked = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
+    if leaked:
+        for maps in Path("/proc").glob("[0-9]*/maps"):
+            try:
+                leaked -= {Path(line.split(maxsplit=5)[-1]) for line in maps.read_text().splitlines() if "/dev/shm/" in line}
+            except OSError:  # the process exited while we looked
+                continue
+        for segment in leaked:
+            segment.unlink(missing_ok=True)
+    yield
