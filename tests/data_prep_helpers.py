@@ -26,15 +26,18 @@ def make_texts(n_docs: int, seed: int = 0, min_words: int = 5, max_words: int = 
 
 
 def build_wordpiece_tokenizer(out_dir: str) -> str:
-    """A ~120-token BERT WordPiece tokenizer trained on WORDS, saved with save_pretrained."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A ~110-token BERT WordPiece tokenizer for WORDS, saved with save_pretrained. The vocabulary is written out,
+    not trained: the tokenizers trainer breaks ties differently in every process, and the tests need the same
+    token ids (so the same shards) on every machine. Three in four of WORDS are whole tokens; the rest split into pieces."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    chars = sorted(set("".join(WORDS)) | set("0123456789.doc"))
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars), "doc",
+              *(w for i, w in enumerate(sorted(WORDS)) if i % 4)]
+    tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=120, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    tok.train_from_iterator(make_texts(300, seed=1), trainer)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])

@@ -136,11 +136,13 @@ def test_submitit_job_resumes_hits_time_limit_is_requeued_and_returns(cancelled_
     run_dir = tmp_path / "run"
     shutil.copytree(cancelled_run[0], run_dir)
     start = steps(run_dir)[-1]
-    n = start + 250  # more steps than the first run can do before the warning (at most ~32 s in)
+    # More steps than the first run can do before the warning (at most ~32 s in: ~600 steps of ~50 ms on a quiet
+    # 2-core machine); the second run, given time, does the rest.
+    n = start + 1200
     for key, value in job_env().items():
         monkeypatch.setenv(key, value)
     # A 1-minute limit with the signal 58 s before it: slurmctld checks limits every 30 s, so the warning
-    # arrives 2-32 s into the run, before 250 steps are done.
+    # arrives 2-32 s into the run.
     job = submitit_job(world, run_dir, n, tmp_path / "submitit", time_min=1, signal_delay_s=58)
     track(job.job_id)
     log = tmp_path / "submitit" / f"{job.job_id}_0_log.err"  # rank 0's stderr; its stdout is _log.out
