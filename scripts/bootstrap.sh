@@ -17,7 +17,15 @@ extras=${MINIALBERT_EXTRAS:-test,demo}
 # process, so that ranks started together (tests, the demo, Slurm jobs) find it cached instead of racing to build it.
 if [ -z "${CUDA_VISIBLE_DEVICES:-}" ] && ! "$py" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
     DS_ACCELERATOR=cpu PATH="$PWD/.venv/bin:$PATH" "$py" - <<'PY' >/dev/null
+import glob, os, time
 from deepspeed.accelerator import get_accelerator
+from torch.utils.cpp_extension import get_default_build_root
+
+# A build killed half-way leaves its lock file, and torch then waits on it forever: drop locks older than 10 min.
+root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+for lock in glob.glob(f"{root}/deepspeed_shm_comm/lock") + glob.glob(f"{root}/*/deepspeed_shm_comm/lock"):
+    if time.time() - os.path.getmtime(lock) > 600:
+        os.remove(lock)
 builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
 if builder is not None:
     builder.load()
