@@ -43,15 +43,16 @@ def plan_units(fmt: str, inputs: list[str], slice_bytes: int, hf_config: str | N
             raise DataPrepError(f"--input {pattern}: no such file")
         paths.extend(os.path.abspath(m) for m in matches)
     paths = sorted(dict.fromkeys(paths))
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
     units = []
     for path in paths:
-        size = os.path.getsize(path)
+        size, name = os.path.getsize(path), os.path.relpath(path, root)
         sliceable = fmt in ("text", "jsonl") and not path.endswith(".gz") and slice_bytes > 0
         if sliceable and size > slice_bytes:
             for start in range(0, size, slice_bytes):
-                units.append(Unit(len(units), path, start, min(start + slice_bytes, size)))
+                units.append(Unit(len(units), path, start, min(start + slice_bytes, size), name))
         else:
-            units.append(Unit(len(units), path))
+            units.append(Unit(len(units), path, name=name))
     return units
 
 
@@ -66,7 +67,8 @@ def _plan_hf(inputs: list[str], hf_config: str | None, hf_split: str) -> list[Un
             with open(state_path) as f:
                 files = [d["filename"] for d in json.load(f)["_data_files"]]
             for fname in files:
-                units.append(Unit(len(units), os.path.abspath(os.path.join(folder, fname))))
+                units.append(Unit(len(units), os.path.abspath(os.path.join(folder, fname)),
+                                  name=f"{os.path.basename(os.path.normpath(name))}/{fname}"))
         else:
             import datasets  # only hub datasets need it; slow to import
 

@@ -26,18 +26,20 @@ class Unit:
     path: str  # absolute file path, or "hf:NAME" for a Hugging Face hub dataset
     start: int = 0  # first byte (text/jsonl slice) or shard number (hub dataset)
     end: int | None = None  # byte after the slice; None: to the end of the file
+    name: str = ""  # the path from the folder holding all the inputs: the same wherever the corpus lies
 
     @property
     def key(self) -> str:
-        """Stable name of the unit; seeds the per-document window sampling and the validation split."""
-        return f"{self.path}[{self.start}:{'' if self.end is None else self.end}]"
+        """Stable name of the unit; seeds the per-document window sampling and the validation split, so the same
+        corpus gives the same shards wherever it is stored."""
+        return f"{self.name or self.path}[{self.start}:{'' if self.end is None else self.end}]"
 
     @property
     def key_hash(self) -> int:
         return int.from_bytes(hashlib.blake2b(self.key.encode(), digest_size=8).digest(), "little")
 
     def to_json(self) -> dict:
-        return {"index": self.index, "path": self.path, "start": self.start, "end": self.end}
+        return {"index": self.index, "path": self.path, "name": self.name, "start": self.start, "end": self.end}
 
 
 @dataclass

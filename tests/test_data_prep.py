@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from data_prep_helpers import build_sentencepiece_tokenizer, build_wordpiece_tokenizer, make_texts, write_jsonl
+from data_prep_helpers import build_sentencepiece_tokenizer, build_wordpiece_tokenizer, make_texts, tree, write_jsonl
 from transformers import AutoTokenizer
 
 from data_prep.pack_corpus import main
@@ -262,3 +262,19 @@ def test_chunk_cache_matches_whole_text_encoding():
     cached = windower.encode(texts) + windower.encode(texts)  # second call: all chunks come from the cache
     expected = [np.array(tok(t, add_special_tokens=False)["input_ids"]) for t in texts] * 2
     assert all(np.array_equal(a, b) for a, b in zip(cached, expected))
+
+
+def test_the_same_corpus_stored_elsewhere_gives_the_same_shards(wordpiece, tmp_path):
+    """Window sampling and the validation split follow the files' names under the inputs' folder, not the folder."""
+    texts = make_texts(60, seed=5, max_words=80)
+    shards = []
+    for place in ("here", "there/deeper"):
+        folder = tmp_path / place
+        folder.mkdir(parents=True)
+        write_jsonl(folder / "part0.jsonl", texts[:30])
+        write_jsonl(folder / "part1.jsonl", texts[30:])
+        out = tmp_path / place.replace("/", "_")
+        run("jsonl", [str(folder / "part*.jsonl")], wordpiece, out, "--seq-len", "32", "--max-windows", "2",
+            "--validation-fraction", "0.3")
+        shards.append({name: digest for name, digest in tree(out).items() if name.endswith(".arrow")})
+    assert any(name.startswith("validation") for name in shards[0]) and shards[0] == shards[1]

@@ -53,10 +53,19 @@ def job_state(job_id: str) -> str:
     return out[0] if out else ""
 
 
-def array_states(job_id: str) -> list[str]:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", job_id], capture_output=True,
-                         text=True, timeout=60).stdout.splitlines()
-    return [line.split("|")[1].split()[0] for line in out if line]
+def array_states(job_id: str, tasks: int, timeout: float = 60) -> list[str]:
+    """The states of an array job's tasks once accounting holds all ``tasks`` of them, finished (slurmdbd may
+    record a task a moment after the job that depended on it started)."""
+
+    def states() -> list[str]:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", job_id], capture_output=True,
+                             text=True, timeout=60).stdout.splitlines()
+        return [line.split("|")[1].split()[0] for line in out if line]
+
+    deadline = time.monotonic() + timeout
+    while (len(found := states()) < tasks or not FINISHED.issuperset(found)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
 
 
 def wait_for(condition, what: str, timeout: float, output: Path | None = None, poll: float = 1.0):

@@ -43,7 +43,7 @@ def test_prep_sh_array_job_gives_the_local_shards(slurm_cluster, prep_corpus, tm
     array_id, merge_id = done.stdout.split()
     merge_log = tmp_path / f"minialbert-prep-merge-{merge_id}.out"
     assert wait_finished(merge_id, timeout=120, output=merge_log) == "COMPLETED"
-    assert array_states(array_id) == ["COMPLETED"] * UNITS  # one task per unit
+    assert array_states(array_id, UNITS) == ["COMPLETED"] * UNITS  # one task per unit
     assert tree(out) == tree(reference)
 
 
@@ -55,7 +55,7 @@ def test_submit_prep_map_array_then_merge_gives_the_local_shards(slurm_cluster, 
                 *args, "--out", str(out)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     array_id, merge_id = done.stdout.split()
-    assert array_states(array_id) == ["COMPLETED"] * UNITS
+    assert array_states(array_id, UNITS) == ["COMPLETED"] * UNITS
     assert job_state(merge_id) == "COMPLETED"
     assert tree(out) == tree(reference)
 
