@@ -28,7 +28,8 @@ def make_texts(n_docs: int, seed: int = 0, min_words: int = 5, max_words: int = 
 def build_wordpiece_tokenizer(out_dir: str) -> str:
     """A ~110-token BERT WordPiece tokenizer for WORDS, saved with save_pretrained. The vocabulary is written out,
     not trained: the tokenizers trainer breaks ties differently in every process, and the tests need the same
-    token ids (so the same shards) on every machine. Three in four of WORDS are whole tokens; the rest split into pieces."""
+    token ids (so the same shards) on every machine. Three in four of WORDS are whole tokens; the rest split into
+    pieces."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 

@@ -8,9 +8,6 @@ the entity words are out of the vocabulary as wholes and split into two word pie
 from __future__ import annotations
 
 import random
-
-import pytest
-import torch
 from pathlib import Path
 
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
@@ -113,13 +110,3 @@ def write_ner_task(directory: Path, n_train: int = 300, n_eval: int = 80, long_e
             blocks.append("\n".join(f"{w}\t{t}" for w, t in sent))
         (directory / f"{split}.tsv").write_text("\n\n".join(blocks) + "\n")
     return directory
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add contention on a shared 2-core machine. Module scope, so that it is
-    in force before the module-scoped training fixtures run. Import it into a test module to apply it there."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from data_prep_helpers import PYTHON, REPO, build_wordpiece_tokenizer, make_texts, pack, write_jsonl, tree
+from data_prep_helpers import PYTHON, REPO, build_wordpiece_tokenizer, make_texts, pack, tree, write_jsonl
 
 from data_prep.pack_corpus import main
 from minialbert.data import ShardStream

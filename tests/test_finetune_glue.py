@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from finetune_toys import pair_rows, write_bert, write_pair_task, write_student, one_thread  # noqa: F401  (autouse fixture)
+from finetune_toys import pair_rows, write_bert, write_pair_task, write_student
 from transformers import AutoModelForSequenceClassification
 
 from minialbert.finetune import InputError, glue
@@ -23,6 +23,7 @@ QUIET = ["--precision", "fp32", "--no-progress", "--batch-size", "16"]
 FULL = ["--lr", "1e-3", "--epochs", "12", *QUIET]
 ADAPTERS = ["--adapters-only", "--lr", "1e-2", "--epochs", "20", *QUIET]
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from finetune_toys import write_ner_task, write_student, write_tokenizer, one_thread  # noqa: F401  (autouse fixture)
+from finetune_toys import write_ner_task, write_student, write_tokenizer
 
 from minialbert.finetune import InputError
 from minialbert.finetune.__main__ import main
@@ -20,6 +20,7 @@ from minialbert.finetune.training import load_tokenizer
 
 QUIET = ["--precision", "fp32", "--no-progress", "--batch-size", "16", "--seeds", "1"]
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -57,15 +57,13 @@ def array_states(job_id: str, tasks: int, timeout: float = 60) -> list[str]:
     """The states of an array job's tasks once accounting holds all ``tasks`` of them, finished (slurmdbd may
     record a task a moment after the job that depended on it started)."""
 
-    def states() -> list[str]:
+    def recorded() -> list[str] | None:
         out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", job_id], capture_output=True,
                              text=True, timeout=60).stdout.splitlines()
-        return [line.split("|")[1].split()[0] for line in out if line]
+        found = [line.split("|")[1].split()[0] for line in out if line]
+        return found if len(found) >= tasks and FINISHED.issuperset(found) else None
 
-    deadline = time.monotonic() + timeout
-    while (len(found := states()) < tasks or not FINISHED.issuperset(found)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return found
+    return wait_for(recorded, f"accounting to record the {tasks} tasks of array job {job_id}", timeout, poll=0.5)
 
 
 def wait_for(condition, what: str, timeout: float, output: Path | None = None, poll: float = 1.0):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from data_prep_helpers import build_wordpiece_tokenizer, make_texts, write_jsonl, tree
+from data_prep_helpers import build_wordpiece_tokenizer, make_texts, tree, write_jsonl
 
 from data_prep.pack_corpus import main as pack_corpus
 from slurm_jobs import REPO, array_states, job_state, wait_finished
