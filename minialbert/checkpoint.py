@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -102,25 +103,52 @@ def resume_tag(run_dir: str | Path) -> tuple[str, dict] | None:
     return None if tag is None else (tag, read_meta(run_dir, tag))
 
 
-def load(engine, run_dir: str | Path, tag: str, meta: dict) -> dict:
-    """Load engine shards (through the universal format when the rank count changed) and this rank's state.
+@dataclass(frozen=True)
+class Resume:
+    """The checkpoint a run continues from."""
 
-    Returns this rank's trainer state (rank 0's when the run had fewer ranks; then RNG streams are new)."""
+    tag: str
+    meta: dict
+    universal: bool
+    """The rank count changed: the engine loads the checkpoint's universal conversion (``load_universal``)."""
+
+    @property
+    def step(self) -> int:
+        return self.meta["step"]
+
+
+def prepare_resume(run_dir: str | Path) -> Resume | None:
+    """Collective, before the engine exists: the checkpoint to resume from (None: a new run), converted to
+    DeepSpeed's universal format by rank 0 when the rank count changed."""
+    found = resume_tag(run_dir)
+    if found is None:
+        return None
+    tag, meta = found
+    universal = meta["world_size"] != dist.world_size()
+    if universal:
+        if dist.rank() == 0:
+            ds.convert_to_universal(checkpoint_root(run_dir), tag)
+        dist.barrier()
+    return Resume(tag, meta, universal)
+
+
+def restore(engine, run_dir: str | Path, resume: Resume | None, stream, seed: int) -> tuple[int, int]:
+    """Everything a run continues from, in one place: engine shards (optimizer, LR schedule), the data stream's
+    position and this rank's RNG streams; returns (step, tokens seen). A new run (``resume`` None) seeds the RNGs.
+
+    Nothing may draw from an RNG between this call and the first step: the restored streams are those the
+    uninterrupted run had at this step. Rank counts that changed get fresh RNG streams (seeded by the step)."""
+    if resume is None:
+        dist.seed_everything(seed, dist.rank())
+        return 0, 0
     root = checkpoint_root(run_dir)
-    load_tag = f"{tag}_universal" if meta["world_size"] != dist.world_size() else tag
-    ds.load_shards(engine, root, load_tag)
-    own = root / tag / f"trainer_state_rank{dist.rank()}.pt"
-    state = torch.load(own if own.is_file() else root / tag / "trainer_state_rank0.pt", weights_only=False)
-    if meta["world_size"] != dist.world_size():
-        state.pop("rng", None)
-    return state
-
-
-def prepare_universal(run_dir: str | Path, tag: str, meta: dict) -> bool:
-    """Before ``initialize``: when the rank count changed, convert ``tag`` (rank 0) and say so (every rank)."""
-    if meta["world_size"] == dist.world_size():
-        return False
-    if dist.rank() == 0:
-        ds.convert_to_universal(checkpoint_root(run_dir), tag)
-    dist.barrier()
-    return True
+    ds.load_shards(engine, root, f"{resume.tag}_universal" if resume.universal else resume.tag)
+    own = root / resume.tag / f"trainer_state_rank{dist.rank()}.pt"
+    state = torch.load(own if own.is_file() else root / resume.tag / "trainer_state_rank0.pt", weights_only=False)
+    stream.load_state_dict(state["stream"])
+    if resume.universal or "rng" not in state:
+        dist.seed_everything(seed + resume.step, dist.rank())
+    else:
+        dist.set_rng_state(state["rng"])
+    dist.print0(f"resumed from {root / resume.tag} at step {resume.step}")
+    return resume.step, resume.meta["tokens"]

@@ -40,6 +40,10 @@ from data_prep.windowing import mix64  # the same hash keys data prep's document
 IGNORE_INDEX = -100
 
 
+class DataError(ValueError):
+    """Packed shards that cannot be read as expected; the message names the file or folder."""
+
+
 # ----------------------------------------------------------------------------- permutations
 
 
@@ -83,19 +87,19 @@ class ShardFolder:
     def __init__(self, folder: str, split: str, expected_fingerprint: str | None = None):
         manifest_path = os.path.join(folder, "manifest.json")
         if not os.path.isdir(folder):
-            raise ValueError(f"{folder}: no such shard folder")
+            raise DataError(f"{folder}: no such shard folder")
         if not os.path.isfile(manifest_path):
-            raise ValueError(f"{manifest_path}: missing; finish packing (python -m data_prep.merge_manifests {folder})")
+            raise DataError(f"{manifest_path}: missing; finish packing (python -m data_prep.merge_manifests {folder})")
         with open(manifest_path) as f:
             self.manifest = json.load(f)
         self.folder, self.split = folder, split
         tok = self.manifest["tokenizer"]
         if expected_fingerprint is not None and tok["fingerprint"] != expected_fingerprint:
-            raise ValueError(f"{manifest_path}: tokenizer fingerprint {tok['fingerprint'][:12]} (packed with "
+            raise DataError(f"{manifest_path}: tokenizer fingerprint {tok['fingerprint'][:12]} (packed with "
                              f"'{tok['name']}') does not match the teacher's {expected_fingerprint[:12]}; "
                              f"re-pack with the teacher's tokenizer")
         if split not in self.manifest["splits"]:
-            raise ValueError(f"{manifest_path}: no split '{split}' (has: {', '.join(self.manifest['splits'])})")
+            raise DataError(f"{manifest_path}: no split '{split}' (has: {', '.join(self.manifest['splits'])})")
         self.shards = self.manifest["splits"][split]
         self.starts = np.cumsum([0] + [s["rows"] for s in self.shards])  # (n_shards + 1,) first row of each
         self.rows = int(self.starts[-1])
@@ -110,13 +114,13 @@ class ShardFolder:
             shard = self.shards[shard_number]
             path = os.path.join(self.folder, shard["file"])
             if not os.path.isfile(path):
-                raise ValueError(f"{path}: shard listed in manifest.json is missing")
+                raise DataError(f"{path}: shard listed in manifest.json is missing")
             h = hashlib.sha256()
             with open(path, "rb") as f:
                 for block in iter(lambda: f.read(1 << 22), b""):
                     h.update(block)
             if h.hexdigest() != shard["sha256"]:
-                raise ValueError(f"{path}: sha256 {h.hexdigest()[:12]} does not match manifest.json "
+                raise DataError(f"{path}: sha256 {h.hexdigest()[:12]} does not match manifest.json "
                                  f"({shard['sha256'][:12]}); the shard is corrupt or was replaced")
             reader = pa.ipc.open_file(pa.memory_map(path))
             batches, first = [], 0
@@ -201,17 +205,17 @@ def _open_sources(folders: list[str], split: str, expected_fingerprint: str | No
     opened = [ShardFolder(f, split, expected_fingerprint) for f in folders]
     fingerprints = {o.manifest["tokenizer"]["fingerprint"] for o in opened}
     if len(fingerprints) > 1:
-        raise ValueError(f"{', '.join(folders)}: packed with different tokenizers; mix only folders of one tokenizer")
+        raise DataError(f"{', '.join(folders)}: packed with different tokenizers; mix only folders of one tokenizer")
     tok = opened[0].manifest["tokenizer"]
     special_ids = dict(special_ids) if special_ids is not None else dict(tok["special_ids"])
     vocab_size = vocab_size if vocab_size is not None else tok["vocab_size"]
     for o in opened:
         if o.max_id >= vocab_size:
-            raise ValueError(f"{o.folder}/manifest.json: ids up to {o.max_id} do not fit vocab_size {vocab_size}")
+            raise DataError(f"{o.folder}/manifest.json: ids up to {o.max_id} do not fit vocab_size {vocab_size}")
     longest = max(o.seq_len for o in opened)
     seq_len = seq_len if seq_len is not None else longest
     if longest > seq_len:
-        raise ValueError(f"{opened[[o.seq_len for o in opened].index(longest)].folder}: rows of {longest} tokens "
+        raise DataError(f"{opened[[o.seq_len for o in opened].index(longest)].folder}: rows of {longest} tokens "
                          f"do not fit seq_len {seq_len}")
     return opened, seq_len, special_ids, vocab_size, tok["all_special_ids"]
 
@@ -234,7 +238,7 @@ class ShardStream:
             [f for f, _ in sources], split, expected_fingerprint, seq_len, special_ids, vocab_size)
         for folder, w in zip(self.folders, weights):
             if folder.rows == 0 and w > 0:
-                raise ValueError(f"{folder.folder}: split '{split}' has no rows")
+                raise DataError(f"{folder.folder}: split '{split}' has no rows")
         self.masker = MlmMasker(special_ids, vocab_size, mlm_probability, whole_word_mask, all_special)
         self.pad = special_ids["pad"]
         self.micro_batch_size, self.rank, self.world_size, self.seed = micro_batch_size, rank, world_size, seed
@@ -255,7 +259,7 @@ class ShardStream:
     def load_state_dict(self, state: dict) -> None:
         for key in ("seed", "samples_per_epoch", "quota"):
             if state[key] != self.state_dict()[key]:
-                raise ValueError(f"stream state: {key} {state[key]} differs from this stream's "
+                raise DataError(f"stream state: {key} {state[key]} differs from this stream's "
                                  f"{self.state_dict()[key]}; it belongs to other data or settings")
         self.samples_consumed = int(state["samples_consumed"])
 

@@ -164,11 +164,12 @@ def plot_losses(run_dir: Path, resumed_at: int | None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from minialbert.losses import RECORD_KEYS
+
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for key, label in (("loss", "total"), ("loss_mlm", "mlm"), ("loss_attention", "attention KL"),
-                       ("loss_hidden", "hidden 1-cos"), ("loss_output", "output KL")):
+    for key, label in zip(RECORD_KEYS, ("total", "mlm", "attention KL", "hidden 1-cos", "output KL")):
         values = [r[key] for r in records]
         if any(values):
             ax.plot(steps, values, label=label)

@@ -2,7 +2,13 @@
 
 Ranks come from RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT (set by the ``deepspeed`` launcher,
 ``torchrun`` and ``slurm/pretrain.sh``), or from Slurm's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID. A plain
-``python`` process is rank 0 of 1. CPU runs (``DS_ACCELERATOR=cpu`` or no CUDA) use gloo, GPU runs nccl.
+``python`` process is rank 0 of 1. CPU runs (``DS_ACCELERATOR=cpu`` or no CUDA) use gloo; GPU runs use one process
+group that serves CUDA tensors through NCCL and CPU tensors through gloo (``"cpu:gloo,cuda:nccl"``).
+
+The loop's own collectives (token counts, loss means, stop flags) are a few CPU floats per step: they always run
+on CPU tensors through a gloo backend — the default group's when it has one, else a gloo group of the same ranks
+(a group made elsewhere, e.g. NCCL only, serves CUDA tensors alone: "No backend type associated with device type
+cpu").
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ def init_distributed() -> DistContext:
     rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0"))
     if use_cuda():
         torch.cuda.set_device(local)
-        device, backend = torch.device("cuda", local), "nccl"
+        device, backend = torch.device("cuda", local), "cpu:gloo,cuda:nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
         # Ranks sharing a CPU box split its cores instead of fighting over them.
@@ -60,7 +66,20 @@ def init_distributed() -> DistContext:
         torch.set_num_threads(threads)
     if not tdist.is_initialized():
         tdist.init_process_group(backend=backend, rank=rank, world_size=world)
+    _make_cpu_group()
     return DistContext(rank, world, local, device)
+
+
+_cpu_group = None  # None: the default group reduces CPU tensors itself
+
+
+def _make_cpu_group() -> None:
+    """Collective (every rank calls it in ``init_distributed``): a gloo group when the default one has no CPU backend."""
+    global _cpu_group
+    try:
+        tdist.group.WORLD._get_backend(torch.device("cpu"))
+    except RuntimeError:
+        _cpu_group = tdist.new_group(backend="gloo")
 
 
 def barrier() -> None:
@@ -69,12 +88,11 @@ def barrier() -> None:
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks of a small float tensor (a copy on CPU for gloo)."""
+    """Mean over ranks of a small tensor, as a float32 CPU tensor (reduced through gloo on every backend)."""
+    t = values.detach().float().cpu().clone()
     if not tdist.is_initialized() or tdist.get_world_size() == 1:
-        return values
-    backend = tdist.get_backend()
-    t = values.detach().float().to("cpu" if backend == "gloo" else values.device).clone()
-    tdist.all_reduce(t)
+        return t
+    tdist.all_reduce(t, group=_cpu_group)
     return t / tdist.get_world_size()
 
 
@@ -120,5 +138,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def destroy() -> None:
+    global _cpu_group
     if tdist.is_initialized():
-        tdist.destroy_process_group()
+        tdist.destroy_process_group()  # every group, the gloo one for CPU tensors included
+    _cpu_group = None

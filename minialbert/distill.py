@@ -9,9 +9,13 @@ One process, no launcher:
 Slurm, many nodes:
     sbatch --nodes 4 slurm/pretrain.sh --config configs/distill/general.yaml --run-dir runs/general
 
+The plan for N ranks, without starting anything (batch arithmetic, tokens, FLOPs, memory, layer map):
+    python -m minialbert.distill --config configs/distill/general.yaml --check --world-size 8
+
 Without --config the embedded default runs: the offline demo (the installed all-MiniLM-L6-v2 teacher and the
 shards the README's first command prepares). A run dir holding a checkpoint resumes from it. Exit codes:
-0 finished, 75 stopped by SIGTERM/SIGUSR1 after saving a checkpoint (run again to resume), 2 bad configuration.
+0 finished, 75 stopped by SIGTERM/SIGUSR1 after saving a checkpoint (run again to resume), 2 bad configuration
+or input data (the message names the field or file).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ if __name__ == "__main__":  # run as a script (``deepspeed minialbert/distill.py
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import os
 import signal
 import time
 
@@ -32,9 +37,11 @@ from minialbert import dist
 from minialbert import checkpoint as ckpt
 from minialbert import engine as ds
 from minialbert.config import DEMO_DATA_COMMAND, ConfigError, RunConfig, dump_run_config, load_run_config
-from minialbert.configuration_minialbert import MiniAlbertConfig
+from minialbert.data import DataError
+from minialbert.losses import LossTerms
 from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
 from minialbert.monitor import make_monitor
+from minialbert.plan import make_plan, student_config
 from minialbert.step import distillation_forward
 from minialbert.teacher import Teacher, TeacherError, load_teacher
 
@@ -52,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run-dir", help="where checkpoints, logs and the export go (overrides run_dir)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides train.max_steps)")
     p.add_argument("--no-resume", action="store_true", help="refuse a non-empty run dir instead of resuming")
+    p.add_argument("--check", action="store_true", help="print the plan for the world size and exit; starts nothing")
+    p.add_argument("--world-size", type=int, metavar="N",
+                   help="ranks to plan for with --check (default: the launcher's WORLD_SIZE, else 1)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # the launcher's
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     return p.parse_intermixed_args(argv)  # overrides may come before, between or after the flags
@@ -78,6 +88,18 @@ def check_inputs(cfg: RunConfig, ds_json: str, embedded_default: bool) -> None:
             raise ConfigError(f"data.sources[{i}].path={source.path!r}: no packed shards there (manifest.json missing){hint}")
 
 
+def print_plan(cfg: RunConfig, ds_json: str, world_size: int | None) -> int:
+    """--check: the plan for ``world_size`` ranks on rank 0's stdout (under a launcher every rank checks)."""
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    if world < 1:
+        raise ConfigError(f"--world-size {world}: expected a positive integer")
+    accum = ds.accumulation_steps(cfg, world)
+    plan = make_plan(cfg, ds.build_ds_config(cfg, ds_json, world, on_cuda=True), world, accum)
+    if os.environ.get("RANK", "0") == "0":
+        print("\n".join(plan.lines()), flush=True)
+    return 0
+
+
 def prepare_run_dir(cfg: RunConfig, no_resume: bool) -> Path:
     run_dir = Path(cfg.run_dir)
     if no_resume and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
@@ -87,19 +109,12 @@ def prepare_run_dir(cfg: RunConfig, no_resume: bool) -> Path:
 
 def build_student(cfg: RunConfig, teacher: Teacher) -> MiniAlbertForMaskedLM:
     """The student, shaped after the teacher where the losses need it; errors name the field."""
-    t, s = teacher.config, cfg.student
+    s = cfg.student
     if s.init_from:
         model = MiniAlbertForMaskedLM.from_pretrained(s.init_from)
     else:
-        model = MiniAlbertForMaskedLM(MiniAlbertConfig(
-            vocab_size=t.vocab_size, embedding_size=s.embedding_size, hidden_size=s.hidden_size or t.hidden_size,
-            num_attention_heads=s.num_attention_heads or t.num_attention_heads,
-            intermediate_size=s.intermediate_size or t.intermediate_size, num_recursions=s.num_recursions,
-            use_adapters=s.use_adapters, adapter_reduction_factor=s.adapter_reduction_factor,
-            hidden_dropout_prob=s.hidden_dropout_prob, attention_probs_dropout_prob=s.attention_probs_dropout_prob,
-            max_position_embeddings=t.max_position_embeddings, type_vocab_size=t.type_vocab_size,
-            layer_norm_eps=t.layer_norm_eps, pad_token_id=t.pad_token_id or 0,
-        ))
+        model = MiniAlbertForMaskedLM(student_config(cfg, teacher.config))
+    t = teacher.config
     c = model.config
     for field, student_value, teacher_value in (
         ("hidden_size", c.hidden_size, t.hidden_size),
@@ -127,7 +142,7 @@ def build_stream(cfg: RunConfig, teacher: Teacher, ctx: dist.DistContext):
         expected_fingerprint=tokenizer_fingerprint(cfg.teacher_path()),
     )
     if stream.seq_len > teacher.config.max_position_embeddings:
-        raise ConfigError(f"{cfg.data.sources[0].path}: rows of {stream.seq_len} tokens exceed the teacher's "
+        raise DataError(f"{cfg.data.sources[0].path}: rows of {stream.seq_len} tokens exceed the teacher's "
                           f"max_position_embeddings={teacher.config.max_position_embeddings}")
     return stream
 
@@ -145,6 +160,7 @@ class StopFlag:
 
 
 def flops_and_peak(cfg: RunConfig, teacher: Teacher, student: MiniAlbertForMaskedLM, seq_len: int, device) -> tuple:
+    """Model FLOPs of one optimizer step, and the device's peak FLOP/s (train.peak_tflops, or measured)."""
     from minialbert import flops
 
     per_step = flops.distillation_step_flops(
@@ -160,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = resolve_config(args)
+        if args.check:
+            return print_plan(cfg, args.deepspeed, args.world_size)
         check_inputs(cfg, args.deepspeed, embedded_default=args.config is None)
         run_dir = prepare_run_dir(cfg, args.no_resume)
     except ConfigError as err:
@@ -174,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         student = build_student(cfg, teacher)
         stream = build_stream(cfg, teacher, ctx)
         accum = ds.accumulation_steps(cfg, ctx.world_size)
-        resume = ckpt.resume_tag(run_dir)
-        universal = ckpt.prepare_universal(run_dir, *resume) if resume else False
-        ds_config = ds.build_ds_config(cfg, args.deepspeed, ctx.world_size, ctx.device.type == "cuda", universal)
-    except (ConfigError, TeacherError, ValueError, FileNotFoundError) as err:
+        resume = ckpt.prepare_resume(run_dir)
+        ds_config = ds.build_ds_config(cfg, args.deepspeed, ctx.world_size, ctx.device.type == "cuda",
+                                       load_universal=bool(resume and resume.universal))
+    except (ConfigError, TeacherError, DataError) as err:
         if ctx.is_rank0:
             print(f"error: {err}", file=sys.stderr)
         dist.destroy()
@@ -187,26 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     dist.print0(f"teacher layers {teacher.layer_map} -> student recursions 1..{len(teacher.layer_map)}; "
                 f"world {ctx.world_size} x micro {cfg.train.micro_batch_size} x accumulation {accum}")
 
-    engine = ds.initialize(student, ds_config)
-    step, tokens = 0, 0
-    if resume:
-        tag, meta = resume
-        state = ckpt.load(engine, run_dir, tag, meta)
-        stream.load_state_dict(state["stream"])
-        if "rng" in state:
-            dist.set_rng_state(state["rng"])
-        else:
-            dist.seed_everything(cfg.train.seed + meta["step"], ctx.rank)
-        step, tokens = meta["step"], meta["tokens"]
-        dist.print0(f"resumed from {run_dir / 'checkpoints' / tag} at step {step}")
-    else:
-        dist.seed_everything(cfg.train.seed, ctx.rank)
+    engine = ds.initialize(student, ds_config, cfg.optim, cfg.train.max_steps)
+    flops_per_step, peak = flops_and_peak(cfg, teacher, student, stream.seq_len, ctx.device)
+    step, tokens = ckpt.restore(engine, run_dir, resume, stream, cfg.train.seed)  # the last RNG use before step 1
     if ctx.is_rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_run_config(cfg))
         student.config.save_pretrained(run_dir / "student_config")
 
-    flops_per_step, peak = flops_and_peak(cfg, teacher, student, stream.seq_len, ctx.device)
     monitor = make_monitor(ctx.is_rank0, run_dir, step, _hparams(cfg, ctx, accum), flops_per_step, peak,
                            ctx.world_size, ctx.device)
     weights = {"mlm": cfg.loss.mlm, "attention": cfg.loss.attention, "hidden": cfg.loss.hidden, "output": cfg.loss.output}
@@ -231,17 +237,14 @@ def main(argv: list[str] | None = None) -> int:
             engine.step()
             sums = terms.scalars() if sums is None else sums + terms.scalars()
         step += 1
-        means = dist.all_reduce_mean(sums / accum).tolist()
+        record, per_recursion = LossTerms.unpack(dist.all_reduce_mean(sums / accum).tolist())
         step_tokens = int(global_tokens)
         tokens += step_tokens
-        n = len(teacher.layer_map)
-        record = dict(zip(("loss", "loss_mlm", "loss_attention", "loss_hidden", "loss_output"), means[:5]))
         record.update(tokens=tokens, step_tokens=step_tokens, lr=lr, grad_norm=ds.grad_norm(engine),
                       loss_scale=ds.loss_scale(engine))
-        per_recursion = {"attention": means[5:5 + n], "hidden": means[5 + n:5 + 2 * n]}
         monitor.log_step(step, record, per_recursion, cfg.train.global_batch_size, stream.epoch)
         progress.update(1)
-        progress.set_postfix(loss=f"{means[0]:.4f}", refresh=False)
+        progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
 
         every = cfg.checkpoint
         minutes_due = bool(every.every_minutes) and time.monotonic() - last_save >= 60 * every.every_minutes

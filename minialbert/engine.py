@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from . import dist
-from .config import RunConfig, ConfigError
+from .config import ConfigError, OptimConfig, RunConfig
+from .param_groups import weight_decay_groups
 
 # Keys the run config owns: (DeepSpeed key, how to describe the run-config source).
 _OWNED = {
@@ -30,13 +31,18 @@ _OWNED = {
 
 
 def accumulation_steps(cfg: RunConfig, world_size: int) -> int:
-    per_step = cfg.train.micro_batch_size * world_size
-    if cfg.train.global_batch_size % per_step:
+    """Micro-batches per rank per optimizer step; an error names the fields and what would work."""
+    micro, total = cfg.train.micro_batch_size, cfg.train.global_batch_size
+    if total % (micro * world_size):
+        worlds = [n for n in range(1, total // micro + 1) if (total // micro) % n == 0] if total % micro == 0 else []
+        micros = [m for m in range(1, total // world_size + 1) if total % (m * world_size) == 0]
         raise ConfigError(
-            f"train.global_batch_size={cfg.train.global_batch_size} is not a multiple of train.micro_batch_size "
-            f"({cfg.train.micro_batch_size}) x world size ({world_size})"
+            f"train.global_batch_size={total} is not a multiple of train.micro_batch_size ({micro}) x world size "
+            f"({world_size}); with micro-batch {micro} the world sizes that work are "
+            f"{', '.join(map(str, worlds)) or 'none'}; at world size {world_size} set train.micro_batch_size to one "
+            f"of {', '.join(map(str, micros)) or 'none (the global batch is smaller than the world)'}"
         )
-    return cfg.train.global_batch_size // per_step
+    return total // (micro * world_size)
 
 
 def build_ds_config(cfg: RunConfig, ds_json: str | Path, world_size: int, on_cuda: bool, load_universal: bool = False) -> dict:
@@ -64,6 +70,10 @@ def build_ds_config(cfg: RunConfig, ds_json: str | Path, world_size: int, on_cud
     for key in ("optimizer", "scheduler"):
         if key in base:
             raise ConfigError(f"{ds_json}: '{key}' is set by the run config's optim section; remove it from the JSON")
+    accum_dtype = base.get("data_types", {}).get("grad_accum_dtype")
+    if cfg.train.precision == "bf16" and accum_dtype not in (None, "fp32"):
+        raise ConfigError(f"{ds_json}: data_types.grad_accum_dtype={accum_dtype!r}: bf16 runs accumulate "
+                          f"gradients in fp32 (bf16 sums of micro-batches lose precision)")
     for prec in ("bf16", "fp16"):
         enabled = base.get(prec, {}).get("enabled")
         if enabled not in (None, "auto") and bool(enabled) != (cfg.train.precision == prec):
@@ -74,6 +84,10 @@ def build_ds_config(cfg: RunConfig, ds_json: str | Path, world_size: int, on_cud
     config.update(owned)
     config["bf16"] = {**base.get("bf16", {}), "enabled": cfg.train.precision == "bf16"}
     config["fp16"] = {**base.get("fp16", {}), "enabled": cfg.train.precision == "fp16"}
+    if cfg.train.precision == "bf16":
+        # Micro-batch gradients summed in fp32: ZeRO-1 through DeepSpeed's BF16 optimizer, ZeRO-2 in a separate
+        # fp32 buffer, ZeRO-3 always does (DeepSpeed's stage-3 partitions accumulate in fp32).
+        config["data_types"] = {**base.get("data_types", {}), "grad_accum_dtype": "fp32"}
     opt_params = {
         "lr": cfg.optim.lr,
         "betas": list(cfg.optim.betas),
@@ -86,16 +100,6 @@ def build_ds_config(cfg: RunConfig, ds_json: str | Path, world_size: int, on_cud
         # uses DeepSpeed's CPU Adam). On GPU DeepSpeed picks its fused Adam.
         opt_params.update(torch_adam=True, foreach=True)
     config["optimizer"] = {"type": "AdamW", "params": opt_params}
-    config["scheduler"] = {
-        "type": "WarmupDecayLR",
-        "params": {
-            "warmup_min_lr": 0.0,
-            "warmup_max_lr": cfg.optim.lr,
-            "warmup_num_steps": cfg.optim.warmup_steps,
-            "total_num_steps": max(cfg.train.max_steps, cfg.optim.warmup_steps + 1),
-            "warmup_type": "linear",
-        },
-    }
     config.setdefault("steps_per_print", 10**9)  # the run's own monitor logs; keep DeepSpeed quiet
     config.setdefault("wall_clock_breakdown", False)
     if load_universal:
@@ -103,14 +107,30 @@ def build_ds_config(cfg: RunConfig, ds_json: str | Path, world_size: int, on_cud
     return config
 
 
-def initialize(model: nn.Module, ds_config: dict):
-    """Wrap the student in a DeepSpeed engine (optimizer + LR schedule inside)."""
+def lr_multiplier(warmup_steps: int, total_steps: int):
+    """The learning rate of optimizer step k (0-based) as a share of ``optim.lr``: linear warm-up from 0 over
+    ``warmup_steps`` steps, then linear decay to 0 at ``total_steps`` (Hugging Face's linear schedule, which the
+    original used, and DeepSpeed's WarmupDecayLR, which raises a warm-up below 2 to 2 and rejects 0).
+    Warm-up 0 starts at the full rate."""
+    def multiplier(k: int) -> float:
+        if k < warmup_steps:
+            return k / warmup_steps
+        return max(0.0, (total_steps - k) / max(1, total_steps - warmup_steps))
+
+    return multiplier
+
+
+def initialize(model: nn.Module, ds_config: dict, optim: OptimConfig, max_steps: int):
+    """Wrap the student in a DeepSpeed engine: AdamW over two parameter groups (no weight decay on biases and
+    LayerNorm weights) and the warm-up/decay schedule, both saved in and restored from its checkpoints."""
     import deepspeed
 
     # Lets a checkpoint be converted to DeepSpeed's universal format and resumed on another rank count.
     model.universal_checkpoint_info = {"universal_checkpoint_version": 0.4}
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config
+        model=model, model_parameters=weight_decay_groups(model, optim.weight_decay), config=ds_config,
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_multiplier(optim.warmup_steps, max_steps)),
     )
     _unlink_shared_memory_segment()
     return engine

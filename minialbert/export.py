@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import checkpoint as ckpt
 from .config import run_config_from_yaml
+from .losses import RECORD_KEYS
 
 
 def _final_losses(run_dir: Path, step: int) -> dict:
@@ -27,7 +28,7 @@ def _final_losses(run_dir: Path, step: int) -> dict:
     for line in reversed(path.read_text().splitlines()):
         record = json.loads(line)
         if record["step"] == step:
-            return {k: record[k] for k in ("loss", "loss_mlm", "loss_attention", "loss_hidden", "loss_output")}
+            return {k: record[k] for k in RECORD_KEYS}
     return {}
 
 

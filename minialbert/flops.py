@@ -86,11 +86,15 @@ def _default_size(device: torch.device) -> int:
 def measure_peak_flops(dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
                        size: int | None = None, seconds: float = 1.0, repeats: int = 3) -> float:
     """The best matmul rate (FLOP/s) of square ``size``×``size`` products of ``dtype`` on ``device``:
-    the best of ``repeats`` windows of about ``seconds`` each (a machine-measured peak, not a datasheet one)."""
+    the best of ``repeats`` windows of about ``seconds`` each (a machine-measured peak, not a datasheet one).
+
+    The operands come from a generator of its own: measuring never moves the global RNG streams (a resumed run
+    restores them and must draw exactly what the uninterrupted run drew)."""
     device = torch.device(device)
     n = size or _default_size(device)
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, generator=gen).to(dtype)
+    b = torch.randn(n, n, device=device, generator=gen).to(dtype)
 
     def sync() -> None:
         if device.type == "cuda":

@@ -25,6 +25,13 @@ import torch.nn.functional as F
 
 EPS = 1e-12  # the original's epsilon in log(map + eps), and torch's in CosineEmbeddingLoss
 
+TERMS = ("total", "mlm", "attention", "hidden", "output")
+"""The whole-batch terms, in the order of ``LossTerms.scalars()``."""
+RECORD_KEYS = ("loss", "loss_mlm", "loss_attention", "loss_hidden", "loss_output")
+"""Their names in ``metrics.jsonl`` and model cards (TensorBoard: ``loss/<term>``)."""
+PER_RECURSION = ("attention", "hidden")
+"""The terms also reported per recursion, in the order of ``LossTerms.scalars()``."""
+
 
 @dataclass
 class LossTerms:
@@ -40,8 +47,15 @@ class LossTerms:
 
     def scalars(self) -> torch.Tensor:
         """(5 + 2N,) float tensor: total, mlm, attention, hidden, output, per-recursion terms — for all-reduce."""
-        head = torch.stack([self.total, self.mlm, self.attention, self.hidden, self.output]).detach().float()
+        head = torch.stack([getattr(self, t) for t in TERMS]).detach().float()
         return torch.cat([head, self.attention_per_recursion.detach().float(), self.hidden_per_recursion.detach().float()])
+
+    @staticmethod
+    def unpack(values: list[float]) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """``scalars()`` (e.g. averaged over ranks) back to named values: ({record key: value}, {term: per recursion})."""
+        head, rest = values[:len(TERMS)], values[len(TERMS):]
+        n = len(rest) // len(PER_RECURSION)
+        return dict(zip(RECORD_KEYS, head)), {t: rest[i * n:(i + 1) * n] for i, t in enumerate(PER_RECURSION)}
 
 
 def attention_kl(s_probs: torch.Tensor, t_probs: torch.Tensor, row_mask: torch.Tensor, mode: str,

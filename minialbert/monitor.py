@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .losses import RECORD_KEYS, TERMS
+
 METRICS = "metrics.jsonl"
 
 
@@ -83,8 +85,8 @@ class Monitor:
             if self.peak_flops:
                 record["mfu"] = achieved / (self.peak_flops * self.world_size)
         w = self.writer
-        for name in ("total", "mlm", "attention", "hidden", "output"):
-            w.add_scalar(f"loss/{name}", record["loss" if name == "total" else f"loss_{name}"], step)
+        for term, key in zip(TERMS, RECORD_KEYS):
+            w.add_scalar(f"loss/{term}", record[key], step)
         for name, values in per_recursion.items():
             for i, v in enumerate(values):
                 w.add_scalar(f"loss/{name}_recursion_{i}", v, step)

@@ -1,7 +1,9 @@
 """Discovery of the golden cases produced by the original MiniALBERT code.
 
 Every case folder (one holding ``case.json``) under ``../shared/fixtures/reference/`` and every folder listed in
-``MINIALBERT_REFERENCE_FIXTURES`` (os.pathsep-separated; a case folder, or a folder of case folders).
+``MINIALBERT_REFERENCE_FIXTURES`` (os.pathsep-separated; a case folder, or a folder of case folders). A clone
+without them skips the golden tests with the reason; with ``MINIALBERT_REQUIRE_FIXTURES=1`` (CI sets it) their
+absence fails instead.
 """
 
 from __future__ import annotations
@@ -32,7 +34,18 @@ def discover_cases() -> list[Path]:
 
 
 CASES = discover_cases()
+REQUIRED = os.environ.get("MINIALBERT_REQUIRE_FIXTURES") == "1"
+MISSING = ("no golden case found: expected ../shared/fixtures/reference/<case>/case.json beside the clone, or "
+           "folders in MINIALBERT_REFERENCE_FIXTURES")
 case_params = pytest.mark.parametrize("case_dir", CASES, ids=[c.name for c in CASES])
+
+
+def require_cases() -> None:
+    """Skip (a clone elsewhere) or fail (MINIALBERT_REQUIRE_FIXTURES=1) when no golden case is at hand."""
+    if not CASES:
+        if REQUIRED:
+            pytest.fail(MISSING)
+        pytest.skip(MISSING)
 
 
 def load_case(case_dir: Path) -> tuple[dict, dict, dict]:

@@ -27,6 +27,10 @@ def test_paper_recipes_hold_the_paper_numbers():
         assert cfg.train.global_batch_size == 192 and cfg.student.num_recursions == 6
         assert cfg.student.embedding_size == 312 and cfg.student.adapter_reduction_factor == 16
         assert (cfg.loss.mlm, cfg.loss.attention, cfg.loss.hidden, cfg.loss.output) == (1, 3, 3, 5)
+        assert cfg.loss.mode == "paper"  # named after the paper: its objective
+    # E = 312 embeddings from a 312-wide model, as the original's general and bio scripts did.
+    assert load_run_config(REPO / "configs/distill/general.yaml").student.init_embeddings_from.endswith("TinyBERT_General_4L_312D")
+    assert load_run_config(REPO / "configs/distill/bio.yaml").student.init_embeddings_from == "models/tiny-biobert"
 
 
 @pytest.mark.parametrize("path", JSONS, ids=[p.name for p in JSONS])
@@ -37,7 +41,8 @@ def test_shipped_deepspeed_configs_build(path, world):
     assert ds["train_batch_size"] == 192
     assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * world == 192
     assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
-    assert ds["optimizer"]["params"]["lr"] == 5e-4 and ds["scheduler"]["params"]["warmup_num_steps"] == 5000
+    assert ds["optimizer"]["params"]["lr"] == 5e-4 and ds["optimizer"]["params"]["weight_decay"] == 1e-4
+    assert ds["data_types"]["grad_accum_dtype"] == "fp32"  # bf16 micro-batches summed in fp32
     assert ds["zero_optimization"]["stage"] in (1, 2, 3)
 
 

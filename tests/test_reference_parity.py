@@ -6,13 +6,13 @@ import torch
 
 from minialbert.convert import convert_reference
 from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
-from reference_cases import CASES, case_params, load_case
+from reference_cases import case_params, load_case, require_cases
 
 RTOL, ATOL = 1e-4, 1e-5
 
 
 def test_reference_cases_are_found():
-    assert CASES, "no golden case found: expected ../shared/fixtures/reference/<case>/case.json"
+    require_cases()
 
 
 @case_params

@@ -2,7 +2,7 @@
 
 Each run is a module-scoped fixture shared by the tests that read it: a straight run, a run SIGKILLed mid-way
 then resumed, a run killed in the middle of a checkpoint save then resumed, a run stopped by SIGUSR1/SIGTERM then
-resumed on 1 rank, and a ZeRO-3 fp16 run that is exported.
+resumed on 1 rank, a ZeRO-3 run that is exported, and an fp16 run where the CPU supports fp16.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from distill_helpers import REPO, build_teacher, distill_command, distill_env, p
 
 MAX_STEPS = 8
 EVERY_2 = "checkpoint.every_steps=2"  # tiny.yaml keeps the last 2
-# Dropout on, so an exact resume needs every rank's RNG state back (tiny.yaml turns dropout off).
-DROPOUT = ("student.hidden_dropout_prob=0.1", "student.attention_probs_dropout_prob=0.1")
+# Dropout on, so an exact resume needs every rank's RNG state back (tiny.yaml turns dropout off); the peak FLOP/s
+# measured at every start (tiny.yaml sets it), so a measurement that drew from the restored RNG would show.
+DROPOUT = ("student.hidden_dropout_prob=0.1", "student.attention_probs_dropout_prob=0.1", "train.peak_tflops=null")
 # What must match bit for bit between a resumed and a straight run (the rest is timing).
 EXACT = ("loss", "loss_mlm", "loss_attention", "loss_hidden", "loss_output", "tokens", "lr", "grad_norm",
          "loss_scale", "epoch")
@@ -336,18 +337,26 @@ def test_two_rank_checkpoint_resumes_on_one_rank_and_continues_the_stream(straig
 # ----------------------------------------------------------------------------- export from ZeRO-3
 
 
+def _fp16_supported() -> bool:
+    from deepspeed.accelerator import get_accelerator
+
+    return bool(get_accelerator().is_fp16_supported())  # DeepSpeed's CPU accelerator: AVX512-FP16 or AMX
+
+
+needs_fp16 = pytest.mark.skipif(not _fp16_supported(), reason="DeepSpeed's accelerator supports no fp16 on this "
+                                "machine (a CPU without AVX512-FP16/AMX refuses it: 'Type fp16 is not supported')")
+
+
 @pytest.mark.slow
 def test_export_of_a_zero3_checkpoint_loads_and_equals_the_engine_weights(world, tmp_path):
     run_dir = world[0] / "zero3"
-    ds_json = tmp_path / "zero3_fp16.json"  # a loss scale that does not overflow at once: the steps are applied
-    ds_json.write_text(json.dumps({"zero_optimization": {"stage": 3}, "fp16": {"initial_scale_power": 8}}))
     _, teacher, shards = world
-    done = run_distill(run_dir, teacher, shards, "--max-steps", "4", "train.precision=fp16", ds_config=str(ds_json))
+    done = run_distill(run_dir, teacher, shards, "--max-steps", "4", ds_config="configs/ds/zero3.json")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ckpts = run_dir / "checkpoints"
     assert any(p.name.startswith("zero_pp_rank_1") for p in (ckpts / "step_00000004").iterdir())  # ZeRO-3 shards
     records = read_metrics(run_dir)
-    assert all(r["loss_scale"] == 256.0 and r["grad_norm"] == r["grad_norm"] < float("inf") for r in records)
+    assert all(r["loss_scale"] is None and r["grad_norm"] == r["grad_norm"] < float("inf") for r in records)
 
     out = tmp_path / "export"
     cli = subprocess.run([sys.executable, "-m", "minialbert.export", str(run_dir), "--tag", "step_00000004",
@@ -370,9 +379,22 @@ def test_export_of_a_zero3_checkpoint_loads_and_equals_the_engine_weights(world,
                    "## Final losses", f"loss: {records[-1]['loss']:.5f}", "## Parameters", str(shards[0])):
         assert needle in card, needle
     assert (out / "tokenizer.json").is_file()
-    # fp16 runs log the loss scale.
+
+
+@needs_fp16
+@pytest.mark.slow
+def test_fp16_run_applies_its_steps_and_logs_the_loss_scale(world, tmp_path):
+    _, teacher, shards = world
+    run_dir = world[0] / "fp16"
+    ds_json = tmp_path / "zero2_fp16.json"  # a loss scale that does not overflow at once: the steps are applied
+    ds_json.write_text(json.dumps({"zero_optimization": {"stage": 2}, "fp16": {"initial_scale_power": 8}}))
+    done = run_distill(run_dir, teacher, shards, "--max-steps", "3", "train.precision=fp16", ds_config=str(ds_json))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = read_metrics(run_dir)
+    assert all(r["loss_scale"] == 256.0 and r["grad_norm"] == r["grad_norm"] < float("inf") for r in records)
     acc = _accumulator(run_dir)
-    assert [(e.step, e.value) for e in acc.Scalars("train/loss_scale")] == [(s, 256.0) for s in range(1, 5)]
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss_scale")] == [(s, 256.0) for s in range(1, 4)]
+    AutoModelForMaskedLM.from_pretrained(run_dir / "export")
 
 
 # ----------------------------------------------------------------------------- --no-resume

@@ -27,6 +27,7 @@ from transformers import (
 
 import minialbert  # noqa: F401  (registers MiniALBERT with the Auto classes)
 
+from ..param_groups import weight_decay_groups
 from . import InputError
 
 HEADS = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}
@@ -167,12 +168,7 @@ def train(model, features: dict[str, list], cfg: TrainConfig, pad_id: int) -> di
     """Train in place; returns ``{"train_loss": mean loss of the last epoch, "steps": n, "train_seconds": s}``."""
     set_seed(cfg.seed)
     model.to(cfg.device).train()
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in params if p.ndim < 2], "weight_decay": 0.0},  # biases and LayerNorms
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr)
     steps_per_epoch = math.ceil(len(features["input_ids"]) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)

@@ -1,0 +1,165 @@
+"""What a run will do, worked out without running it: the student's shape, the batch arithmetic for a world size,
+tokens and FLOPs per step and in all, an estimate of per-GPU memory, the teacher→recursion layer map.
+
+    python -m minialbert.distill --config configs/distill/general.yaml --check --world-size 8 [overrides]
+    deepspeed --num_gpus 8 minialbert/distill.py --config configs/distill/general.yaml --check   # the launcher's N
+
+Reads the teacher's ``config.json`` and the shards' ``manifest.json`` where they are present (no weights, no
+rows); what depends on a missing one is reported as unknown, with the path that would tell. No torch.distributed,
+no DeepSpeed, nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import RunConfig
+from .configuration_minialbert import MiniAlbertConfig
+
+GiB = 2**30
+
+
+def student_config(cfg: RunConfig, teacher_config) -> MiniAlbertConfig:
+    """The student's architecture: the run config's ``student`` section, the teacher's sizes where it says None."""
+    t, s = teacher_config, cfg.student
+    return MiniAlbertConfig(
+        vocab_size=t.vocab_size, embedding_size=s.embedding_size, hidden_size=s.hidden_size or t.hidden_size,
+        num_attention_heads=s.num_attention_heads or t.num_attention_heads,
+        intermediate_size=s.intermediate_size or t.intermediate_size, num_recursions=s.num_recursions,
+        use_adapters=s.use_adapters, adapter_reduction_factor=s.adapter_reduction_factor,
+        hidden_dropout_prob=s.hidden_dropout_prob, attention_probs_dropout_prob=s.attention_probs_dropout_prob,
+        max_position_embeddings=t.max_position_embeddings, type_vocab_size=t.type_vocab_size,
+        layer_norm_eps=t.layer_norm_eps, pad_token_id=t.pad_token_id or 0,
+    )
+
+
+def shard_seq_len(cfg: RunConfig) -> int | None:
+    """The longest row of the configured shard folders (their manifests), or None when one is missing."""
+    lengths = []
+    for source in cfg.data.sources:
+        manifest = Path(source.path) / "manifest.json"
+        if not manifest.is_file():
+            return None
+        lengths.append(int(json.loads(manifest.read_text())["seq_len"]))
+    return max(lengths)
+
+
+@dataclass
+class Plan:
+    world_size: int
+    micro_batch_size: int
+    accumulation: int
+    global_batch_size: int
+    max_steps: int
+    zero_stage: int
+    offload: bool
+    precision: str
+    loss_mode: str
+    seq_len: int | None = None
+    layer_map: list[int] | None = None
+    flops_per_step: float | None = None
+    student_params: int | None = None
+    teacher_params: int | None = None
+    memory: dict[str, float] = field(default_factory=dict)
+    """Estimated bytes per GPU, by part."""
+    unknown: list[str] = field(default_factory=list)
+    """What could not be worked out here, and why."""
+
+    @property
+    def tokens_per_step(self) -> int | None:
+        return None if self.seq_len is None else self.global_batch_size * self.seq_len
+
+    def lines(self) -> list[str]:
+        def num(v, unit=""):
+            return "unknown" if v is None else f"{v:,.0f}{unit}"
+
+        total_tokens = None if self.tokens_per_step is None else self.tokens_per_step * self.max_steps
+        out = [
+            f"world size {self.world_size}: micro-batch {self.micro_batch_size} per rank x accumulation "
+            f"{self.accumulation} x {self.world_size} ranks = global batch {self.global_batch_size}",
+            f"precision {self.precision}, ZeRO stage {self.zero_stage}{' + CPU optimizer offload' if self.offload else ''}, "
+            f"loss mode {self.loss_mode}",
+            f"sequence length {num(self.seq_len)}; tokens per step {num(self.tokens_per_step)}; "
+            f"steps {self.max_steps:,}; tokens in all {num(total_tokens)}",
+        ]
+        if self.flops_per_step is not None:
+            out.append(f"FLOPs per step {self.flops_per_step:.3e}; in all {self.flops_per_step * self.max_steps:.3e}")
+        else:
+            out.append("FLOPs per step unknown")
+        if self.layer_map is not None:
+            out.append("layer map (teacher layer -> recursion): "
+                       + ", ".join(f"{t}->{i + 1}" for i, t in enumerate(self.layer_map)))
+        if self.student_params is not None:
+            out.append(f"parameters: student {self.student_params:,} (trained), teacher {self.teacher_params:,} (frozen)")
+        if self.memory:
+            parts = ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.memory.items())
+            out.append(f"memory per GPU (estimate, GiB): {sum(self.memory.values()) / GiB:.2f} = {parts}")
+        out += [f"unknown: {u}" for u in self.unknown]
+        return out
+
+
+def model_state_bytes(params: int, precision: str, stage: int, offload: bool, world: int) -> dict[str, float]:
+    """Per-GPU bytes of the trained model's states under ZeRO (Rajbhandari et al. 2020): 16-bit weights and
+    gradients plus fp32 master weights and Adam moments (12 bytes) in mixed precision, partitioned by stage
+    (1: optimizer states, 2: + gradients, 3: + weights); gradients are accumulated in fp32 (partitioned)."""
+    if precision == "fp32":
+        weights, grads, optimizer, accum = 4.0, 4.0, 8.0, 0.0
+    else:
+        weights, grads, optimizer, accum = 2.0, 2.0, 12.0, 4.0
+    return {
+        "weights": params * weights / (world if stage >= 3 else 1),
+        "gradients": params * (grads / (world if stage >= 2 else 1) + accum / world),
+        "optimizer": 0.0 if offload else params * optimizer / world,
+    }
+
+
+def activation_bytes(student: MiniAlbertConfig, micro: int, seq: int, mlm_probability: float, maps_kept: int) -> float:
+    """Activations of one micro-batch: the per-layer estimate of Korthikanti et al. 2022 (16-bit, no
+    recomputation: s·b·h·34 + 5·a·s²·b bytes) for each recursion, the teacher's ``maps_kept`` attention maps for
+    the loss, and fp32 logits over the vocabulary at the masked positions (student and teacher)."""
+    h, a = student.hidden_size, student.num_attention_heads
+    per_layer = seq * micro * h * 34 + 5 * a * seq * seq * micro
+    teacher_maps = maps_kept * micro * a * seq * seq * 2
+    logits = mlm_probability * micro * seq * student.vocab_size * 4 * 3
+    return student.num_recursions * per_layer + teacher_maps + logits
+
+
+def make_plan(cfg: RunConfig, ds_config: dict, world_size: int, accumulation: int) -> Plan:
+    zero = ds_config.get("zero_optimization", {})
+    plan = Plan(
+        world_size=world_size, micro_batch_size=cfg.train.micro_batch_size, accumulation=accumulation,
+        global_batch_size=cfg.train.global_batch_size, max_steps=cfg.train.max_steps,
+        zero_stage=int(zero.get("stage", 0)), precision=cfg.train.precision, loss_mode=cfg.loss.mode,
+        offload=zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None),
+        seq_len=shard_seq_len(cfg),
+    )
+    if plan.seq_len is None:
+        plan.unknown.append("sequence length, tokens and FLOPs: no manifest.json in "
+                            + ", ".join(s.path for s in cfg.data.sources))
+    teacher_dir = Path(cfg.teacher_path())
+    if not (teacher_dir / "config.json").is_file():
+        plan.unknown.append(f"layer map, parameters, FLOPs and memory: no teacher config at {teacher_dir}/config.json")
+        return plan
+    import torch
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    from . import flops
+    from .modeling_minialbert import MiniAlbertForMaskedLM
+    from .teacher import uniform_layer_map
+
+    teacher = AutoConfig.from_pretrained(teacher_dir)
+    student = student_config(cfg, teacher)
+    plan.layer_map = cfg.teacher.layer_map or uniform_layer_map(teacher.num_hidden_layers, cfg.student.num_recursions)
+    with torch.device("meta"):  # shapes only, no memory
+        plan.student_params = sum(p.numel() for p in MiniAlbertForMaskedLM(student).parameters())
+        plan.teacher_params = sum(p.numel() for p in AutoModelForMaskedLM.from_config(teacher).parameters())
+    plan.memory = model_state_bytes(plan.student_params, plan.precision, plan.zero_stage, plan.offload, world_size)
+    plan.memory["teacher"] = plan.teacher_params * (4 if plan.precision == "fp32" else 2)
+    if plan.seq_len is not None:
+        plan.flops_per_step = flops.distillation_step_flops(
+            teacher, student, plan.global_batch_size, plan.seq_len, cfg.data.mlm_probability)
+        plan.memory["activations"] = activation_bytes(student, plan.micro_batch_size, plan.seq_len,
+                                                      cfg.data.mlm_probability, len(plan.layer_map))
+    return plan

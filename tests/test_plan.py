@@ -1,0 +1,141 @@
+"""``distill --check``: the plan for a world size, and every recipe the documents show, checked at the world size
+each command states (a new README or docs line is checked the day it is written)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from distill_helpers import REPO, VENV_BIN, build_teacher, distill_env, free_port, pack_shards
+
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DISTILL_ARGS = ("distill.py", "slurm/pretrain.sh", "minialbert.distill")
+
+
+def check(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "minialbert.distill", "--check", *args], cwd=cwd,
+                          env=distill_env(), capture_output=True, text=True, timeout=120)
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(where, command) for every shell command in a document's code blocks that passes --config."""
+    found = []
+    for doc in DOCUMENTS:
+        text = doc.read_text()
+        for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S):
+            joined = re.sub(r"\\\n\s*", " ", block)
+            for line in joined.splitlines():
+                line = line.split("  #")[0].strip()
+                if "--config" in line and not line.startswith(("job =", "from ")):
+                    found.append((doc.name, line))
+    return found
+
+
+def world_size_of(words: list[str]) -> int:
+    """Ranks a documented command starts: deepspeed --num_gpus, sbatch --nodes x --ntasks-per-node or --ntasks,
+    submitit --nodes x --gpus-per-node or --ntasks; a plain python process is 1."""
+    opts = {}
+    for i, w in enumerate(words):
+        if w.startswith("--") and "=" in w:
+            key, value = w.split("=", 1)
+            opts.setdefault(key, value)
+        elif w.startswith("--") and i + 1 < len(words) and re.fullmatch(r"\d+", words[i + 1]):
+            opts.setdefault(w, words[i + 1])
+    if "deepspeed" in words[0] or words[0].endswith("deepspeed"):
+        return int(opts["--num_gpus"])
+    if "--ntasks" in opts:
+        return int(opts["--ntasks"])
+    per_node = opts.get("--ntasks-per-node") or opts.get("--gpus-per-node")
+    if per_node:
+        return int(opts.get("--nodes", "1")) * int(per_node)
+    return 1
+
+
+def distill_arguments(words: list[str]) -> list[str]:
+    """The arguments that reach distill.py: after the script (or the launcher's ``--``)."""
+    if "--" in words:
+        rest = words[words.index("--") + 1:]
+    else:
+        start = next(i for i, w in enumerate(words) if w.endswith(DISTILL_ARGS))
+        rest = words[start + 1:]
+    return [w for w in rest if w != "..."]
+
+
+COMMANDS = documented_commands()
+
+
+def test_the_documents_show_recipes():
+    assert any("general.yaml" in c for _, c in COMMANDS) and any("bio.yaml" in c for _, c in COMMANDS)
+
+
+@pytest.mark.parametrize("where, command", COMMANDS, ids=[f"{w}:{c[:60]}" for w, c in COMMANDS])
+def test_every_documented_recipe_resolves_at_its_world_size(where, command):
+    words = shlex.split(command.replace("DS_ACCELERATOR=cpu ", ""))
+    world = world_size_of(words)
+    done = check(*distill_arguments(words), "--world-size", str(world))
+    assert done.returncode == 0, f"{where}: {command}\n{done.stderr}"
+    assert f"world size {world}:" in done.stdout
+
+
+@pytest.mark.parametrize("recipe", ["general", "bio"])
+@pytest.mark.parametrize("world", [4, 8, 16])
+def test_paper_recipes_keep_the_papers_batch_on_4_8_and_16_gpus(recipe, world):
+    done = check("--config", f"configs/distill/{recipe}.yaml", "--world-size", str(world))
+    assert done.returncode == 0, done.stderr
+    accumulation = 192 // (12 * world)
+    assert f"micro-batch 12 per rank x accumulation {accumulation} x {world} ranks = global batch 192" in done.stdout
+    assert "loss mode paper" in done.stdout  # recipes named after the paper reproduce its objective
+
+
+def test_a_world_size_that_does_not_fit_names_the_fields_and_what_works():
+    done = check("--config", "configs/distill/general.yaml", "--world-size", "6")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: train.global_batch_size=192 is not a multiple of train.micro_batch_size (12) x world size (6); "
+        "with micro-batch 12 the world sizes that work are 1, 2, 4, 8, 16; at world size 6 set "
+        "train.micro_batch_size to one of 1, 2, 4, 8, 16, 32"]
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plan")
+    teacher = build_teacher(root / "teacher")
+    return teacher, pack_shards(teacher, root / "shards", seq_len=32)
+
+
+def test_plan_with_the_teacher_and_shards_at_hand(tiny_world, tmp_path):
+    from transformers import AutoConfig
+
+    from minialbert import flops
+    from minialbert.config import load_run_config
+    from minialbert.plan import student_config
+
+    teacher, shards = tiny_world
+    overrides = [f"teacher.path={teacher}", f"data.sources=[{{path: {shards}}}]", "--run-dir", str(tmp_path / "r")]
+    done = check("--config", "configs/distill/tiny.yaml", "--world-size", "2", *overrides)
+    assert done.returncode == 0, done.stderr
+    cfg = load_run_config(REPO / "configs/distill/tiny.yaml", [f"teacher.path={teacher}"])
+    per_step = flops.distillation_step_flops(AutoConfig.from_pretrained(teacher),
+                                             student_config(cfg, AutoConfig.from_pretrained(teacher)), 8, 32)
+    out = done.stdout
+    assert "micro-batch 4 per rank x accumulation 1 x 2 ranks = global batch 8" in out
+    assert "tokens per step 256; steps 8; tokens in all 2,048" in out
+    assert f"FLOPs per step {per_step:.3e}; in all {per_step * 8:.3e}" in out
+    assert "layer map (teacher layer -> recursion): 2->1, 4->2" in out
+    assert re.search(r"memory per GPU \(estimate, GiB\): [\d.]+ = weights .* optimizer .* teacher .* activations", out)
+    assert "unknown" not in out
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_under_the_deepspeed_launcher_check_plans_for_the_launchers_world_size(tiny_world, tmp_path):
+    teacher, shards = tiny_world
+    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "minialbert/distill.py",
+           "--config", "configs/distill/tiny.yaml", "--check", f"teacher.path={teacher}",
+           f"data.sources=[{{path: {shards}}}]"]
+    done = subprocess.run(cmd, cwd=REPO, env=distill_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("world size 2: micro-batch 4 per rank x accumulation 1") == 1  # rank 0 prints
