@@ -45,7 +45,9 @@ def world_size_of(words: list[str]) -> int:
             opts.setdefault(key, value)
         elif w.startswith("--") and i + 1 < len(words) and re.fullmatch(r"\d+", words[i + 1]):
             opts.setdefault(w, words[i + 1])
-    if "deepspeed" in words[0] or words[0].endswith("deepspeed"):
+    if "--world-size" in opts:  # --check's own
+        return int(opts["--world-size"])
+    if words[0].endswith("deepspeed"):
         return int(opts["--num_gpus"])
     if "--ntasks" in opts:
         return int(opts["--ntasks"])
