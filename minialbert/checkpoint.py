@@ -2,11 +2,18 @@
 
 Each checkpoint holds the engine's ZeRO shards (DeepSpeed's layout, so its tools work on it), one
 ``trainer_state_rank{r}.pt`` per rank (data-reader state, RNG states) and ``meta.json`` (step, tokens seen, world
-size, loss scale, the resolved config). Saving is collective: every rank writes its files, a barrier, then rank 0
-writes ``meta.json`` (so a folder without it is incomplete) and moves ``latest`` atomically. A crash in the
-middle of a save therefore leaves the previous checkpoint latest and loadable; the incomplete folder is deleted
-by the next save. The last k complete checkpoints are kept. The teacher is never in a checkpoint (it is not in
-the engine). docs/checkpoints.md describes the layout.
+size, loss scale, the resolved config, and the size and sha256 of every file of the checkpoint). Saving is
+collective: every rank writes its files, the ranks agree that all of them succeeded, then rank 0 writes
+``meta.json`` (so a folder without it is incomplete) and moves ``latest`` atomically. A crash in the middle of a
+save therefore leaves the previous checkpoint loadable; the incomplete folder is deleted by the next save. A save
+that fails (a full disk) removes its folder and raises ``CheckpointError`` on every rank. The last k complete
+checkpoints are kept. The teacher is never in a checkpoint (it is not in the engine). docs/checkpoints.md
+describes the layout.
+
+Resume never trusts ``latest`` alone: it takes the newest complete checkpoint whose files match ``meta.json``
+(sizes and checksums), whether or not ``latest`` exists or names it. A damaged one is renamed
+``step_XXXXXXXX.damaged`` (kept for inspection, never loaded or pruned) with a warning, and the previous one is
+used; with none usable the run stops with one line naming the files.
 
 Crash rehearsal: with ``MINIALBERT_FAULT_AFTER_SHARDS=STEP`` in the environment, every rank SIGKILLs itself while
 saving the checkpoint of step STEP, after writing its files and before the barrier that lets ``latest`` move —
@@ -15,8 +22,11 @@ the worst moment for a crash. The tests use it; on a cluster it shows that a cra
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 from dataclasses import dataclass
@@ -25,10 +35,27 @@ from pathlib import Path
 import torch
 
 from . import dist, engine as ds
+from .config import ConfigError, RunConfig, run_config_from_yaml
 
 LATEST = "latest"
 META = "meta.json"
 FAULT_AFTER_SHARDS = "MINIALBERT_FAULT_AFTER_SHARDS"
+STEP_FOLDER = re.compile(r"step_\d{8}")
+DAMAGED = ".damaged"
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "config.yaml", "student_config")
+"""What a run writes into its run dir (``--restart`` removes these and nothing else)."""
+# Fields that fix the student's shapes or the data it reads: a resumed run must keep them.
+RESUME_FIXED = {
+    "teacher": ("path", "layer_map"),
+    "student": ("num_recursions", "embedding_size", "hidden_size", "num_attention_heads", "intermediate_size",
+                "use_adapters", "adapter_reduction_factor"),
+    "data": ("sources", "mlm_probability", "whole_word_mask"),
+    "train": ("seed",),
+}
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be written or none can be resumed from; the message names the path."""
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -37,6 +64,69 @@ def checkpoint_root(run_dir: str | Path) -> Path:
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Step folders with ``meta.json`` (a save that completed), oldest first."""
+    root = checkpoint_root(run_dir)
+    return sorted(p for p in root.glob("step_*") if STEP_FOLDER.fullmatch(p.name) and (p / META).is_file())
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_records(folder: Path) -> dict[str, dict]:
+    """{relative path: {size, sha256}} of every file in a checkpoint folder but meta.json."""
+    return {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != META}
+
+
+def verify(folder: Path) -> str | None:
+    """What is wrong with a complete checkpoint's files (one line naming the file), or None when they match
+    ``meta.json``. Checkpoints saved before meta.json recorded files are checked for their rank states only."""
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (OSError, ValueError) as err:
+        return f"{folder / META}: unreadable ({err})"
+    expected = meta.get("files") or {f"trainer_state_rank{r}.pt": None for r in range(meta.get("world_size", 1))}
+    for name, record in expected.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path}: missing"
+        if record is None:
+            continue
+        size = path.stat().st_size
+        if size != record["size"]:
+            return f"{path}: {size} bytes, expected {record['size']} (truncated or overwritten)"
+        if _sha256(path) != record["sha256"]:
+            return f"{path}: sha256 differs from meta.json (damaged)"
+    return None
+
+
+def is_disk_full(folder: Path) -> bool:
+    """Whether writing into ``folder`` (or its nearest existing parent) fails for lack of space: torch and DeepSpeed
+    report a full disk as 'iostream error' or 'unexpected pos', not ENOSPC, so ask the disk."""
+    folder = next(p for p in (folder, *folder.parents) if p.is_dir())
+    probe = folder / f".space_probe{os.getpid()}"
+    try:
+        with probe.open("wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+        return False
+    except OSError as err:
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def describe_write_error(path: Path, err: BaseException) -> str:
+    """One line for a failed write under ``path``: 'no space left on device' when the disk is full."""
+    if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or is_disk_full(path):
+        return f"{path}: no space left on device"
+    return f"{path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'write failed'}"
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -53,7 +143,7 @@ def latest_tag(run_dir: str | Path) -> str | None:
 def read_meta(run_dir: str | Path, tag: str) -> dict:
     root = checkpoint_root(run_dir)
     if not (root / tag).is_dir():
-        have = ", ".join(sorted(p.name for p in root.glob("step_*") if (p / META).is_file())) or "none"
+        have = ", ".join(p.name for p in complete_checkpoints(run_dir)) or "none"
         raise FileNotFoundError(f"{root / tag}: no such checkpoint (complete ones: {have})")
     path = root / tag / META
     if not path.is_file():
@@ -62,34 +152,63 @@ def read_meta(run_dir: str | Path, tag: str) -> dict:
 
 
 def save(engine, run_dir: str | Path, step: int, meta: dict, rank_state: dict, keep_last: int) -> str:
-    """Collective save of step ``step``. ``meta`` is written by rank 0, ``rank_state`` by every rank."""
+    """Collective save of step ``step``. ``meta`` is written by rank 0, ``rank_state`` by every rank. On failure
+    (e.g. a full disk) the folder is removed, ``latest`` still names the previous checkpoint, and every rank raises
+    ``CheckpointError`` with one line naming the path."""
     root = checkpoint_root(run_dir)
     tag = tag_for(step)
+    folder = root / tag
     if dist.rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
-        if (root / tag).exists() and latest_tag(run_dir) != tag:
-            shutil.rmtree(root / tag)  # left half-written by a crash
+        if folder.exists():
+            shutil.rmtree(folder)  # left half-written by a crash, or by a timeline abandoned for an older checkpoint
     dist.barrier()
-    ds.save_shards(engine, root, tag)
-    state_path = root / tag / f"trainer_state_rank{dist.rank()}.pt"
-    tmp = state_path.with_name(state_path.name + ".tmp")
-    torch.save(rank_state, tmp)
-    os.replace(tmp, state_path)
+    error = None
+    try:
+        ds.save_shards(engine, root, tag)
+        state_path = folder / f"trainer_state_rank{dist.rank()}.pt"
+        tmp = state_path.with_name(state_path.name + ".tmp")
+        torch.save(rank_state, tmp)
+        os.replace(tmp, state_path)
+    except Exception as err:  # torch/DeepSpeed report a full disk as RuntimeError
+        error = describe_write_error(folder, err)
     if os.environ.get(FAULT_AFTER_SHARDS) == str(step):
         os.kill(os.getpid(), signal.SIGKILL)  # crash rehearsal (module doc): files written, `latest` not moved
-    dist.barrier()  # every rank has written everything: now the checkpoint may be declared complete
+    # Every rank has written everything (or failed): now the checkpoint may be declared complete.
+    _agree_or_raise(error, folder, f"{folder}: another rank could not write its files")
     if dist.rank() == 0:
-        _atomic_write(root / tag / META, json.dumps({**meta, "step": step, "world_size": dist.world_size()}, indent=2))
-        _atomic_write(root / LATEST, tag + "\n")
-        _prune(root, keep_last)
-    dist.barrier()
+        try:
+            record = {**meta, "step": step, "world_size": dist.world_size(), "files": file_records(folder)}
+            _atomic_write(folder / META, json.dumps(record, indent=2))
+            _atomic_write(root / LATEST, tag + "\n")
+            _prune(root, keep_last)
+        except OSError as err:
+            error = describe_write_error(folder, err)
+    _agree_or_raise(error, folder, f"{folder}: rank 0 could not complete the checkpoint")
     return tag
+
+
+def _agree_or_raise(error: str | None, folder: Path, others: str) -> None:
+    """Collective: when any rank failed, rank 0 removes the folder and every rank raises (its own message, or
+    ``others``)."""
+    if dist.any_rank(error is not None)[0]:
+        if dist.rank() == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            _remove_pointer_to(folder)
+        raise CheckpointError(f"{error or others}; the previous checkpoint is intact")
+
+
+def _remove_pointer_to(folder: Path) -> None:
+    pointer = folder.parent / LATEST
+    if pointer.is_file() and pointer.read_text().strip() == folder.name:
+        pointer.unlink()
 
 
 def _prune(root: Path, keep_last: int) -> None:
     """Keep the newest ``keep_last`` complete checkpoints (and their universal conversions); delete older ones
-    and incomplete folders (no meta.json: a crash during their save; no save is running now)."""
-    folders = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith("_universal"))
+    and incomplete folders (no meta.json: a crash during their save; no save is running now). Damaged ones
+    (renamed ``.damaged``) are left for inspection."""
+    folders = sorted(p for p in root.glob("step_*") if p.is_dir() and STEP_FOLDER.fullmatch(p.name))
     complete = [p for p in folders if (p / META).is_file()]
     doomed = [p for p in folders if p not in complete] + complete[:-max(keep_last, 1)]
     for path in doomed:
@@ -98,9 +217,21 @@ def _prune(root: Path, keep_last: int) -> None:
 
 
 def resume_tag(run_dir: str | Path) -> tuple[str, dict] | None:
-    """(tag, meta) of the checkpoint to resume from, or None when the run dir has none."""
-    tag = latest_tag(run_dir)
-    return None if tag is None else (tag, read_meta(run_dir, tag))
+    """(tag, meta) of the newest complete checkpoint whose files verify, or None when the run dir has no complete
+    checkpoint. Damaged ones are skipped with a warning; ``CheckpointError`` when none verifies. Reads only."""
+    complete = complete_checkpoints(run_dir)
+    problems = []
+    for folder in reversed(complete):
+        problem = verify(folder)
+        if problem is None:
+            if problems:
+                print(f"warning: {'; '.join(problems)}; using {folder.name}", flush=True)
+            return folder.name, json.loads((folder / META).read_text())
+        problems.append(f"checkpoint {folder.name} is damaged ({problem})")
+    if problems:
+        raise CheckpointError(f"no usable checkpoint in {checkpoint_root(run_dir)}: {'; '.join(problems)}; "
+                              f"--restart starts the run over")
+    return None
 
 
 @dataclass(frozen=True)
@@ -117,19 +248,75 @@ class Resume:
         return self.meta["step"]
 
 
-def prepare_resume(run_dir: str | Path) -> Resume | None:
-    """Collective, before the engine exists: the checkpoint to resume from (None: a new run), converted to
-    DeepSpeed's universal format by rank 0 when the rank count changed."""
-    found = resume_tag(run_dir)
-    if found is None:
+NEW_RUN, NO_CHECKPOINT = -1, -2
+
+
+def prepare_resume(run_dir: str | Path, cfg: RunConfig, restart: bool = False) -> Resume | None:
+    """Collective, before the engine exists: the checkpoint to resume from (None: a new run). Rank 0 chooses
+    (``resume_tag``), sets damaged newer ones aside, converts to DeepSpeed's universal format when the rank count
+    changed; every rank then checks that the config keeps what the checkpoint fixed.
+
+    ``restart``: remove the run's outputs first (rank 0 says which) and start over."""
+    run_dir = Path(run_dir)
+    step, error = NEW_RUN, ""
+    if dist.rank() == 0:
+        try:
+            if restart:
+                _remove_run_outputs(run_dir)
+            found = resume_tag(run_dir)
+            if found is not None:
+                tag, meta = found
+                _set_aside_newer_than(run_dir, meta["step"])
+                if meta["world_size"] != dist.world_size():
+                    ds.convert_to_universal(checkpoint_root(run_dir), tag)
+                step = meta["step"]
+        except (CheckpointError, OSError, RuntimeError) as err:
+            step, error = NO_CHECKPOINT, str(err)
+    step = dist.from_rank0(step)
+    if step == NO_CHECKPOINT:
+        raise CheckpointError(error or "rank 0 found no usable checkpoint")
+    if step == NEW_RUN:
         return None
-    tag, meta = found
-    universal = meta["world_size"] != dist.world_size()
-    if universal:
-        if dist.rank() == 0:
-            ds.convert_to_universal(checkpoint_root(run_dir), tag)
-        dist.barrier()
-    return Resume(tag, meta, universal)
+    tag = tag_for(step)
+    meta = read_meta(run_dir, tag)
+    _check_unchanged(run_config_from_yaml(meta["config"]), cfg, checkpoint_root(run_dir) / tag)
+    return Resume(tag, meta, meta["world_size"] != dist.world_size())
+
+
+def _remove_run_outputs(run_dir: Path) -> None:
+    present = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    if present:
+        print(f"--restart: removing {', '.join(map(str, present))}", flush=True)
+    for path in present:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _set_aside_newer_than(run_dir: Path, step: int) -> None:
+    """Complete checkpoints after the one resumed from failed verification: rename them so that they are never
+    loaded, pruned as the newest, or overwritten by the resumed run's saves."""
+    for folder in complete_checkpoints(run_dir):
+        if int(folder.name.removeprefix("step_")) > step:
+            target = folder.with_name(folder.name + DAMAGED)
+            shutil.rmtree(target, ignore_errors=True)
+            folder.rename(target)
+
+
+def _check_unchanged(saved: RunConfig, cfg: RunConfig, folder: Path) -> None:
+    changed = []
+    for section, names in RESUME_FIXED.items():
+        for name in names:
+            before, now = getattr(getattr(saved, section), name), getattr(getattr(cfg, section), name)
+            if before != now:
+                changed.append(f"{section}.{name} {_short(before)} -> {_short(now)}")
+    if changed:
+        raise ConfigError(f"{folder} was made with another model or data: {'; '.join(changed)}; resume with the "
+                          f"checkpoint's values, or start over with --restart or a new --run-dir")
+
+
+def _short(value: object) -> str:
+    if isinstance(value, list) and value and hasattr(value[0], "path"):
+        value = [f"{v.path} (weight {v.weight})" for v in value]
+    return repr(value)
 
 
 def restore(engine, run_dir: str | Path, resume: Resume | None, stream, seed: int) -> tuple[int, int]:

@@ -96,6 +96,14 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return t / tdist.get_world_size()
 
 
+def from_rank0(value: int) -> int:
+    """Rank 0's integer, on every rank (a decision only rank 0 can take, e.g. after reading files)."""
+    t = torch.tensor([value if rank() == 0 else 0], dtype=torch.int64)
+    if tdist.is_initialized() and tdist.get_world_size() > 1:
+        tdist.all_reduce(t, group=_cpu_group)
+    return int(t.item())
+
+
 def any_rank(*flags: bool) -> list[bool]:
     """For each flag, True on every rank when it is True on any rank (one all-reduce for all of them)."""
     return [v > 0 for v in all_reduce_mean(torch.tensor([1.0 if f else 0.0 for f in flags])).tolist()]

@@ -14,8 +14,9 @@ The plan for N ranks, without starting anything (batch arithmetic, tokens, FLOPs
 
 Without --config the embedded default runs: the offline demo (the installed all-MiniLM-L6-v2 teacher and the
 shards the README's first command prepares). A run dir holding a checkpoint resumes from it. Exit codes:
-0 finished, 75 stopped by SIGTERM/SIGUSR1 after saving a checkpoint (run again to resume), 2 bad configuration
-or input data (the message names the field or file).
+0 finished, 75 stopped by SIGTERM/SIGUSR1/Ctrl-C after saving a checkpoint (run again to resume; a second Ctrl-C
+aborts at once), 2 bad configuration or input data (the message names the field or file), 74 a write failed (e.g.
+no space left on device; the previous checkpoint is intact).
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ from minialbert.plan import make_plan, student_config
 from minialbert.step import distillation_forward
 from minialbert.teacher import Teacher, TeacherError, load_teacher
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved on SIGTERM/SIGUSR1; run the same command to resume
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved on SIGTERM/SIGUSR1/SIGINT; run the same command to resume
 EXIT_CONFIG = 2
+EXIT_IO = 74  # EX_IOERR: a checkpoint, metrics or the export could not be written (e.g. no space left on device)
 DEFAULT_DS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ds" / "zero2.json"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -59,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run-dir", help="where checkpoints, logs and the export go (overrides run_dir)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides train.max_steps)")
     p.add_argument("--no-resume", action="store_true", help="refuse a non-empty run dir instead of resuming")
+    p.add_argument("--restart", action="store_true",
+                   help="start over in a run dir that holds a run: remove its checkpoints, metrics, TensorBoard "
+                        "logs and export first (says what it removes)")
     p.add_argument("--check", action="store_true", help="print the plan for the world size and exit; starts nothing")
     p.add_argument("--world-size", type=int, metavar="N",
                    help="ranks to plan for with --check (default: the launcher's WORLD_SIZE, else 1)")
@@ -100,9 +105,13 @@ def print_plan(cfg: RunConfig, ds_json: str, world_size: int | None) -> int:
     return 0
 
 
-def prepare_run_dir(cfg: RunConfig, no_resume: bool) -> Path:
+def prepare_run_dir(cfg: RunConfig, no_resume: bool, restart: bool) -> Path:
     run_dir = Path(cfg.run_dir)
-    if no_resume and run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    if no_resume and restart:
+        raise ConfigError("--no-resume and --restart: choose one")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir={str(run_dir)!r}: a file, expected a folder (new or holding a run)")
+    if no_resume and run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"--no-resume: run dir {run_dir} is not empty; choose another --run-dir or drop --no-resume")
     return run_dir
 
@@ -148,7 +157,8 @@ def build_stream(cfg: RunConfig, teacher: Teacher, ctx: dist.DistContext):
 
 
 class StopFlag:
-    """Set by SIGTERM / SIGUSR1; the loop finishes its step, saves and exits."""
+    """Set by SIGTERM / SIGUSR1 / SIGINT; the loop finishes its step, saves and exits 75. A second SIGINT (Ctrl-C)
+    aborts at once."""
 
     def __init__(self):
         self.set = False
@@ -156,7 +166,16 @@ class StopFlag:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.set:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
         self.set = True
+
+    def ignore_from_now(self) -> None:
+        """The run is over (checkpoint saved): later signals must not turn its exit code into 143. Python puts back
+        the default action of the signals it handles when the interpreter shuts down; ignored ones stay ignored."""
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def flops_and_peak(cfg: RunConfig, teacher: Teacher, student: MiniAlbertForMaskedLM, seq_len: int, device) -> tuple:
@@ -179,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             return print_plan(cfg, args.deepspeed, args.world_size)
         check_inputs(cfg, args.deepspeed, embedded_default=args.config is None)
-        run_dir = prepare_run_dir(cfg, args.no_resume)
+        run_dir = prepare_run_dir(cfg, args.no_resume, args.restart)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -192,10 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         student = build_student(cfg, teacher)
         stream = build_stream(cfg, teacher, ctx)
         accum = ds.accumulation_steps(cfg, ctx.world_size)
-        resume = ckpt.prepare_resume(run_dir)
+        resume = ckpt.prepare_resume(run_dir, cfg, restart=args.restart)
         ds_config = ds.build_ds_config(cfg, args.deepspeed, ctx.world_size, ctx.device.type == "cuda",
                                        load_universal=bool(resume and resume.universal))
-    except (ConfigError, TeacherError, DataError) as err:
+    except (ConfigError, TeacherError, DataError, ckpt.CheckpointError) as err:
         if ctx.is_rank0:
             print(f"error: {err}", file=sys.stderr)
         dist.destroy()
@@ -219,60 +238,87 @@ def main(argv: list[str] | None = None) -> int:
     progress = _progress(ctx.is_rank0, step, cfg.train.max_steps)
     last_save = time.monotonic()
     batches = iter(stream)
-    while step < cfg.train.max_steps:
-        lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step applies
-        micro = [next(batches) for _ in range(accum)]
-        # Means over the whole global batch, however it is split into micro-batches and ranks: each micro-batch
-        # divides by the global counts over (accumulation x world), the engine averages the rest.
-        counts = torch.tensor([float(sum(int(b["attention_mask"].sum()) for b in micro)),
-                               float(sum(int((b["labels"] != -100).sum()) for b in micro))])
-        global_tokens, global_masked = (dist.all_reduce_mean(counts) * ctx.world_size).tolist()
-        share = accum * ctx.world_size
-        sums = None
-        for batch in micro:
-            batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
-            terms = distillation_forward(engine, teacher, batch, weights, cfg.loss.temperature, cfg.loss.mode,
-                                         num_tokens=global_tokens / share, num_masked=max(global_masked, 1) / share)
-            engine.backward(terms.total)
-            engine.step()
-            sums = terms.scalars() if sums is None else sums + terms.scalars()
-        step += 1
-        record, per_recursion = LossTerms.unpack(dist.all_reduce_mean(sums / accum).tolist())
-        step_tokens = int(global_tokens)
-        tokens += step_tokens
-        record.update(tokens=tokens, step_tokens=step_tokens, lr=lr, grad_norm=ds.grad_norm(engine),
-                      loss_scale=ds.loss_scale(engine))
-        monitor.log_step(step, record, per_recursion, cfg.train.global_batch_size, stream.epoch)
-        progress.update(1)
-        progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+    try:
+        while step < cfg.train.max_steps:
+            lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step applies
+            micro = [next(batches) for _ in range(accum)]
+            # Means over the whole global batch, however it is split into micro-batches and ranks: each micro-batch
+            # divides by the global counts over (accumulation x world), the engine averages the rest.
+            counts = torch.tensor([float(sum(int(b["attention_mask"].sum()) for b in micro)),
+                                   float(sum(int((b["labels"] != -100).sum()) for b in micro))])
+            global_tokens, global_masked = (dist.all_reduce_mean(counts) * ctx.world_size).tolist()
+            share = accum * ctx.world_size
+            sums = None
+            for batch in micro:
+                batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
+                terms = distillation_forward(engine, teacher, batch, weights, cfg.loss.temperature, cfg.loss.mode,
+                                             num_tokens=global_tokens / share, num_masked=max(global_masked, 1) / share)
+                engine.backward(terms.total)
+                engine.step()
+                sums = terms.scalars() if sums is None else sums + terms.scalars()
+            step += 1
+            record, per_recursion = LossTerms.unpack(dist.all_reduce_mean(sums / accum).tolist())
+            step_tokens = int(global_tokens)
+            tokens += step_tokens
+            record.update(tokens=tokens, step_tokens=step_tokens, lr=lr, grad_norm=ds.grad_norm(engine),
+                          loss_scale=ds.loss_scale(engine))
+            log_error = None
+            try:
+                monitor.log_step(step, record, per_recursion, cfg.train.global_batch_size, stream.epoch)
+            except OSError as err:
+                log_error = ckpt.describe_write_error(run_dir, err)
+            progress.update(1)
+            progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
 
-        every = cfg.checkpoint
-        minutes_due = bool(every.every_minutes) and time.monotonic() - last_save >= 60 * every.every_minutes
-        preempted, minutes_due = dist.any_rank(stop.set, minutes_due)  # one collective: ranks decide together
-        due = (every.every_steps and step % every.every_steps == 0) or minutes_due
-        if preempted or due or step == cfg.train.max_steps:
-            meta = {"tokens": tokens, "loss_scale": ds.loss_scale(engine), "config": dump_run_config(cfg)}
-            rank_state = {"stream": stream.state_dict(), "rng": dist.rng_state()}
-            ckpt.save(engine, run_dir, step, meta, rank_state, every.keep_last)
-            last_save = time.monotonic()
-            monitor.flush()
-            monitor.restart_clock()
-        if preempted and step < cfg.train.max_steps:  # on the last step: finish (export, exit 0) instead
-            dist.print0(f"stopped by signal at step {step}; checkpoint saved; exit {EXIT_PREEMPTED} (run again to resume)")
-            progress.close()
-            monitor.close()
-            dist.destroy()
-            return EXIT_PREEMPTED
+            every = cfg.checkpoint
+            minutes_due = bool(every.every_minutes) and time.monotonic() - last_save >= 60 * every.every_minutes
+            # One collective: the ranks decide together.
+            preempted, minutes_due, log_failed = dist.any_rank(stop.set, minutes_due, log_error is not None)
+            if log_failed:
+                raise ckpt.CheckpointError(log_error or "rank 0 could not write the run's metrics")
+            due = (every.every_steps and step % every.every_steps == 0) or minutes_due
+            if preempted or due or step == cfg.train.max_steps:
+                meta = {"tokens": tokens, "loss_scale": ds.loss_scale(engine), "config": dump_run_config(cfg)}
+                rank_state = {"stream": stream.state_dict(), "rng": dist.rng_state()}
+                ckpt.save(engine, run_dir, step, meta, rank_state, every.keep_last)
+                last_save = time.monotonic()
+                monitor.flush()
+                monitor.restart_clock()
+            if preempted and step < cfg.train.max_steps:  # on the last step: finish (export, exit 0) instead
+                dist.print0(f"stopped by signal at step {step}; checkpoint saved; exit {EXIT_PREEMPTED} "
+                            f"(run again to resume)")
+                return _finish(stop, progress, monitor, EXIT_PREEMPTED)
+    except ckpt.CheckpointError as err:
+        if ctx.is_rank0:
+            print(f"\nerror: {err}", file=sys.stderr, flush=True)
+        return _finish(stop, progress, monitor, EXIT_IO)
     progress.close()
     monitor.close()
+    code = 0
     if ctx.is_rank0:
         from minialbert.export import export_checkpoint
 
-        out = export_checkpoint(run_dir, ckpt.latest_tag(run_dir), run_dir / "export", replace=True)
-        print(f"exported the student to {out}", flush=True)
+        try:
+            out = export_checkpoint(run_dir, ckpt.tag_for(step), run_dir / "export", replace=True)
+            print(f"exported the student to {out}", flush=True)
+        except OSError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            code = EXIT_IO
     dist.barrier()
+    return _finish(stop, None, None, code)
+
+
+def _finish(stop: StopFlag, progress, monitor, code: int) -> int:
+    stop.ignore_from_now()
+    if progress is not None:
+        progress.close()
+    if monitor is not None:
+        try:
+            monitor.close()
+        except OSError:  # nothing more can be written (a full disk): what was flushed stays
+            pass
     dist.destroy()
-    return 0
+    return code
 
 
 def _hparams(cfg: RunConfig, ctx: dist.DistContext, accum: int) -> dict:

@@ -167,11 +167,17 @@ def convert_to_universal(checkpoint_root: Path, tag: str) -> str:
     if not (out / "zero").is_dir():
         tmp = checkpoint_root / f".{out_tag}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)  # left by a conversion that was killed
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(checkpoint_root / tag),
              "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1"],
-            check=True, stdout=subprocess.DEVNULL, env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")},
         )
+        if done.returncode:
+            shutil.rmtree(tmp, ignore_errors=True)
+            (checkpoint_root / "latest_universal").unlink(missing_ok=True)
+            reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"{checkpoint_root / tag}: conversion to DeepSpeed's universal format failed ({reason})")
         tmp.rename(out)
         # The converter also writes a `latest_universal` pointer beside its output, naming the temporary folder.
         (checkpoint_root / "latest_universal").unlink(missing_ok=True)

@@ -58,7 +58,8 @@ def _model_card(run_dir: Path, tag: str, meta: dict, cfg, teacher: str, counts: 
 
 
 def export_checkpoint(run_dir: str | Path, tag: str | None, out: str | Path, replace: bool = False) -> Path:
-    """Write the student of checkpoint ``tag`` (None = latest) to ``out``, atomically."""
+    """Write the student of checkpoint ``tag`` (None: the newest complete one whose files verify) to ``out``,
+    atomically: on any failure (a damaged checkpoint, a full disk) nothing is left at ``out``."""
     from transformers import AutoTokenizer
 
     from . import engine as ds
@@ -67,12 +68,17 @@ def export_checkpoint(run_dir: str | Path, tag: str | None, out: str | Path, rep
     from .params import count_parameters
 
     run_dir, out = Path(run_dir), Path(out)
-    tag = tag or ckpt.latest_tag(run_dir)
-    if tag is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint (checkpoints/latest missing)")
-    meta = ckpt.read_meta(run_dir, tag)
     if out.exists() and any(out.iterdir()) and not replace:
         raise FileExistsError(f"{out}: exists and is not empty; choose a new --out")
+    if tag is None:
+        found = ckpt.resume_tag(run_dir)  # the newest complete checkpoint whose files verify
+        if found is None:
+            raise FileNotFoundError(f"{ckpt.checkpoint_root(run_dir)}: no complete checkpoint")
+        tag = found[0]
+    meta = ckpt.read_meta(run_dir, tag)
+    problem = ckpt.verify(ckpt.checkpoint_root(run_dir) / tag)
+    if problem:
+        raise ckpt.CheckpointError(f"checkpoint {tag} is damaged ({problem})")
     cfg = run_config_from_yaml(meta["config"])
     config = MiniAlbertConfig.from_pretrained(run_dir / "student_config")
     model = MiniAlbertForMaskedLM(config)
@@ -81,9 +87,14 @@ def export_checkpoint(run_dir: str | Path, tag: str | None, out: str | Path, rep
     teacher = cfg.teacher_path()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(teacher).save_pretrained(tmp)
-    (tmp / "README.md").write_text(_model_card(run_dir, tag, meta, cfg, teacher, count_parameters(model)))
+    try:
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(teacher).save_pretrained(tmp)
+        (tmp / "README.md").write_text(_model_card(run_dir, tag, meta, cfg, teacher, count_parameters(model)))
+    except Exception as err:  # nothing half-written is left behind; a full disk is named as such
+        message = ckpt.describe_write_error(out, err)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(message) from err
     if out.exists():
         old = out.with_name(f".{out.name}.old{os.getpid()}")
         out.rename(old)
@@ -102,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         out = export_checkpoint(args.run_dir, args.tag, args.out)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, ckpt.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"exported {args.run_dir} ({args.tag or 'latest'}) -> {out}")

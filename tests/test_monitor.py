@@ -69,20 +69,6 @@ def test_prune_keeps_the_last_complete_checkpoints_and_drops_incomplete_ones(tmp
     assert sorted(p.name for p in root.iterdir()) == ["step_00000006", "step_00000008"]
 
 
-def test_resume_tag_reads_latest_and_refuses_an_incomplete_target(tmp_path):
-    assert ckpt.resume_tag(tmp_path) is None
-    (tmp_path / "checkpoints" / "step_00000004").mkdir(parents=True)
-    (tmp_path / "checkpoints" / "latest").write_text("step_00000004\n")
-    try:
-        ckpt.resume_tag(tmp_path)
-    except FileNotFoundError as err:
-        assert "step_00000004/meta.json: checkpoint metadata missing" in str(err)
-    else:
-        raise AssertionError("an incomplete checkpoint was accepted")
-    (tmp_path / "checkpoints" / "step_00000004" / ckpt.META).write_text('{"step": 4, "world_size": 2}')
-    assert ckpt.resume_tag(tmp_path) == ("step_00000004", {"step": 4, "world_size": 2})
-
-
 def test_sigterm_and_sigusr1_set_the_stop_flag_instead_of_killing():
     from minialbert.distill import STOP_SIGNALS, StopFlag
 
@@ -102,7 +88,7 @@ def test_export_errors_are_one_line_and_write_nothing(tmp_path, capsys):
 
     out = tmp_path / "out"
     assert export_main([str(tmp_path), "--out", str(out)]) == 1
-    assert capsys.readouterr().err == f"error: {tmp_path}: no checkpoint (checkpoints/latest missing)\n"
+    assert capsys.readouterr().err == f"error: {tmp_path / 'checkpoints'}: no complete checkpoint\n"
     (tmp_path / "checkpoints" / "step_00000004").mkdir(parents=True)
     (tmp_path / "checkpoints" / "step_00000004" / ckpt.META).write_text('{"step": 4}')
     assert export_main([str(tmp_path), "--tag", "step_00000005", "--out", str(out)]) == 1
