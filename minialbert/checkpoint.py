@@ -265,12 +265,9 @@ def prepare_resume(run_dir: str | Path, cfg: RunConfig, restart: bool = False) -
                 _remove_run_outputs(run_dir)
             found = resume_tag(run_dir)
             if found is not None:
-                tag, meta = found
-                _set_aside_newer_than(run_dir, meta["step"])
-                if meta["world_size"] != dist.world_size():
-                    ds.convert_to_universal(checkpoint_root(run_dir), tag)
-                step = meta["step"]
-        except (CheckpointError, OSError, RuntimeError) as err:
+                _set_aside_newer_than(run_dir, found[1]["step"])
+                step = found[1]["step"]
+        except (CheckpointError, OSError) as err:
             step, error = NO_CHECKPOINT, str(err)
     step = dist.from_rank0(step)
     if step == NO_CHECKPOINT:
@@ -280,7 +277,17 @@ def prepare_resume(run_dir: str | Path, cfg: RunConfig, restart: bool = False) -
     tag = tag_for(step)
     meta = read_meta(run_dir, tag)
     _check_unchanged(run_config_from_yaml(meta["config"]), cfg, checkpoint_root(run_dir) / tag)
-    return Resume(tag, meta, meta["world_size"] != dist.world_size())
+    universal = meta["world_size"] != dist.world_size()
+    if universal:
+        failed = ""
+        if dist.rank() == 0:
+            try:
+                ds.convert_to_universal(checkpoint_root(run_dir), tag)
+            except (OSError, RuntimeError) as err:
+                failed = str(err)
+        if dist.any_rank(bool(failed))[0]:
+            raise CheckpointError(failed or "rank 0 could not convert the checkpoint to the universal format")
+    return Resume(tag, meta, universal)
 
 
 def _remove_run_outputs(run_dir: Path) -> None:

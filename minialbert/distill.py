@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 monitor.log_step(step, record, per_recursion, cfg.train.global_batch_size, stream.epoch)
             except OSError as err:
-                log_error = ckpt.describe_write_error(run_dir, err)
+                log_error = ckpt.describe_write_error(run_dir / "metrics.jsonl", err)
             progress.update(1)
             progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
 

@@ -57,3 +57,21 @@ def test_real_teacher_hidden_and_attention_losses_fall_by_at_least_half(demo):
     last = records[-3:]
     for key in ("loss_attention", "loss_hidden"):
         assert sum(r[key] for r in last) / 3 <= records[0][key] / 2, key
+
+
+def test_the_embedded_default_interrupted_and_resumed_equals_an_uninterrupted_run(demo):
+    """The mission's own command (no --config: the embedded default, its peak FLOP/s measured at every start),
+    stopped by SIGUSR1 and resumed in the demo, logs the same losses bit for bit as the same command run
+    straight through."""
+    from distill_helpers import REPO, VENV_BIN, distill_env, free_port, read_metrics
+
+    root, _ = demo
+    straight = root / "straight"
+    cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+           str(REPO / "minialbert" / "distill.py"), "--deepspeed", str(REPO / "configs" / "ds" / "zero2.json"),
+           "--run-dir", str(straight), "--max-steps", "60"]
+    done = subprocess.run(cmd, cwd=root.parents[1], env=distill_env(), capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = read_metrics(root / "distill")
+    exact = ("loss", "loss_mlm", "loss_attention", "loss_hidden", "loss_output", "tokens", "lr", "grad_norm")
+    assert [{k: r[k] for k in exact} for r in resumed] == [{k: r[k] for k in exact} for r in read_metrics(straight)]
