@@ -20,6 +20,10 @@ takes the r-th block of micro_batch_size. The state is the global sample count, 
 world size continues with the next unconsumed sample: nothing repeats or is skipped.
 
 Masks are drawn from an RNG keyed by (seed, epoch, position in epoch), so a resumed run sees the same masks.
+
+Checks. Building a stream verifies every shard of its split against manifest.json (present, size, sha256,
+readable Arrow, rows, row length vs seq_len; see verify_shard): a bad shard is one DataError naming the file
+before the first batch.
 """
 
 from __future__ import annotations
