@@ -9,7 +9,9 @@ Folder layout (DIR = --out):
 
 A shard is written under a hidden temporary name; the unit's shards are renamed into place only when the
 whole unit is done, and the unit record is written last (atomically). A unit without its record is
-unfinished: a re-run deletes whatever it left and packs it again. Output bytes depend only on the settings
+unfinished: a re-run deletes whatever it left and packs it again. A failed write (a full disk) is a one-line
+DataPrepError naming the file (write_error); the writer removes its temporaries, and a JSON file replaced
+atomically keeps its previous content. Output bytes depend only on the settings
 and the input, never on timing, worker count or which process ran which unit.
 """
 

@@ -88,15 +88,17 @@ def check_units(fmt: str, units: list[Unit], text_field: str) -> None:
     """Check what can be checked cheaply before anything is written: the text column of Parquet files and
     save_to_disk Arrow files (read from their schema). An unreadable file is left to its reader, which marks
     it corrupt; JSONL records without the field are bad records, found while reading."""
+    if fmt not in ("parquet", "hf"):
+        return
     for unit in units:
+        if unit.path.startswith("hf:"):  # a hub dataset: its columns are known only once streaming
+            continue
         try:
             if fmt == "parquet":
                 names = pq.ParquetFile(unit.path).schema_arrow.names
-            elif fmt == "hf" and not unit.path.startswith("hf:"):
+            else:
                 with pa.memory_map(unit.path) as source:
                     names = pa.ipc.open_stream(source).schema.names
-            else:
-                return
         except (pa.ArrowException, OSError):
             continue
         _check_column(unit, names, text_field)
