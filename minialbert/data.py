@@ -283,11 +283,18 @@ class ShardStream:
         return {"samples_consumed": self.samples_consumed, "epoch": self.epoch, "seed": self.seed,
                 "samples_per_epoch": self.samples_per_epoch, "quota": self.quota.tolist()}
 
+    def check_state(self, state: dict) -> None:
+        """DataError listing every field in which a saved state (e.g. a checkpoint's) disagrees with this stream;
+        changes nothing, so a run can check before it builds anything else."""
+        mine = self.state_dict()
+        differ = [f"{key} {state.get(key)} (saved) != {mine[key]} (now)"
+                  for key in ("seed", "samples_per_epoch", "quota") if state.get(key) != mine[key]]
+        if differ:
+            raise DataError(f"stream state: {'; '.join(differ)}: it was saved from other data (folders, their rows "
+                             f"or mixture weights) or another seed; resume with the same data or start a new run")
+
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "samples_per_epoch", "quota"):
-            if state[key] != self.state_dict()[key]:
-                raise DataError(f"stream state: {key} {state[key]} differs from this stream's "
-                                 f"{self.state_dict()[key]}; it belongs to other data or settings")
+        self.check_state(state)
         self.samples_consumed = int(state["samples_consumed"])
 
     def sample_ids(self, positions: np.ndarray) -> list[tuple[int, int]]:

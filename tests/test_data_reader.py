@@ -127,8 +127,13 @@ def test_resume_gives_identical_batches_and_masks(packed):
             assert torch.equal(a[key], b[key]), key
     other_seed = take(ShardStream(sources, **{**kwargs, "seed": 10}), 1)[0]
     assert not torch.equal(other_seed["input_ids"], full[0]["input_ids"])
-    with pytest.raises(ValueError, match="samples_per_epoch"):
-        ShardStream([(folders["general"], 1.0)], **kwargs).load_state_dict(first.state_dict())
+    fewer = ShardStream([(folders["general"], 1.0)], **kwargs)
+    n = fewer.samples_per_epoch
+    expected = (rf"stream state: samples_per_epoch {first.samples_per_epoch} \(saved\) != {n} \(now\); "
+                rf"quota \[.*\] \(saved\) != \[{n}\] \(now\): it was saved from other data")
+    with pytest.raises(DataError, match=expected):
+        fewer.load_state_dict(first.state_dict())
+    assert fewer.samples_consumed == 0
 
 
 def test_mixture_weights_set_each_sources_share(packed):
