@@ -11,8 +11,8 @@ A shard is written under a hidden temporary name; the unit's shards are renamed 
 whole unit is done, and the unit record is written last (atomically). A unit without its record is
 unfinished: a re-run deletes whatever it left and packs it again. A failed write (a full disk) is a one-line
 DataPrepError naming the file (write_error); the writer removes its temporaries, and a JSON file replaced
-atomically keeps its previous content. Output bytes depend only on the settings
-and the input, never on timing, worker count or which process ran which unit.
+atomically keeps its previous content. Output bytes depend only on the settings and the input, never on
+timing, worker count or which process ran which unit.
 """
 
 from __future__ import annotations
