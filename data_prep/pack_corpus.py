@@ -20,8 +20,8 @@ import threading
 import time
 
 from data_prep.shards import (FORMAT_VERSION, SPLITS, SplitWriter, merge_manifests, publish_unit, read_json,
-                              remove_unit_leftovers, unit_record_path, write_json_atomic)
-from data_prep.sources import FORMATS, plan_units, read_unit
+                              remove_unit_leftovers, unit_record_path, write_error, write_json_atomic)
+from data_prep.sources import FORMATS, check_units, plan_units, read_unit
 from data_prep.units import DataPrepError, SourceReport, Unit
 
 
@@ -89,7 +89,10 @@ def write_plan(out_dir: str, plan: dict) -> None:
                                 f"use a new --out or the same settings")
         return
     for sub in ("units", *SPLITS):
-        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+        try:
+            os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+        except OSError as e:
+            raise write_error(os.path.join(out_dir, sub), e) from e
     write_json_atomic(path, plan)
 
 
@@ -176,12 +179,18 @@ def run_units(args: argparse.Namespace, units: list[Unit], windower=None) -> Non
             return
         # Workers use one Rust thread each; more would oversubscribe the cores the processes already fill.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        with ctx.Pool(min(args.workers, len(pending)), _init_worker, (args, progress)) as pool:
-            for _index, _totals, error in pool.imap_unordered(_pack_unit_in_worker, [(args, u) for u in pending]):
-                if error is not None:
-                    pool.terminate()
-                    raise DataPrepError(error)
-                bar.unit_done()
+        try:
+            with ctx.Pool(min(args.workers, len(pending)), _init_worker, (args, progress)) as pool:
+                for _index, _totals, error in pool.imap_unordered(_pack_unit_in_worker, [(args, u) for u in pending]):
+                    if error is not None:
+                        raise DataPrepError(error)
+                    bar.unit_done()
+        except BaseException:
+            # Leaving the pool terminated (and joined) the workers mid-unit; remove what their units left.
+            for unit in pending:
+                if not os.path.isfile(unit_record_path(args.out, unit.index)):
+                    remove_unit_leftovers(args.out, unit.index)
+            raise
     finally:
         bar.close()
 
@@ -227,18 +236,22 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from data_prep.fingerprint import tokenizer_fingerprint
 
-        # Building a Windower here checks seq_len/stride against the tokenizer before anything is written;
-        # a single-process run then uses it (workers build their own after the fork).
+        # Everything that can be checked is checked before plan.json is written, so that a corrected command
+        # is not refused as "made with other settings". Building a Windower checks seq_len/stride against the
+        # tokenizer; a single-process run then uses it (workers build their own after the fork).
         windower = build_windower(args)
-        write_plan(args.out, make_plan(args, units, windower.info, tokenizer_fingerprint(args.tokenizer)))
+        mine = units
         if args.unit_index is not None:
             first = args.unit_index * args.units_per_task
             if not 0 <= first < len(units):
                 tasks = -(-len(units) // args.units_per_task)
                 raise DataPrepError(f"--unit-index {args.unit_index}: expected 0..{tasks - 1}")
-            run_units(args, units[first:first + args.units_per_task], windower)
+            mine = units[first:first + args.units_per_task]
+        check_units(args.format, mine, args.text_field)
+        write_plan(args.out, make_plan(args, units, windower.info, tokenizer_fingerprint(args.tokenizer)))
+        run_units(args, mine, windower)
+        if args.unit_index is not None:
             return 0
-        run_units(args, units, windower)
         manifest = merge_manifests(args.out)
     except DataPrepError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,19 +2,22 @@
 
 Folder layout (DIR = --out):
     DIR/plan.json                 settings + the list of units; written by every pack_corpus process (identical)
-    DIR/units/u00007.json         unit 7 finished: its shards (rows, tokens, sha256) and its source report
+    DIR/units/u00007.json         unit 7 finished: its shards (rows, tokens, bytes, sha256) and its source report
     DIR/train/u00007-00000.arrow  Arrow IPC file: input_ids list<uint16|uint32>, word_start list<bool>
     DIR/validation/u00007-00000.arrow
     DIR/manifest.json             written by merge_manifests once every unit has finished
 
 A shard is written under a hidden temporary name; the unit's shards are renamed into place only when the
 whole unit is done, and the unit record is written last (atomically). A unit without its record is
-unfinished: a re-run deletes whatever it left and packs it again. Output bytes depend only on the settings
-and the input, never on timing, worker count or which process ran which unit.
+unfinished: a re-run deletes whatever it left and packs it again. A failed write (a full disk) is a one-line
+DataPrepError naming the file (write_error); the writer removes its temporaries, and a JSON file replaced
+atomically keeps its previous content. Output bytes depend only on the settings and the input, never on
+timing, worker count or which process ran which unit.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
@@ -30,12 +33,36 @@ SPLITS = ("train", "validation")
 BATCH_ROWS = 1024  # rows per Arrow record batch inside a shard
 
 
+def write_error(path: str, err: OSError) -> DataPrepError:
+    """A failed write as one line naming the file: disk full, quota, permissions, ..."""
+    if err.errno == errno.ENOSPC:
+        why = "no space left on device"
+    elif err.errno == errno.EDQUOT:
+        why = "disk quota exceeded"
+    else:
+        why = str(err.strerror or err).splitlines()[0]
+    return DataPrepError(f"{path}: cannot write: {why}")
+
+
+def remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
 def write_json_atomic(path: str, obj: dict) -> None:
+    """Write under a temporary name, then rename: a reader sees the old file or the new one, never a part.
+    On failure (a full disk) the temporary is removed and the old file is untouched."""
     tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        remove_quietly(tmp)
+        raise write_error(path, e) from e
 
 
 def read_json(path: str) -> dict:
@@ -56,11 +83,12 @@ def sha256_file(path: str) -> str:
 
 
 def remove_unit_leftovers(out_dir: str, index: int) -> None:
-    """Delete shards and temporaries of an unfinished unit (from a killed run)."""
-    for split in SPLITS:
-        for pattern in (f"u{index:05d}-*.arrow", f".u{index:05d}-*.arrow.tmp-*"):
-            for path in glob.glob(os.path.join(out_dir, split, pattern)):
-                os.remove(path)
+    """Delete shards and temporaries of an unfinished unit (from a killed or failed run)."""
+    patterns = [os.path.join(out_dir, split, p) for split in SPLITS
+                for p in (f"u{index:05d}-*.arrow", f".u{index:05d}-*.arrow.tmp-*")]
+    for pattern in patterns + [os.path.join(out_dir, "units", f".u{index:05d}.json.tmp-*")]:
+        for path in glob.glob(pattern):
+            remove_quietly(path)
 
 
 class SplitWriter:
@@ -73,7 +101,7 @@ class SplitWriter:
         self.np_dtype = np.dtype(id_dtype)
         self.schema = pa.schema([("input_ids", pa.list_(self.id_type)), ("word_start", pa.list_(pa.bool_()))])
         self.finished: list[dict] = []  # shards written (still under temporary names)
-        self._writer = None
+        self._sink = self._writer = None
         self._rows: list[np.ndarray] = []
         self._starts: list[np.ndarray] = []
         self._shard_rows_written = 0
@@ -89,7 +117,13 @@ class SplitWriter:
     def _flush_batch(self) -> None:
         if not self._rows:
             return
-        if self._writer is None:
+        try:
+            self._write_batch()
+        except OSError as e:  # pyarrow's write errors are OSErrors with the errno (ENOSPC: disk full)
+            raise write_error(self._final, e) from e
+
+    def _write_batch(self) -> None:
+        if self._sink is None:
             number = len(self.finished)
             name = f"u{self.unit_index:05d}-{number:05d}.arrow"
             self._tmp = os.path.join(self.dir, f".{name}.tmp-{os.getpid()}")
@@ -111,40 +145,53 @@ class SplitWriter:
             self._close_shard()
 
     def _close_shard(self) -> None:
-        self._writer.close()
+        self._writer.close()  # writes the footer
         self._sink.close()
         self.finished.append({
             "tmp": self._tmp, "final": self._final,
             "file": f"{self.split}/{os.path.basename(self._final)}",
             "rows": self._shard_rows_written, "tokens": self._shard_tokens, "max_id": self._shard_max_id,
         })
-        self._writer = None
+        self._sink = self._writer = None
         self._shard_rows_written = self._shard_tokens = self._shard_max_id = 0
 
     def close(self) -> list[dict]:
-        """Finish the last shard; checksum all; returns their records (temporary names still)."""
+        """Finish the last shard; size and checksum all; returns their records (temporary names still)."""
         self._flush_batch()
-        if self._writer is not None:
-            self._close_shard()
+        if self._sink is not None:
+            try:
+                self._close_shard()
+            except OSError as e:
+                raise write_error(self._final, e) from e
         for shard in self.finished:
+            shard["bytes"] = os.path.getsize(shard["tmp"])
             shard["sha256"] = sha256_file(shard["tmp"])
         return self.finished
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._sink.close()
-        for path in [s["tmp"] for s in self.finished] + ([self._tmp] if self._writer is not None else []):
-            if os.path.exists(path):
-                os.remove(path)
+        """Remove every file this writer made; safe after a failed write (closing may fail again on a full disk)."""
+        for handle in (self._writer, self._sink):
+            if handle is not None:
+                try:
+                    handle.close()
+                except (OSError, pa.ArrowException):
+                    pass
+        for path in [s["tmp"] for s in self.finished] + ([self._tmp] if self._sink is not None else []):
+            remove_quietly(path)
+        self._sink = self._writer = None
 
 
 def publish_unit(out_dir: str, index: int, shards: list[dict], source: dict, totals: dict) -> None:
-    """Rename a finished unit's shards into place, then write its record: from now on it counts as done."""
+    """Rename a finished unit's shards into place, then write its record: from now on it counts as done.
+    If the record cannot be written (a full disk), the unit's shards are removed again: it stays unfinished."""
     for shard in shards:
         os.replace(shard.pop("tmp"), shard.pop("final"))
-    write_json_atomic(unit_record_path(out_dir, index), {"unit": index, "shards": shards, "source": source,
-                                                         "totals": totals})
+    try:
+        write_json_atomic(unit_record_path(out_dir, index), {"unit": index, "shards": shards, "source": source,
+                                                             "totals": totals})
+    except DataPrepError:
+        remove_unit_leftovers(out_dir, index)
+        raise
 
 
 def merge_manifests(out_dir: str) -> dict:

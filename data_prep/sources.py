@@ -84,6 +84,31 @@ def _plan_hf(inputs: list[str], hf_config: str | None, hf_split: str) -> list[Un
     return units
 
 
+def check_units(fmt: str, units: list[Unit], text_field: str) -> None:
+    """Check what can be checked cheaply before anything is written: the text column of Parquet files and
+    save_to_disk Arrow files (read from their schema). An unreadable file is left to its reader, which marks
+    it corrupt; JSONL records without the field are bad records, found while reading."""
+    if fmt not in ("parquet", "hf"):
+        return
+    for unit in units:
+        if unit.path.startswith("hf:"):  # a hub dataset: its columns are known only once streaming
+            continue
+        try:
+            if fmt == "parquet":
+                names = pq.ParquetFile(unit.path).schema_arrow.names
+            else:
+                with pa.memory_map(unit.path) as source:
+                    names = pa.ipc.open_stream(source).schema.names
+        except (pa.ArrowException, OSError):
+            continue
+        _check_column(unit, names, text_field)
+
+
+def _check_column(unit: Unit, names: list[str], text_field: str) -> None:
+    if text_field not in names:
+        raise DataPrepError(f"{unit.path}: no column '{text_field}' (columns: {', '.join(names)}); set --text-field")
+
+
 def read_unit(fmt: str, unit: Unit, report: SourceReport, text_field: str) -> Iterator[str]:
     """Yield the document texts of one unit; report.docs_read counts the yielded ones."""
     if fmt == "pubmed":
@@ -202,9 +227,7 @@ def _read_batches(unit: Unit, report: SourceReport, text_field: str, batches: It
         except (pa.ArrowException, OSError) as e:
             report.broken_file("corrupt", f"row {row}", f"unreadable data ({str(e).splitlines()[0]})")
             return
-        if text_field not in batch.schema.names:
-            raise DataPrepError(f"{unit.path}: no column '{text_field}' (columns: {', '.join(batch.schema.names)}); "
-                                f"set --text-field")
+        _check_column(unit, batch.schema.names, text_field)
         for i, text in enumerate(batch.column(text_field).to_pylist()):
             if not isinstance(text, str):
                 report.bad(f"row {row + i}", f"'{text_field}' is not a string")
@@ -219,9 +242,7 @@ def _read_parquet(unit: Unit, report: SourceReport, text_field: str) -> Iterator
     except (pa.ArrowException, OSError) as e:
         report.broken_file("corrupt", "footer", f"not a readable Parquet file ({str(e).splitlines()[0]})")
         return
-    if text_field not in pf.schema_arrow.names:
-        raise DataPrepError(f"{unit.path}: no column '{text_field}' (columns: {', '.join(pf.schema_arrow.names)}); "
-                            f"set --text-field")
+    _check_column(unit, pf.schema_arrow.names, text_field)
     yield from _read_batches(unit, report, text_field, iter(pf.iter_batches(batch_size=1024, columns=[text_field])))
 
 

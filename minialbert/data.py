@@ -20,11 +20,14 @@ takes the r-th block of micro_batch_size. The state is the global sample count, 
 world size continues with the next unconsumed sample: nothing repeats or is skipped.
 
 Masks are drawn from an RNG keyed by (seed, epoch, position in epoch), so a resumed run sees the same masks.
+
+Checks. Building a stream verifies every shard of its split against manifest.json (present, size, sha256,
+readable Arrow, rows, row length vs seq_len; see verify_shard): a bad shard is one DataError naming the file
+before the first batch.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -33,8 +36,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-# Shared with data_prep (stdlib only): both sides hash a tokenizer folder the same way.
+# Shared with data_prep: both sides hash a tokenizer folder, and a shard, the same way.
 from data_prep.fingerprint import tokenizer_fingerprint
+from data_prep.shards import sha256_file
 from data_prep.windowing import mix64  # the same hash keys data prep's document sampling
 
 IGNORE_INDEX = -100
@@ -81,8 +85,53 @@ def permute(index: np.ndarray, n: int, key: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- shard folders
 
 
+def verify_shard(path: str, shard: dict, seq_len: int) -> tuple[np.ndarray, list]:
+    """Check one shard against its manifest.json entry and map it: (first rows (n_batches,), [(first row,
+    offsets, ids, word_start bits, bit offset)]), zero-copy over the memory map.
+
+    Checked, each a DataError naming the file: present; its size (manifests written since sizes are recorded);
+    its sha256 (a full read: ~1 GB/s per rank, see docs/data.md); a readable Arrow file of the packed schema;
+    its row count; no row longer than the manifest's seq_len.
+    """
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: shard listed in manifest.json is missing") from None
+    if "bytes" in shard and size != shard["bytes"]:
+        raise DataError(f"{path}: {size} bytes but manifest.json says {shard['bytes']}; the shard is truncated "
+                         f"or was replaced")
+    try:
+        digest = sha256_file(path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the shard ({e.strerror or e})") from None
+    if digest != shard["sha256"]:
+        raise DataError(f"{path}: sha256 {digest[:12]} does not match manifest.json ({shard['sha256'][:12]}); "
+                         f"the shard is corrupt or was replaced")
+    try:
+        reader = pa.ipc.open_file(pa.memory_map(path))
+        batches, first, longest = [], 0, 0
+        for i in range(reader.num_record_batches):
+            b = reader.get_batch(i)
+            ids, starts = b.column("input_ids"), b.column("word_start")
+            offsets = ids.offsets.to_numpy()  # (rows + 1,)
+            bits = starts.values
+            batches.append((first, offsets, ids.values.to_numpy(), np.frombuffer(bits.buffers()[1], np.uint8),
+                            bits.offset))
+            longest = max(longest, int(np.diff(offsets).max(initial=0)))
+            first += b.num_rows
+    except (pa.ArrowException, OSError, KeyError, AttributeError, TypeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: not a readable packed Arrow shard ({reason})") from None
+    if first != shard["rows"]:
+        raise DataError(f"{path}: {first} rows but manifest.json says {shard['rows']}")
+    if longest > seq_len:
+        raise DataError(f"{path}: rows of up to {longest} tokens but manifest.json says seq_len {seq_len}; "
+                         f"the manifest does not belong to these shards")
+    return np.array([b[0] for b in batches], np.int64), batches
+
+
 class ShardFolder:
-    """One packed folder's split: manifest checks, lazy checksummed opening, row access by global row number."""
+    """One packed folder's split, verified when opened (see `verify_shard`); row access by global row number."""
 
     def __init__(self, folder: str, split: str, expected_fingerprint: str | None = None):
         manifest_path = os.path.join(folder, "manifest.json")
@@ -90,8 +139,12 @@ class ShardFolder:
             raise DataError(f"{folder}: no such shard folder")
         if not os.path.isfile(manifest_path):
             raise DataError(f"{manifest_path}: missing; finish packing (python -m data_prep.merge_manifests {folder})")
-        with open(manifest_path) as f:
-            self.manifest = json.load(f)
+        try:
+            with open(manifest_path) as f:
+                self.manifest = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataError(f"{manifest_path}: not valid JSON ({e}); re-run python -m data_prep.merge_manifests "
+                            f"{folder}") from None
         self.folder, self.split = folder, split
         tok = self.manifest["tokenizer"]
         if expected_fingerprint is not None and tok["fingerprint"] != expected_fingerprint:
@@ -105,39 +158,13 @@ class ShardFolder:
         self.rows = int(self.starts[-1])
         self.seq_len = int(self.manifest["seq_len"])
         self.max_id = max((s["max_id"] for s in self.shards), default=0)
-        self._open: dict[int, list] = {}
-
-    def _batches(self, shard_number: int) -> tuple[np.ndarray, list]:
-        """(first rows (n_batches,), [(first row, offsets, ids, word_start bits, bit offset)]) of a shard's
-        record batches, zero-copy over the memory map; the file's sha256 is checked on this first open."""
-        if shard_number not in self._open:
-            shard = self.shards[shard_number]
-            path = os.path.join(self.folder, shard["file"])
-            if not os.path.isfile(path):
-                raise DataError(f"{path}: shard listed in manifest.json is missing")
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    h.update(block)
-            if h.hexdigest() != shard["sha256"]:
-                raise DataError(f"{path}: sha256 {h.hexdigest()[:12]} does not match manifest.json "
-                                 f"({shard['sha256'][:12]}); the shard is corrupt or was replaced")
-            reader = pa.ipc.open_file(pa.memory_map(path))
-            batches, first = [], 0
-            for i in range(reader.num_record_batches):
-                b = reader.get_batch(i)
-                ids, starts = b.column("input_ids"), b.column("word_start")
-                bits = starts.values
-                batches.append((first, ids.offsets.to_numpy(), ids.values.to_numpy(),
-                                np.frombuffer(bits.buffers()[1], np.uint8), bits.offset))
-                first += b.num_rows
-            self._open[shard_number] = (np.array([b[0] for b in batches]), batches)
-        return self._open[shard_number]
+        # Every shard is verified and memory-mapped now, so that a bad one stops the run before it starts.
+        self._open = [verify_shard(os.path.join(folder, s["file"]), s, self.seq_len) for s in self.shards]
 
     def row(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids (n,), word_start (n,) bool) of row `index` of this split."""
         shard_number = int(np.searchsorted(self.starts, index, side="right")) - 1
-        firsts, batches = self._batches(shard_number)
+        firsts, batches = self._open[shard_number]
         local = index - int(self.starts[shard_number])
         first, offsets, ids, bits, bit_offset = batches[int(np.searchsorted(firsts, local, side="right")) - 1]
         lo, hi = int(offsets[local - first]), int(offsets[local - first + 1])
@@ -256,11 +283,18 @@ class ShardStream:
         return {"samples_consumed": self.samples_consumed, "epoch": self.epoch, "seed": self.seed,
                 "samples_per_epoch": self.samples_per_epoch, "quota": self.quota.tolist()}
 
+    def check_state(self, state: dict) -> None:
+        """DataError listing every field in which a saved state (e.g. a checkpoint's) disagrees with this stream;
+        changes nothing, so a run can check before it builds anything else."""
+        mine = self.state_dict()
+        differ = [f"{key} {state.get(key)} (saved) != {mine[key]} (now)"
+                  for key in ("seed", "samples_per_epoch", "quota") if state.get(key) != mine[key]]
+        if differ:
+            raise DataError(f"stream state: {'; '.join(differ)}: it was saved from other data (folders, their rows "
+                             f"or mixture weights) or another seed; resume with the same data or start a new run")
+
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "samples_per_epoch", "quota"):
-            if state[key] != self.state_dict()[key]:
-                raise DataError(f"stream state: {key} {state[key]} differs from this stream's "
-                                 f"{self.state_dict()[key]}; it belongs to other data or settings")
+        self.check_state(state)
         self.samples_consumed = int(state["samples_consumed"])
 
     def sample_ids(self, positions: np.ndarray) -> list[tuple[int, int]]:

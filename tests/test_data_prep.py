@@ -278,3 +278,25 @@ def test_the_same_corpus_stored_elsewhere_gives_the_same_shards(wordpiece, tmp_p
             "--validation-fraction", "0.3")
         shards.append({name: digest for name, digest in tree(out).items() if name.endswith(".arrow")})
     assert any(name.startswith("validation") for name in shards[0]) and shards[0] == shards[1]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hf"])
+def test_a_wrong_column_is_refused_before_anything_is_written(wordpiece, tmp_path, capsys, fmt):
+    """--text-field naming no column: one line, exit 2, no plan.json; the corrected command then works in the
+    same --out (it used to be refused as 'made with other settings')."""
+    import datasets
+
+    texts = make_texts(20, seed=3, max_words=30)
+    if fmt == "parquet":
+        pq.write_table(pa.table({"body": texts}), tmp_path / "d.parquet")
+        inputs = [str(tmp_path / "d.parquet")]
+    else:
+        datasets.Dataset.from_dict({"body": texts}).save_to_disk(str(tmp_path / "hf"), num_shards=2)
+        inputs = [str(tmp_path / "hf")]
+    capsys.readouterr()
+    run(fmt, inputs, wordpiece, tmp_path / "out", expect=2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "no column 'text' (columns: body)" in err[0], err
+    assert not os.path.exists(tmp_path / "out" / "plan.json")
+    run(fmt, inputs, wordpiece, tmp_path / "out", "--text-field", "body")
+    assert json.load(open(tmp_path / "out" / "manifest.json"))["totals"]["docs_read"] == 20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ from data_prep_helpers import build_sentencepiece_tokenizer, build_wordpiece_tok
 from transformers import AutoTokenizer
 
 from data_prep.pack_corpus import main
-from minialbert.data import IGNORE_INDEX, ShardStream, iterate_split, tokenizer_fingerprint
+from minialbert.data import IGNORE_INDEX, DataError, ShardStream, iterate_split, tokenizer_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +127,13 @@ def test_resume_gives_identical_batches_and_masks(packed):
             assert torch.equal(a[key], b[key]), key
     other_seed = take(ShardStream(sources, **{**kwargs, "seed": 10}), 1)[0]
     assert not torch.equal(other_seed["input_ids"], full[0]["input_ids"])
-    with pytest.raises(ValueError, match="samples_per_epoch"):
-        ShardStream([(folders["general"], 1.0)], **kwargs).load_state_dict(first.state_dict())
+    fewer = ShardStream([(folders["general"], 1.0)], **kwargs)
+    n = fewer.samples_per_epoch
+    expected = (rf"stream state: samples_per_epoch {first.samples_per_epoch} \(saved\) != {n} \(now\); "
+                rf"quota \[.*\] \(saved\) != \[{n}\] \(now\): it was saved from other data")
+    with pytest.raises(DataError, match=expected):
+        fewer.load_state_dict(first.state_dict())
+    assert fewer.samples_consumed == 0
 
 
 def test_mixture_weights_set_each_sources_share(packed):
@@ -213,12 +219,84 @@ def test_clear_errors(packed, tmp_path):
         ShardStream([(general, 1.0)], vocab_size=20)
     with pytest.raises(ValueError, match="rows of 48 tokens do not fit seq_len 32"):
         ShardStream([(general, 1.0)], seq_len=32)
-    corrupt = tmp_path / "corrupt"
-    shutil.copytree(general, corrupt)
-    shard = corrupt / json.load(open(corrupt / "manifest.json"))["splits"]["train"][0]["file"]
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
-    stream = ShardStream([(str(corrupt), 1.0)], micro_batch_size=64)
-    with pytest.raises(ValueError, match=r"u00000-00000.arrow: sha256 .* does not match manifest.json"):
-        next(iter(stream))
+
+
+def damaged_copy(folder, tmp_path, name="damaged"):
+    """A copy of a packed folder, its manifest and the path of its first train shard."""
+    copy = tmp_path / name
+    shutil.copytree(folder, copy)
+    manifest = json.load(open(copy / "manifest.json"))
+    return copy, manifest, copy / manifest["splits"]["train"][0]["file"]
+
+
+def write_manifest(folder, manifest):
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def record_shard(manifest, shard):
+    """Make the manifest describe the shard's current bytes, so that only the Arrow reader can object."""
+    entry = manifest["splits"]["train"][0]
+    entry["bytes"], entry["sha256"] = shard.stat().st_size, hashlib.sha256(shard.read_bytes()).hexdigest()
+
+
+BAD_SHARDS = [
+    ("missing", r"u00000-00000.arrow: shard listed in manifest.json is missing"),
+    ("truncated", r"u00000-00000.arrow: \d+ bytes but manifest.json says \d+; the shard is truncated"),
+    ("bit flip", r"u00000-00000.arrow: sha256 \w+ does not match manifest.json \(\w+\); the shard is corrupt"),
+    ("truncated, old manifest", r"u00000-00000.arrow: sha256 \w+ does not match manifest.json"),
+    ("not arrow", r"u00000-00000.arrow: not a readable packed Arrow shard \("),
+    ("other schema", r"u00000-00000.arrow: not a readable packed Arrow shard \("),
+    ("rows", r"u00000-00000.arrow: 16 rows but manifest.json says 17"),
+    ("seq_len", r"u00000-00000.arrow: rows of up to 48 tokens but manifest.json says seq_len 16"),
+]
+
+
+@pytest.mark.parametrize("fault, message", BAD_SHARDS, ids=[fault for fault, _ in BAD_SHARDS])
+def test_bad_shards_stop_the_stream_when_it_is_built(packed, tmp_path, fault, message):
+    """Every shard is checked against manifest.json before the first batch (before distill makes its run dir):
+    one DataError naming the file. Each fault is made in a real packed folder."""
+    _, folders = packed
+    folder, manifest, shard = damaged_copy(folders["general"], tmp_path)
+    if fault == "missing":
+        shard.unlink()
+    elif fault.startswith("truncated"):
+        shard.write_bytes(shard.read_bytes()[:-100])
+        if fault.endswith("old manifest"):  # manifests packed before sizes were recorded still load
+            for entry in manifest["splits"]["train"]:
+                del entry["bytes"]
+    elif fault == "bit flip":
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    elif fault == "not arrow":
+        shard.write_bytes(shard.read_bytes()[:-100])
+        record_shard(manifest, shard)
+    elif fault == "other schema":
+        with pa.ipc.new_file(str(shard), pa.schema([("text", pa.string())])) as writer:
+            writer.write_batch(pa.record_batch([pa.array(["a"] * 16)], names=["text"]))
+        record_shard(manifest, shard)
+    elif fault == "rows":
+        manifest["splits"]["train"][0]["rows"] += 1
+    elif fault == "seq_len":  # today's symptom: "could not broadcast input array from shape (32,) into (16,)"
+        manifest["seq_len"] = 16
+    write_manifest(folder, manifest)
+    with pytest.raises(DataError, match=message) as caught:
+        ShardStream([(str(folder), 1.0)], micro_batch_size=4)
+    assert "\n" not in str(caught.value) and str(shard) in str(caught.value)
+    if fault == "missing":
+        return
+    with pytest.raises(DataError, match=message):  # the held-out reader checks its split the same way
+        next(iterate_split(str(folder), "train"))
+
+
+def test_manifests_without_sizes_still_load(packed, tmp_path):
+    _, folders = packed
+    folder, manifest, _ = damaged_copy(folders["general"], tmp_path, "old")
+    assert all("bytes" in entry for entry in manifest["splits"]["train"])  # recorded since issue 16
+    for split in manifest["splits"].values():
+        for entry in split:
+            del entry["bytes"]
+    write_manifest(folder, manifest)
+    old = take(ShardStream([(str(folder), 1.0)], micro_batch_size=4, seed=1), 3)
+    new = take(ShardStream([(folders["general"], 1.0)], micro_batch_size=4, seed=1), 3)
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(old, new) for k in a)

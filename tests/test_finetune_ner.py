@@ -152,3 +152,22 @@ def test_malformed_line_is_a_one_line_error_with_file_and_line(toys, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"error: {data / 'train.tsv'}:7: expected 'token<TAB>label', got 'severe O'"]
     assert not (tmp_path / "o").exists()
+
+
+def test_training_set_without_entity_tags_warns_and_fails_with_strict(toys, tmp_path, capsys):
+    """All labels 'O' (a column mix-up, a filter gone wrong): F1 is 0 whatever the model does, so say so."""
+    data = write_ner_task(tmp_path / "d", n_train=20, n_eval=5)
+    for split in ("train", "devel", "test"):
+        path = data / f"{split}.tsv"
+        lines = [f"{line.split(chr(9))[0]}\tO" if line else "" for line in path.read_text().splitlines()]
+        path.write_text("\n".join(lines) + "\n")
+    message = f"{data / 'train.tsv'}: no entity tags (every label is 'O'); entity F1 can only be 0"
+    args = ["ner", "--data", str(data), "--model", str(toys.student), "--max-length", "24", *QUIET, "--epochs", "1"]
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "strict"), "--strict"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message} (--strict)"]
+    assert not (tmp_path / "strict").exists()
+    assert main([*args, "--out", str(tmp_path / "warned")]) == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if "entity tags" in line] == [f"warning: {message}"]
+    summary = json.loads((tmp_path / "warned" / "summary.json").read_text())
+    assert summary["settings"]["labels"] == ["O"] and summary["best"]["mean"]["test_f1"] == 0.0

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     ner.add_argument("--data", required=True, help="folder with train.tsv, devel.tsv, test.tsv (token<TAB>label)")
     ner.add_argument("--window-overlap", type=int, default=32,
                      help="word pieces of context shared by consecutive windows of a long sentence")
+    ner.add_argument("--strict", action="store_true",
+                     help="a training set without entity tags (every label O) is an error instead of a warning")
     add_training_flags(ner)
     report = sub.add_parser("report", help="markdown table of the summaries found under the given folders")
     report.add_argument("paths", nargs="+", help="summary.json files or folders searched recursively")

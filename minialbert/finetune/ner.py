@@ -5,7 +5,8 @@
 ``--data`` holds ``train.tsv``, ``devel.tsv`` (or ``dev.tsv``) and ``test.tsv``: one ``token<TAB>label`` per
 line, a blank line between sentences (``-DOCSTART-`` lines also end a sentence). Labels are IOB tags, typed
 (``B-Disease``) or bare (``B``, as BioBERT ships them). The label set is train's; a devel/test label that train
-never shows is an error naming its file and line (the head could never predict it).
+never shows is an error naming its file and line (the head could never predict it). A train file whose
+labels are all ``O`` gets a warning (no entity tags: F1 can only be 0), an error with ``--strict``.
 
 Each word is labelled on its first word piece (later pieces and special tokens get -100). A sentence longer
 than the model's limit is cut at word boundaries into windows of at most ``max_length - 2`` pieces, each
@@ -15,6 +16,7 @@ window where it sits farthest from a cut. The learning rate is chosen on devel F
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +79,11 @@ def read_tsv(path: Path) -> list[Sentence]:
     return sentences
 
 
-def load_ner(folder: Path) -> tuple[dict[str, list[Sentence]], list[str]]:
-    """``({"train": [...], "devel": [...], "test": [...]}, labels)``; labels from train, "O" first."""
+def load_ner(folder: Path, strict: bool = False) -> tuple[dict[str, list[Sentence]], list[str]]:
+    """``({"train": [...], "devel": [...], "test": [...]}, labels)``; labels from train, "O" first.
+
+    A train set without entity tags (every label ``O``) is warned about on stderr, or an error when ``strict``.
+    """
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder (expected train.tsv, devel.tsv, test.tsv)")
     splits, files = {}, {}
@@ -90,6 +95,11 @@ def load_ner(folder: Path) -> tuple[dict[str, list[Sentence]], list[str]]:
         splits[split], files[split] = read_tsv(path), path
     seen = {lab for s in splits["train"] for lab in s.labels}
     labels = sorted(seen, key=lambda lab: (lab != "O", lab))
+    if seen == {"O"}:
+        message = f"{files['train']}: no entity tags (every label is 'O'); entity F1 can only be 0"
+        if strict:
+            raise InputError(f"{message} (--strict)")
+        print(f"warning: {message}", file=sys.stderr)
     for split in ("devel", "test"):
         for sent in splits[split]:
             for lab, line in zip(sent.labels, sent.lines):
@@ -183,7 +193,7 @@ def run_ner(args) -> dict:
 
     folder = Path(args.data)
     spec = make_spec(args, "ner", folder.resolve().name, ["test_precision", "test_recall", "test_f1"])
-    splits, labels = load_ner(folder)
+    splits, labels = load_ner(folder, strict=args.strict)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     max_length = max_sequence_length(args.model, tokenizer, args.max_length)
     if max_length < 3:

@@ -182,7 +182,7 @@ def train(model, features: dict[str, list], cfg: TrainConfig, pad_id: int) -> di
             with _autocast(cfg.device, cfg.autocast_dtype):
                 loss = model(**batch).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for _, p in params], cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
