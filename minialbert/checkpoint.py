@@ -242,6 +242,8 @@ class Resume:
     meta: dict
     universal: bool
     """The rank count changed: the engine loads the checkpoint's universal conversion (``load_universal``)."""
+    rank_state: dict
+    """This rank's ``trainer_state_rank{r}.pt`` (rank 0's when the run had fewer ranks): stream state, RNG states."""
 
     @property
     def step(self) -> int:
@@ -287,7 +289,9 @@ def prepare_resume(run_dir: str | Path, cfg: RunConfig, restart: bool = False) -
                 failed = str(err)
         if dist.any_rank(bool(failed))[0]:
             raise CheckpointError(failed or "rank 0 could not convert the checkpoint to the universal format")
-    return Resume(tag, meta, universal)
+    own = checkpoint_root(run_dir) / tag / f"trainer_state_rank{dist.rank()}.pt"
+    state_path = own if own.is_file() else own.with_name("trainer_state_rank0.pt")
+    return Resume(tag, meta, universal, torch.load(state_path, weights_only=False))
 
 
 def _remove_run_outputs(run_dir: Path) -> None:
@@ -337,8 +341,7 @@ def restore(engine, run_dir: str | Path, resume: Resume | None, stream, seed: in
         return 0, 0
     root = checkpoint_root(run_dir)
     ds.load_shards(engine, root, f"{resume.tag}_universal" if resume.universal else resume.tag)
-    own = root / resume.tag / f"trainer_state_rank{dist.rank()}.pt"
-    state = torch.load(own if own.is_file() else root / resume.tag / "trainer_state_rank0.pt", weights_only=False)
+    state = resume.rank_state
     stream.load_state_dict(state["stream"])
     if resume.universal or "rng" not in state:
         dist.seed_everything(seed + resume.step, dist.rank())

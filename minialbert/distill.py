@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         stream = build_stream(cfg, teacher, ctx)
         accum = ds.accumulation_steps(cfg, ctx.world_size)
         resume = ckpt.prepare_resume(run_dir, cfg, restart=args.restart)
+        if resume:
+            stream.check_state(resume.rank_state["stream"])  # other data: one line now, not a traceback later
         ds_config = ds.build_ds_config(cfg, args.deepspeed, ctx.world_size, ctx.device.type == "cuda",
                                        load_universal=bool(resume and resume.universal))
     except (ConfigError, TeacherError, DataError, ckpt.CheckpointError) as err:
