@@ -61,13 +61,30 @@ def init_distributed() -> DistContext:
     else:
         device, backend = torch.device("cpu"), "gloo"
         # Ranks sharing a CPU box split its cores instead of fighting over them.
-        local_world = int(env.get("LOCAL_WORLD_SIZE", env.get("SLURM_NTASKS_PER_NODE", world)) or 1)
-        threads = int(env.get("OMP_NUM_THREADS", "0")) or max(1, (os.cpu_count() or 1) // max(local_world, 1))
+        threads = int(env.get("OMP_NUM_THREADS", "0")) or max(1, (os.cpu_count() or 1) // local_world_size(env))
         torch.set_num_threads(threads)
     if not tdist.is_initialized():
         tdist.init_process_group(backend=backend, rank=rank, world_size=world)
     _make_cpu_group()
     return DistContext(rank, world, local, device)
+
+
+def local_world_size(env) -> int:
+    """Ranks on this rank's node: the launcher's count (torchrun's LOCAL_WORLD_SIZE, deepspeed's LOCAL_SIZE), or
+    Slurm's for this node (SLURM_STEP_TASKS_PER_NODE, e.g. "2(x2)" or "3,1", at SLURM_NODEID), else the world."""
+    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE"):
+        if env.get(name):
+            return int(env[name])
+    per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+    if per_node:
+        counts = []
+        for part in per_node.split(","):  # "2(x3),1": three nodes of 2, then one of 1
+            count, _, repeat = part.partition("(x")
+            counts += [int(count)] * int(repeat.rstrip(")") or 1)
+        node = int(env.get("SLURM_NODEID", "0"))
+        if node < len(counts):
+            return counts[node]
+    return max(1, int(env.get("WORLD_SIZE", "1")))
 
 
 _cpu_group = None  # None: the default group reduces CPU tensors itself

@@ -44,3 +44,15 @@ def test_collectives_work_when_the_default_group_serves_cuda_tensors_only():
 def test_collectives_on_a_plain_gloo_group():
     for result in run_two_ranks("gloo"):
         assert result == {"mean": [1.5, 5.0], "device": "cpu", "flags": [True, False]}
+
+
+def test_threads_per_rank_come_from_the_ranks_on_this_node():
+    from minialbert.dist import local_world_size
+
+    # 4 ranks on 2 nodes: 2 share each node's cores (the world size would starve them).
+    assert local_world_size({"WORLD_SIZE": "4", "SLURM_STEP_TASKS_PER_NODE": "2(x2)", "SLURM_NODEID": "1"}) == 2
+    assert local_world_size({"WORLD_SIZE": "4", "SLURM_STEP_TASKS_PER_NODE": "3,1", "SLURM_NODEID": "1"}) == 1
+    assert local_world_size({"WORLD_SIZE": "5", "SLURM_TASKS_PER_NODE": "2(x2),1", "SLURM_NODEID": "2"}) == 1
+    assert local_world_size({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"}) == 8
+    assert local_world_size({"WORLD_SIZE": "4", "LOCAL_SIZE": "2"}) == 2
+    assert local_world_size({"WORLD_SIZE": "2"}) == 2

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# A real single-node Slurm cluster on localhost for the tests (and for trying the sbatch scripts by hand).
+# A real Slurm cluster on this machine for the tests (and for trying the sbatch scripts by hand): one node on
+# localhost, or N nodes, each a Linux network namespace with its own hostname and address.
 #
 #   bash tests/slurm/cluster.sh start    # install Debian packages if missing, start every daemon, wait
+#   bash tests/slurm/cluster.sh start --nodes 2   # two nodes: node1 10.213.0.11, node2 10.213.0.12
 #   eval "$(bash tests/slurm/cluster.sh env)"   # SLURM_CONF=... so sbatch/squeue/sacct find the cluster
 #   bash tests/slurm/cluster.sh status   # exit 0 when every daemon is up and the node answers
 #   bash tests/slurm/cluster.sh stop     # cancel the cluster's jobs, stop the daemons this script started
@@ -16,6 +18,13 @@
 #   MINIALBERT_SLURM_DB_PORT  the private MariaDB's port on 127.0.0.1 (default 3307)
 #
 # Accounting (slurmdbd + MariaDB) is part of the cluster because submitit reads job states through sacct.
+#
+# Several nodes: slurmctld, slurmdbd, MariaDB and munge run here (the bridge ma-br0, 10.213.0.1); each node is a
+# network namespace ma-nodeI (veth to the bridge, address 10.213.0.1I, hostname nodeI through `unshare --uts`)
+# running its own slurmd, so jobs on it see that hostname and address. The disk (the cluster's shared file
+# system), munge's socket and /dev/shm are shared. Names resolve inside the nodes through
+# /etc/netns/ma-nodeI/hosts, mounted over /etc/hosts in the slurmd's own mount namespace. Traffic stays on the bridge: only the
+# nodes' and the controller's addresses. `stop` removes the namespaces, links and host files.
 set -euo pipefail
 
 STATE=${MINIALBERT_SLURM_DIR:-/tmp/minialbert-slurm}
@@ -27,6 +36,9 @@ CLUSTER=minialbert
 DB_PASS=minialbert-slurm
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 export SLURM_CONF=$STATE/etc/slurm.conf
+NET_PREFIX=10.213.0
+BRIDGE=ma-br0
+CTL_ADDR=$NET_PREFIX.1
 
 log() { echo "cluster.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -36,10 +48,18 @@ die() { log "error: $*"; exit 1; }
 declare -A BINARY=([munged]=munged [mariadbd]=mariadbd [slurmdbd]=slurmdbd
                    [slurmctld]=slurmctld-wlm [slurmd]=slurmd-wlm)
 
-pid_is() {  # pid_is PID NAME: PID is alive and runs NAME's binary
+pid_is() {  # pid_is PID NAME: PID is alive and runs NAME's binary (slurmd-node1 is a slurmd)
     local exe
     exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1
-    [ "$(basename "${exe% (deleted)}")" = "${BINARY[$2]}" ]
+    [ "$(basename "${exe% (deleted)}")" = "${BINARY[${2%%-*}]}" ]
+}
+
+node_count() { cat "$STATE/nodes" 2>/dev/null || echo 1; }
+
+node_names() {  # the cluster's node names, one a line
+    local n i
+    n=$(node_count)
+    if [ "$n" = 1 ]; then echo localhost; else for i in $(seq "$n"); do echo "node$i"; done; fi
 }
 
 started_pid() {  # the live pid this script recorded for NAME, or nothing
@@ -100,16 +120,29 @@ install_packages() {
 
 write_configs() {
     mkdir -p "$STATE"/{etc,log,run,spool/ctld,spool/d}
-    local layout mem
+    local layout mem nodes ctl_host node_lines i
     # slurmd -C: "NodeName=vm CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=24105"
     layout=$(slurmd -C | head -1 | sed -e 's/^NodeName=[^ ]* //' -e 's/ *RealMemory=[0-9]*//')
     mem=$(slurmd -C | head -1 | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
     # A node that reports less memory than configured is drained; leave headroom.
     mem=$((mem * 9 / 10))
+    nodes=$(node_count)
+    if [ "$nodes" = 1 ]; then
+        ctl_host=localhost
+        node_lines="NodeName=localhost NodeAddr=127.0.0.1 $layout RealMemory=$mem State=UNKNOWN"
+    else
+        # Every node is this machine: slurmd takes the configured sizes as they are (config_overrides), 4 CPUs
+        # each so that one node can also hold the 4 ranks a 2-node run has (to compare the two).
+        ctl_host="localhost($CTL_ADDR)"
+        node_lines="SlurmdParameters=config_overrides"
+        for i in $(seq "$nodes"); do
+            node_lines+=$'\n'"NodeName=node$i NodeAddr=$NET_PREFIX.1$i CPUs=4 RealMemory=$((mem / nodes)) State=UNKNOWN"
+        done
+    fi
     cat >"$STATE/etc/slurm.conf" <<EOF
 # Written by tests/slurm/cluster.sh; edits are overwritten on start.
 ClusterName=$CLUSTER
-SlurmctldHost=localhost
+SlurmctldHost=$ctl_host
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 SlurmUser=root
@@ -118,11 +151,11 @@ AuthType=auth/munge
 # A requeued job may start again after cred_expire seconds (default 120): keep requeue tests quick.
 AuthInfo=cred_expire=10
 StateSaveLocation=$STATE/spool/ctld
-SlurmdSpoolDir=$STATE/spool/d
+SlurmdSpoolDir=$STATE/spool/d-%n
 SlurmctldPidFile=$STATE/run/slurmctld.pid
-SlurmdPidFile=$STATE/run/slurmd.pid
+SlurmdPidFile=$STATE/run/slurmd-%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
-SlurmdLogFile=$STATE/log/slurmd.log
+SlurmdLogFile=$STATE/log/slurmd-%n.log
 # No cgroups on these machines.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -145,9 +178,9 @@ ReturnToService=2
 MinJobAge=60
 KillWait=30
 InactiveLimit=0
-NodeName=localhost NodeAddr=127.0.0.1 $layout RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=30
-PartitionName=urgent Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
+$node_lines
+PartitionName=debug Nodes=$(node_names | paste -sd,) Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=30
+PartitionName=urgent Nodes=$(node_names | paste -sd,) MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 EOF
     cat >"$STATE/etc/slurmdbd.conf" <<EOF
 AuthType=auth/munge
@@ -228,48 +261,116 @@ start_slurmctld() {
     wait_for 30 slurmctld scontrol ping
 }
 
-start_slurmd() {
-    started_pid slurmd >/dev/null && return 0
-    /usr/sbin/slurmd -N localhost </dev/null >/dev/null 2>&1 9>&-
-    record slurmd "$STATE/run/slurmd.pid"
+start_slurmd() {  # start_slurmd NODE
+    local node=$1
+    started_pid "slurmd-$node" >/dev/null && return 0
+    if [ "$node" = localhost ]; then
+        /usr/sbin/slurmd -N localhost </dev/null >/dev/null 2>&1 9>&-
+    else
+        # The node's network, hostname and /etc/hosts; the rest (/sys with its cgroups, /run/munge, the disk) is
+        # this machine's. (`ip netns exec` would remount /sys, where slurmd's cgroup plugin looks.)
+        nsenter --net="/run/netns/ma-$node" unshare --uts --mount --propagation private sh -c \
+            "mount --bind /etc/netns/ma-$node/hosts /etc/hosts && hostname $node && exec /usr/sbin/slurmd -N $node" \
+            </dev/null >/dev/null 2>&1 9>&-
+    fi
+    record "slurmd-$node" "$STATE/run/slurmd-$node.pid"
 }
 
-node_state() { sinfo -h -n localhost -o %T 2>/dev/null | head -1; }
-node_idle() { case "$(node_state)" in idle | mixed | allocated) return 0 ;; *) return 1 ;; esac; }
+# --- the nodes' network (several nodes) -----------------------------------------------------------------
+
+start_network() {
+    local n i ns
+    n=$(node_count)
+    ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
+    ip addr replace "$CTL_ADDR/24" dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+    for i in $(seq "$n"); do
+        ns=ma-node$i
+        mkdir -p "/etc/netns/$ns"
+        {
+            echo "127.0.0.1 localhost"
+            echo "$CTL_ADDR $(hostname) controller"
+            for j in $(seq "$n"); do echo "$NET_PREFIX.1$j node$j"; done
+        } >"/etc/netns/$ns/hosts"
+        ip netns list | grep -qw "$ns" && continue
+        ip netns add "$ns"
+        ip link add "ma-veth$i" type veth peer name "ma-peer$i"
+        ip link set "ma-peer$i" netns "$ns"
+        ip -n "$ns" link set "ma-peer$i" name eth0
+        ip -n "$ns" addr add "$NET_PREFIX.1$i/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" link set lo up
+        ip link set "ma-veth$i" master "$BRIDGE" up
+    done
+}
+
+stop_network() {
+    local ns
+    for ns in $(ip netns list 2>/dev/null | awk '/^ma-node[0-9]+/ {print $1}'); do
+        ip netns del "$ns" 2>/dev/null || true  # takes its end of the veth pair, and so the pair, with it
+        rm -rf "/etc/netns/$ns"
+    done
+    ip link del "$BRIDGE" 2>/dev/null || true
+}
+
+node_state() { sinfo -h -n "$1" -o %T 2>/dev/null | head -1; }
+node_idle() { case "$(node_state "$1")" in idle | mixed | allocated) return 0 ;; *) return 1 ;; esac; }
+all_idle() {
+    local node
+    for node in $(node_names); do node_idle "$node" || return 1; done
+}
 
 cluster_up() {
     local name
-    for name in mariadbd slurmdbd slurmctld slurmd; do
+    for name in mariadbd slurmdbd slurmctld $(node_names | sed 's/^/slurmd-/'); do
         started_pid "$name" >/dev/null || return 1
     done
-    munge_works && node_idle && sacct -n -X -S now >/dev/null 2>&1
+    munge_works && all_idle && sacct -n -X -S now >/dev/null 2>&1
 }
 
 # --- commands -------------------------------------------------------------------------------------------
 
-cmd_start() {
+cmd_start() {  # cmd_start [--nodes N]
+    local nodes=1 node
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --nodes) nodes=${2:-}; shift 2 ;;
+            --nodes=*) nodes=${1#--nodes=}; shift ;;
+            *) die "start: unknown option '$1' (expected --nodes N)" ;;
+        esac
+    done
+    [[ "$nodes" =~ ^[1-9]$ ]] || die "start: --nodes '$nodes': expected 1 to 9"
     [ "$(id -u)" = 0 ] || die "must run as root (slurmd, munged and mariadbd need it)"
     install_packages
     mkdir -p "$STATE"
     exec 9>"$STATE/.lock"
     flock 9  # two test sessions starting at once share one cluster; daemons get 9>&- so they never hold it
-    if cluster_up; then
-        log "already running ($STATE)"
+    if [ "$(node_count)" = "$nodes" ] && cluster_up; then
+        log "already running ($STATE, $nodes node(s))"
         return 0
     fi
+    if [ "$(node_count)" != "$nodes" ]; then  # another shape was running here: stop all of it first
+        flock -u 9
+        cmd_stop
+        flock 9
+    fi
+    echo "$nodes" >"$STATE/nodes"
     write_configs
+    [ "$nodes" = 1 ] || start_network
     start_munge
     start_mariadb
     start_slurmdbd
     start_slurmctld
-    start_slurmd
-    if ! node_idle; then  # a node left DOWN/DRAIN by an earlier run: bring it back
-        sleep 1
-        node_idle || scontrol update NodeName=localhost State=RESUME >/dev/null 2>&1 || true
-    fi
-    wait_for 60 "node localhost idle (state: $(node_state))" node_idle
+    for node in $(node_names); do start_slurmd "$node"; done
+    for node in $(node_names); do
+        if ! node_idle "$node"; then  # a node left DOWN/DRAIN by an earlier run: bring it back
+            sleep 1
+            node_idle "$node" || scontrol update NodeName="$node" State=RESUME >/dev/null 2>&1 || true
+        fi
+    done
+    wait_for 60 "nodes $(node_names | paste -sd' ') idle" all_idle
     wait_for 30 "sacct" sacct -n -X -S now
-    log "running ($STATE); export SLURM_CONF=$SLURM_CONF"
+    log "running ($STATE, $nodes node(s)); export SLURM_CONF=$SLURM_CONF"
 }
 
 stop_daemon() {  # TERM the pid we recorded for NAME, KILL after 20 s
@@ -302,15 +403,18 @@ cmd_stop() {
         fi
     fi
     local name
-    for name in slurmd slurmctld slurmdbd mariadbd munged; do
+    for name in $(cd "$STATE/run" 2>/dev/null && ls slurmd-*.started slurmd.started 2>/dev/null | sed 's/\.started$//') \
+                slurmctld slurmdbd mariadbd munged; do
         stop_daemon "$name"
     done
+    [ "$(node_count)" = 1 ] || stop_network
+    rm -f "$STATE/nodes"
     log "stopped ($STATE)"
 }
 
 cmd_status() {
     local name rc=0 pid
-    for name in munged mariadbd slurmdbd slurmctld slurmd; do
+    for name in munged mariadbd slurmdbd slurmctld $(node_names | sed 's/^/slurmd-/'); do
         if pid=$(started_pid "$name"); then
             echo "$name: running (pid $pid)"
         elif [ "$name" = munged ] && munge_works; then
@@ -321,14 +425,14 @@ cmd_status() {
         fi
     done
     if [ $rc = 0 ]; then
-        echo "node localhost: $(node_state)"
+        for name in $(node_names); do echo "node $name: $(node_state "$name")"; done
         cluster_up || rc=1
     fi
     return $rc
 }
 
 case "${1:-}" in
-    start) cmd_start ;;
+    start) shift; cmd_start "$@" ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
     env) echo "export SLURM_CONF=$SLURM_CONF" ;;

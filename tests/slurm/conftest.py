@@ -1,5 +1,6 @@
-"""The session's Slurm cluster: started once by ``tests/slurm/cluster.sh`` (or reused when one is running)
-and stopped at the end only if this session started it. Tests that use it are marked ``slurm``."""
+"""The session's Slurm cluster: two nodes (network namespaces node1 and node2), started once by
+``tests/slurm/cluster.sh start --nodes 2`` (or reused when such a cluster is running) and stopped at the end only
+if this session started it. Tests that use it are marked ``slurm``; those that need both nodes ``multinode``."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import pytest
 from slurm_jobs import CLUSTER_SH, SlurmCluster, cancel_tracked
 
 
-def _cluster(command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(CLUSTER_SH), command], capture_output=True, text=True, timeout=600)
+NODES = 2
+
+
+def _cluster(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(CLUSTER_SH), *command], capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,20 @@ does), wait for a state with the job's output in the failure message."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from distill_helpers import read_metrics
+
 CLUSTER_SH = Path(__file__).with_name("cluster.sh")
 REPO = Path(__file__).resolve().parents[2]
+TINY = str(REPO / "configs" / "distill" / "tiny.yaml")
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE"}
 
@@ -91,3 +98,42 @@ def ended(job_id: str) -> str:
 
 def wait_finished(job_id: str, timeout: float, output: Path | None = None) -> str:
     return wait_for(lambda: ended(job_id), f"job {job_id} to finish", timeout, output)
+
+
+# ----------------------------------------------------------------------------- distillation jobs
+
+
+def distill_args(world, run_dir, max_steps: int, *extra: str) -> list[str]:
+    teacher, shards = world
+    sources = json.dumps([{"path": str(shards), "weight": 1.0}])
+    # Checkpoints only at the end or on a signal: what a test sees saved was saved by the stop path.
+    return ["--config", TINY, "--run-dir", str(run_dir), "--max-steps", str(max_steps), f"teacher.path={teacher}",
+            f"data.sources={sources}", "checkpoint.every_steps=100000", *extra]
+
+
+def job_env() -> dict:
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "MINIALBERT_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1",
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
+def steps(run_dir) -> list[int]:
+    return [r["step"] for r in read_metrics(run_dir)] if (run_dir / "metrics.jsonl").is_file() else []
+
+
+def job_info(job_id: str) -> dict:
+    """``scontrol show job`` as a dict (JobState, Restarts, ...); {} once the job left slurmctld's memory."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def requeued(job_id: str) -> bool:
+    """True once the job was requeued; fails at once if it ended instead."""
+    if job_info(job_id).get("Restarts") == "1":
+        return True
+    assert not ended(job_id), f"job {job_id} ended ({ended(job_id)}) instead of being requeued"
+    return False
+
+
+def sent(*cmd: str) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{' '.join(cmd)}: {done.stderr}"

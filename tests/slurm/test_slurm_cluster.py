@@ -1,4 +1,7 @@
-"""The test cluster itself: a job runs on the node and accounting reports it, as submitit needs."""
+"""The test cluster itself: two nodes with their own hostnames and addresses, a job runs on them and accounting
+reports it, as submitit needs."""
+
+import subprocess
 
 import pytest
 
@@ -7,11 +10,28 @@ from slurm_jobs import sbatch, wait_finished
 pytestmark = pytest.mark.slurm
 
 
+def test_two_nodes_are_idle_in_one_partition(slurm_cluster):
+    out = subprocess.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N %T"], capture_output=True, text=True).stdout
+    assert sorted(out.split("\n")[:-1]) == ["node1 idle", "node2 idle"]
+
+
+@pytest.mark.multinode
+def test_a_job_spans_both_nodes_each_with_its_own_hostname_and_address(slurm_cluster, tmp_path):
+    out = tmp_path / "job.out"
+    job = sbatch("--nodes=2", "--ntasks-per-node=1", f"--output={out}", "--wrap",
+                 "srun bash -c 'echo $SLURMD_NODENAME $(hostname) $(hostname -I) $SLURM_PROCID'")
+    assert wait_finished(job, timeout=60, output=out) == "COMPLETED"
+    assert sorted(out.read_text().split("\n")[:-1]) == ["node1 node1 10.213.0.11 0", "node2 node2 10.213.0.12 1"]
+    nodes = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "NNodes,NodeList", "-j", job], capture_output=True,
+                           text=True).stdout.split()
+    assert nodes == ["2|node[1-2]"]
+
+
 def test_batch_job_runs_and_accounting_reports_it(slurm_cluster, tmp_path):
     out = tmp_path / "job.out"
-    job = sbatch("--ntasks=2", f"--output={out}", "--wrap", "srun bash -c 'echo $SLURMD_NODENAME $SLURM_PROCID'")
+    job = sbatch("--ntasks=2", "--nodes=1", f"--output={out}", "--wrap", "srun bash -c 'echo $SLURM_PROCID'")
     assert wait_finished(job, timeout=60, output=out) == "COMPLETED"
-    assert sorted(out.read_text().splitlines()) == ["localhost 0", "localhost 1"]
+    assert sorted(out.read_text().splitlines()) == ["0", "1"]
 
 
 def test_failed_job_is_reported_failed(slurm_cluster, tmp_path):

@@ -4,22 +4,17 @@ job hitting its time limit, requeued, finishing. Tiny teacher and shards from te
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
-from distill_helpers import build_teacher, pack_shards, read_metrics
+from distill_helpers import build_teacher, pack_shards
 
 from minialbert import checkpoint as ckpt
-from slurm_jobs import REPO, ended, sbatch, track, wait_finished, wait_for
+from slurm_jobs import (REPO, distill_args, job_env, job_info, requeued, sbatch, sent, steps, track,
+                        wait_finished, wait_for)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-TINY = str(REPO / "configs" / "distill" / "tiny.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -27,42 +22,6 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm_distill")
     teacher = build_teacher(root / "teacher")
     return teacher, pack_shards(teacher, root / "general")
-
-
-def distill_args(world, run_dir, max_steps: int, *extra: str) -> list[str]:
-    teacher, shards = world
-    sources = json.dumps([{"path": str(shards), "weight": 1.0}])
-    # Checkpoints only at the end or on a signal: what a test sees saved was saved by the stop path.
-    return ["--config", TINY, "--run-dir", str(run_dir), "--max-steps", str(max_steps), f"teacher.path={teacher}",
-            f"data.sources={sources}", "checkpoint.every_steps=100000", *extra]
-
-
-def job_env() -> dict:
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "MINIALBERT_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1",
-            "TOKENIZERS_PARALLELISM": "false"}
-
-
-def steps(run_dir) -> list[int]:
-    return [r["step"] for r in read_metrics(run_dir)] if (run_dir / "metrics.jsonl").is_file() else []
-
-
-def job_info(job_id: str) -> dict:
-    """``scontrol show job`` as a dict (JobState, Restarts, ...); {} once the job left slurmctld's memory."""
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True).stdout
-    return dict(re.findall(r"(\w+)=(\S*)", out))
-
-
-def requeued(job_id: str) -> bool:
-    """True once the job was requeued; fails at once if it ended instead."""
-    if job_info(job_id).get("Restarts") == "1":
-        return True
-    assert not ended(job_id), f"job {job_id} ended ({ended(job_id)}) instead of being requeued"
-    return False
-
-
-def sent(*cmd: str) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"{' '.join(cmd)}: {done.stderr}"
 
 
 def submit_pretrain(world, run_dir, max_steps: int, log, *sbatch_opts: str) -> str:
