@@ -108,7 +108,7 @@ def make_executor(cluster: str = "slurm", folder: str | Path = "submitit_logs/di
                   gpus_per_node: int = 0, ntasks: int = 1, cpus_per_task: int = 1, partition: str | None = None,
                   account: str | None = None, time_min: int = 1440, signal_delay_s: int = 300,
                   max_requeues: int = 20) -> submitit.Executor:
-    """One task per GPU on each node, or ``ntasks`` CPU ranks on one node when ``gpus_per_node`` is 0."""
+    """One task per GPU on each node, or ``ntasks`` CPU ranks on each node when ``gpus_per_node`` is 0."""
     executor = submitit.AutoExecutor(folder=folder, cluster=None if cluster == "slurm" else cluster,
                                      slurm_max_num_timeout=max_requeues)
     if cluster == "slurm" and executor.cluster != "slurm":
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus-per-node", type=int, default=8, help="one rank per GPU (ignored with --cpu)")
     p.add_argument("--cpu", action="store_true", default=os.environ.get("DS_ACCELERATOR") == "cpu",
                    help="CPU ranks (DS_ACCELERATOR=cpu); the default when DS_ACCELERATOR=cpu is exported")
-    p.add_argument("--ntasks", type=int, default=2, help="ranks with --cpu")
+    p.add_argument("--ntasks", type=int, default=2, help="ranks per node with --cpu")
     p.add_argument("--cpus-per-task", type=int, default=1)
     p.add_argument("--partition")
     p.add_argument("--account")

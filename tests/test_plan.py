@@ -21,16 +21,30 @@ def check(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
                           env=distill_env(), capture_output=True, text=True, timeout=120)
 
 
+def code_blocks(text: str) -> list[str]:
+    """The shell code blocks of a Markdown text (fenced ```bash, ```sh or unlabelled)."""
+    blocks, lang, lines = [], None, []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if lang is None:
+                lang, lines = line[3:].strip(), []
+            else:
+                if lang in ("", "bash", "sh"):
+                    blocks.append("\n".join(lines))
+                lang = None
+        elif lang is not None:
+            lines.append(line)
+    return blocks
+
+
 def documented_commands() -> list[tuple[str, str]]:
     """(where, command) for every shell command in a document's code blocks that passes --config."""
     found = []
     for doc in DOCUMENTS:
-        text = doc.read_text()
-        for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S):
-            joined = re.sub(r"\\\n\s*", " ", block)
-            for line in joined.splitlines():
+        for block in code_blocks(doc.read_text()):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
                 line = line.split("  #")[0].strip()
-                if "--config" in line and not line.startswith(("job =", "from ")):
+                if "--config" in line:
                     found.append((doc.name, line))
     return found
 
@@ -49,6 +63,8 @@ def world_size_of(words: list[str]) -> int:
         return int(opts["--world-size"])
     if words[0].endswith("deepspeed"):
         return int(opts["--num_gpus"])
+    if "launchers.submit_distill" in words and "--ntasks" in opts:  # its --ntasks: CPU ranks per node
+        return int(opts.get("--nodes", "1")) * int(opts["--ntasks"])
     if "--ntasks" in opts:
         return int(opts["--ntasks"])
     per_node = opts.get("--ntasks-per-node") or opts.get("--gpus-per-node")

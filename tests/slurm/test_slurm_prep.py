@@ -35,15 +35,21 @@ def run(cmd: list[str], cwd, timeout: float = 300) -> subprocess.CompletedProces
 
 
 @pytest.mark.slurm
-def test_prep_sh_array_job_gives_the_local_shards(slurm_cluster, prep_corpus, tmp_path):
+@pytest.mark.multinode
+def test_prep_sh_array_tasks_on_both_nodes_give_the_local_shards(slurm_cluster, prep_corpus, tmp_path):
     args, reference = prep_corpus
     out = tmp_path / "out"
-    done = run(["bash", str(REPO / "slurm/prep.sh"), "--", *args, "--out", str(out)], cwd=tmp_path)
+    # 3 of a node's 4 CPUs per task: the two tasks cannot share a node, so they run on node1 and node2.
+    done = run(["bash", str(REPO / "slurm/prep.sh"), "--cpus-per-task=3", "--", *args, "--out", str(out)],
+               cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     array_id, merge_id = done.stdout.split()
     merge_log = tmp_path / f"minialbert-prep-merge-{merge_id}.out"
     assert wait_finished(merge_id, timeout=120, output=merge_log) == "COMPLETED"
     assert array_states(array_id, UNITS) == ["COMPLETED"] * UNITS  # one task per unit
+    nodes = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "NodeList", "-j", array_id], capture_output=True,
+                           text=True).stdout.split()
+    assert sorted(nodes) == ["node1", "node2"]
     assert tree(out) == tree(reference)
 
 
