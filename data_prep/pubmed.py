@@ -12,8 +12,7 @@ import gzip
 from collections.abc import Iterator
 from xml.parsers import expat
 
-from data_prep.sources import BROKEN_STREAM_ERRORS
-from data_prep.units import SourceReport, Unit
+from data_prep.units import BROKEN_STREAM_ERRORS, SourceReport, Unit
 
 CHUNK_BYTES = 1 << 16  # decompressed bytes per parse step; a truncated .gz loses at most this much
 

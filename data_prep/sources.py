@@ -18,17 +18,15 @@ import glob
 import gzip
 import json
 import os
-import zlib
 from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_prep.units import DataPrepError, SourceReport, Unit
+from data_prep.pubmed import read_pubmed
+from data_prep.units import BROKEN_STREAM_ERRORS, DataPrepError, SourceReport, Unit
 
 FORMATS = ("text", "jsonl", "parquet", "hf", "pubmed")
-# Errors that mean "the rest of this compressed file cannot be read".
-BROKEN_STREAM_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
 
 def plan_units(fmt: str, inputs: list[str], slice_bytes: int, hf_config: str | None, hf_split: str) -> list[Unit]:
@@ -112,8 +110,6 @@ def _check_column(unit: Unit, names: list[str], text_field: str) -> None:
 def read_unit(fmt: str, unit: Unit, report: SourceReport, text_field: str) -> Iterator[str]:
     """Yield the document texts of one unit; report.docs_read counts the yielded ones."""
     if fmt == "pubmed":
-        from data_prep.pubmed import read_pubmed
-
         reader = read_pubmed(unit, report)
     else:
         reader = {"text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet, "hf": _read_hf}[fmt](

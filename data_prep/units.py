@@ -1,19 +1,37 @@
-"""Units of work and their reports.
+"""Units of work, their reports, and the hash keyed by them.
 
 A unit is one input file or one byte slice of a big uncompressed file (or one shard of a Hugging Face
 dataset). Units are independent: each is packed by one process into its own shard files, so a Slurm array
 task can run exactly one, and a re-run skips the units that finished.
+
+Every module of data_prep (and minialbert.data, for mix64) imports from here; this module imports none of them.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import sys
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
 MAX_LISTED_BAD_RECORDS = 100  # per unit in the manifest; counts stay complete
 MAX_PRINTED_BAD_RECORDS = 20  # per unit on stderr
+# Errors that mean "the rest of this compressed file cannot be read" (a reader then calls report.broken_file).
+BROKEN_STREAM_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+_MASK64 = (1 << 64) - 1
+
+
+def mix64(*values: int) -> int:
+    """splitmix64-style hash of a few integers: cheap, deterministic across processes and machines. Keys the
+    window sampling and validation split by (seed, Unit.key_hash, document number), and minialbert.data's shuffle."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (v & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & _MASK64
+        h ^= h >> 29
+    return h
 
 
 class DataPrepError(ValueError):
