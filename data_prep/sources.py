@@ -9,7 +9,9 @@ Formats:
   parquet  the string column --text-field, read batch by batch
   hf       a folder written by `datasets.save_to_disk` (one unit per Arrow file), or a hub dataset name
            (streaming, one unit per data shard; needs network)
-  pubmed   PubMed baseline/update XML (`pubmed*.xml.gz`): see data_prep/pubmed.py
+  pubmed   PubMed/MEDLINE baseline and update XML (`pubmed*.xml.gz`, older `medline*.xml.gz`): see data_prep/pubmed.py
+
+A whole file that gives no document is a warning in its unit's report (fatal with --strict).
 """
 
 from __future__ import annotations
@@ -121,6 +123,10 @@ def read_unit(fmt: str, unit: Unit, report: SourceReport, text_field: str) -> It
             continue
         report.docs_read += 1
         yield text
+    # A whole local file (not a byte slice, which may legitimately own no document, nor a hub shard, whose size is
+    # unknown) that gave nothing is almost always a format the reader does not know: say so instead of "0 documents".
+    if unit.end is None and unit.start == 0 and not unit.path.startswith("hf:"):
+        report.check_not_empty(os.path.getsize(unit.path))
 
 
 def _open_binary(path: str):

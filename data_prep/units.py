@@ -71,6 +71,25 @@ class SourceReport:
     docs_skipped: Counter = field(default_factory=Counter)
     bad_records: list = field(default_factory=list)
     bad_record_count: int = 0
+    warnings: list = field(default_factory=list)  # e.g. a non-empty file that gave no documents
+    found: str = ""  # what a reader saw instead of records (e.g. an unknown XML root), said if no document came
+
+    def warn(self, reason: str) -> None:
+        """Something the unit's totals would hide (a file giving no documents); fatal with --strict, else recorded
+        in the manifest and printed."""
+        message = f"{self.unit.path}: {reason}"
+        if self.strict:
+            raise DataPrepError(message + " (--strict)")
+        self.warnings.append(reason)
+        print(f"warning: {message}", file=sys.stderr)
+
+    def check_not_empty(self, size: int) -> None:
+        """Called once the unit is read: a file of `size` bytes that gave no document is warned about."""
+        if self.docs_read or size <= 0:
+            return
+        skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(self.docs_skipped.items()))
+        seen = f"skipped: {skipped}" if skipped else self.found or "no record of the format found"
+        self.warn(f"no documents from a non-empty file ({size} bytes; {seen})")
 
     def skip(self, reason: str) -> None:
         """A document that is legitimately absent from the output (no abstract, deleted, empty)."""
@@ -111,4 +130,5 @@ class SourceReport:
             "docs_skipped": dict(sorted(self.docs_skipped.items())),
             "bad_record_count": self.bad_record_count,
             "bad_records": self.bad_records,
+            "warnings": self.warnings,
         }
