@@ -10,7 +10,8 @@ Benchmark's ``sts-{train,dev}`` also accepted); a folder that contains a sub-fol
 entered. Files carry the Hugging Face GLUE column names (e.g. ``sentence1 sentence2 label``; GLUE's STS-B files
 name the label ``score``); labels are integers or the GLUE label names (``not_entailment``). STS-B also reads
 the STS Benchmark's own files (no header: genre, file, year, id, score, sentence1, sentence2, then optional
-licence notes), told apart from a header by the first line. Tab-separated files are read without quoting: their
+licence notes), and CoLA GLUE's own files (no header: source, label, original label, sentence); a file's
+layout is told by its first line. Tab-separated files are read without quoting: their
 text holds bare quotes. Results are reported on the validation split(s), as in the paper.
 """
 
@@ -83,6 +84,8 @@ HEADERLESS = {
     # suffix; some lines carry licence notes after sentence2 (Europe Media Monitor, StackExchange authors).
     "stsb": HeaderlessLayout("the STS Benchmark's layout",
                              ("genre", "file", "year", "id", "label", "sentence1", "sentence2"), trailing=True),
+    # GLUE's CoLA/{train,dev}.tsv: source code, label 0/1, the author's mark ("*", "?", or empty), sentence.
+    "cola": HeaderlessLayout("GLUE's CoLA layout", ("source", "label", "original_label", "sentence")),
 }
 LABEL_HEADERS = {"stsb": "score"}  # GLUE's own STS-B files name the label column "score"
 
@@ -164,7 +167,7 @@ def _read_file(task: GlueTask, path: Path) -> tuple[list[dict], list[int]]:
 
 
 def _read_headerless(layout: HeaderlessLayout, path: Path, f) -> tuple[list[dict], list[int]]:
-    """Every line ("\\n"-terminated, as ``wc -l`` counts them) is a row: tab-separated, quotes are text."""
+    """Every "\\n"-separated line is a row (a last line without "\\n" too): tab-separated, quotes are text."""
     rows, lines = [], []
     for lineno, line in enumerate(f.read().split("\n"), 1):
         line = line.removesuffix("\r")

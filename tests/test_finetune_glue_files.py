@@ -1,6 +1,7 @@
-"""STS-B files: the STS Benchmark's own layout and GLUE's, told apart by their first line; the real benchmark files.
+"""GLUE files in their distributions' own layouts, told apart by the first line: the STS Benchmark's and GLUE's
+STS-B, GLUE's header-less CoLA; the real benchmark files.
 
-The real files are read from ``../shared/data/glue/stsb`` beside the clone (see its README); a clone without them
+The real files are read from ``../shared/data/glue`` beside the clone (see its README); a clone without them
 skips those tests with the reason, and ``MINIALBERT_REQUIRE_FIXTURES=1`` (CI) makes their absence a failure.
 """
 
@@ -18,7 +19,7 @@ from minialbert.finetune.__main__ import main
 
 STSB = glue.TASKS["stsb"]
 REPO = Path(__file__).resolve().parents[1]
-SHARED_STSB = REPO.parent / "shared" / "data" / "glue" / "stsb"
+SHARED_GLUE = REPO.parent / "shared" / "data" / "glue"
 REQUIRED = os.environ.get("MINIALBERT_REQUIRE_FIXTURES") == "1"
 EMM = "Europe Media Monitor (http://emm.newsbrief.eu)"
 # (sentence1, sentence2, score, licence notes after sentence2): bare and unbalanced quotes are text, not quoting.
@@ -105,17 +106,17 @@ def test_fine_tuning_on_the_benchmark_layout_reports_pearson_and_spearman(tmp_pa
     assert summary["settings"]["eval_examples"] == {"validation": 16}
 
 
-def _shared_stsb() -> Path:
-    if not (SHARED_STSB / "sts-train.tsv").is_file():
-        reason = f"no STS Benchmark files at {SHARED_STSB} (the shared data folder beside the clone)"
+def _shared(task: str, first_file: str) -> Path:
+    if not (SHARED_GLUE / task / first_file).is_file():
+        reason = f"no {SHARED_GLUE / task / first_file} (the shared data folder beside the clone)"
         if REQUIRED:
             pytest.fail(reason + " and MINIALBERT_REQUIRE_FIXTURES=1")
         pytest.skip(reason)
-    return SHARED_STSB
+    return SHARED_GLUE / task
 
 
 def test_the_real_sts_benchmark_files_lose_no_row():
-    folder = _shared_stsb()
+    folder = _shared("stsb", "sts-train.tsv")
     data = glue.load_glue(STSB, [str(folder)])
     test = glue.read_split(STSB, folder / "sts-test.tsv")
     splits = {"train": data["train"], "validation": data["validation"], "test": test}
@@ -130,3 +131,34 @@ def test_the_real_sts_benchmark_files_lose_no_row():
         assert splits[split]["label"] == [float(f[4]) for f in fields]
     quoted = sum('"' in s for c in splits.values() for s in c["sentence1"] + c["sentence2"])
     assert quoted > 100 and all(0.0 <= x <= 5.0 for c in splits.values() for x in c["label"])
+
+
+def test_cola_in_glue_layout_and_with_a_header_read_the_same(tmp_path):
+    rows = [("gj04", "1", "", "The sailors rode the breeze clear of the rocks."),
+            ("gj04", "0", "*", 'They said "hello" to the the.'),
+            ("cj99", "0", "?*", "Him left.")]
+    (tmp_path / "glue").mkdir()
+    (tmp_path / "hf").mkdir()
+    for split in ("train", "dev"):
+        (tmp_path / "glue" / f"{split}.tsv").write_text("\n".join("\t".join(r) for r in rows))  # no final newline
+        (tmp_path / "hf" / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{r[3]}\t{r[1]}\n" for r in rows))
+    expected = {"sentence": [r[3] for r in rows], "label": [1, 0, 0]}
+    for folder in ("glue", "hf"):
+        assert glue.load_glue(glue.TASKS["cola"], [str(tmp_path / folder)]) == {"train": expected,
+                                                                                "validation": expected}
+    (tmp_path / "glue" / "dev.tsv").write_text("gj04\t1\tThe sailors rode.\n")
+    with pytest.raises(InputError, match=r"dev.tsv: neither GLUE's CoLA layout \(source, label, original_label, "
+                                         r"sentence; no header\) nor a header naming sentence and label; line 1"):
+        glue.load_glue(glue.TASKS["cola"], [str(tmp_path / "glue")])
+
+
+def test_the_real_cola_and_rte_files_lose_no_row():
+    cola, rte = _shared("cola", "train.tsv"), _shared("rte", "train.tsv")
+    data = glue.load_glue(glue.TASKS["cola"], [str(cola)])
+    # ../shared/data/README.md: CoLA 8,551 / 1,043 sentences (dev.tsv has no final newline), RTE 2,490 / 277 pairs.
+    assert {s: len(c["label"]) for s, c in data.items()} == {"train": 8551, "validation": 1043}
+    for split, name in (("train", "train.tsv"), ("validation", "dev.tsv")):
+        fields = [line.split("\t") for line in (cola / name).read_text(encoding="utf-8").splitlines()]
+        assert data[split]["sentence"] == [f[3] for f in fields] and data[split]["label"] == [int(f[1]) for f in fields]
+    data = glue.load_glue(glue.TASKS["rte"], [str(rte)])
+    assert {s: len(c["label"]) for s, c in data.items()} == {"train": 2490, "validation": 277}
