@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_prep.shards import merge_manifests
+from data_prep.shards import merge_manifests, warning_lines
 from data_prep.units import DataPrepError
 
 
@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     t = manifest["totals"]
     print(f"{args.out}/manifest.json: {t['units']} units, {t['train_rows']} train + {t['validation_rows']} "
           f"validation rows", file=sys.stderr)
+    for line in warning_lines(manifest):
+        print(line, file=sys.stderr)
     return 0
 
 

@@ -20,7 +20,7 @@ import threading
 import time
 
 from data_prep.shards import (FORMAT_VERSION, SPLITS, SplitWriter, merge_manifests, publish_unit, read_json,
-                              remove_unit_leftovers, unit_record_path, write_error, write_json_atomic)
+                              remove_unit_leftovers, unit_record_path, warning_lines, write_error, write_json_atomic)
 from data_prep.sources import FORMATS, check_units, plan_units, read_unit
 from data_prep.units import DataPrepError, SourceReport, Unit
 
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-rows", type=int, default=65536, help="rows per Arrow shard file")
     p.add_argument("--slice-mb", type=float, default=256, help="cut uncompressed text/jsonl files into units this big")
     p.add_argument("--workers", type=int, default=1, help="processes, each packing whole units")
-    p.add_argument("--strict", action="store_true", help="a bad record is fatal instead of skipped")
+    p.add_argument("--strict", action="store_true",
+                   help="a bad record, a broken file or a file giving no documents is fatal instead of a warning")
     p.add_argument("--list-units", action="store_true", help="print the number of units and exit")
     p.add_argument("--unit-index", type=int, default=None, help="pack only this unit (a Slurm array task); no merge")
     p.add_argument("--units-per-task", type=int, default=1, help="with --unit-index I: pack units I*K .. I*K+K-1")
@@ -141,7 +142,8 @@ def pack_unit(args: argparse.Namespace, unit: Unit) -> dict:
         raise
     _report_progress(docs_since, tokens_since)
     totals = {"units": 1, "docs_read": report.docs_read, "docs_skipped": sum(report.docs_skipped.values()),
-              "bad_records": report.bad_record_count, "rows": windows, "tokens": tokens}
+              "bad_records": report.bad_record_count, "warnings": len(report.warnings), "rows": windows,
+              "tokens": tokens}
     publish_unit(out, unit.index, shards, report.to_json(), totals)
     return totals
 
@@ -258,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t = manifest["totals"]
     print(f"{args.out}: {t['docs_read']} documents, {t['train_rows']} train + {t['validation_rows']} validation rows, "
-          f"{t['train_tokens'] + t['validation_tokens']} tokens, {t['bad_records']} bad records", file=sys.stderr)
+          f"{t['train_tokens'] + t['validation_tokens']} tokens, {t['bad_records']} bad records, "
+          f"{t.get('warnings', 0)} warnings", file=sys.stderr)  # older unit records have no warnings count
+    for line in warning_lines(manifest):
+        print(line, file=sys.stderr)
     return 0
 
 

@@ -1,9 +1,17 @@
-"""PubMed baseline/update XML (`pubmed25n0001.xml.gz`) → one document per article: title + abstract.
+"""PubMed/MEDLINE baseline and update XML → one document per citation: title + abstract.
 
-Structured abstracts keep their labelled sections in order ("BACKGROUND: ...\\nMETHODS: ..."). Articles
-without an abstract and `<DeleteCitation>` entries are skipped and counted. The parser is expat driven
-directly: no DTD is fetched, external entities are never opened, and entity references other than the
-predefined XML ones are dropped instead of expanded (a declaration is reported as a bad record).
+Two layouts, told apart by their elements (any file name, .xml or .xml.gz):
+  PubmedArticleSet    (pubmed25n0001.xml.gz; baselines since 2017) records <PubmedArticle>, each holding a
+                      <MedlineCitation>; <PubmedBookArticle> records are skipped as book articles
+  MedlineCitationSet  (medline16n0001.xml.gz; baselines up to 2016) records <MedlineCitation> directly
+In both, the text is MedlineCitation/Article/ArticleTitle and Article/Abstract/AbstractText, and deletions are a
+<DeleteCitation> holding <PMID> elements (DTD: MedlineCitationSet (MedlineCitation*, DeleteCitation?),
+DeleteCitation (PMID+)); every deleted PMID is skipped and counted.
+
+Structured abstracts keep their labelled sections in order ("BACKGROUND: ...\\nMETHODS: ..."). Citations
+without an abstract are skipped and counted. The parser is expat driven directly: no DTD is fetched, external
+entities are never opened, and entity references other than the predefined XML ones are dropped instead of
+expanded (a declaration is reported as a bad record).
 """
 
 from __future__ import annotations
@@ -12,14 +20,23 @@ import gzip
 from collections.abc import Iterator
 from xml.parsers import expat
 
-from data_prep.sources import BROKEN_STREAM_ERRORS
-from data_prep.units import SourceReport, Unit
+from data_prep.units import BROKEN_STREAM_ERRORS, SourceReport, Unit
 
 CHUNK_BYTES = 1 << 16  # decompressed bytes per parse step; a truncated .gz loses at most this much
+ROOTS = ("PubmedArticleSet", "MedlineCitationSet")
+
+
+def _is_citation(tag: str, parent: str) -> bool:
+    """The element that holds one citation: a PubmedArticle (since 2017), or a MedlineCitation directly under the
+    MedlineCitationSet (before; in the newer layout a MedlineCitation sits inside its PubmedArticle)."""
+    if tag == "MedlineCitation":
+        return parent == "MedlineCitationSet"
+    return tag in ("PubmedArticle", "PubmedBookArticle")
 
 
 class _ArticleCollector:
-    """expat callbacks that assemble articles; finished ones pile up in self.done until the reader drains them."""
+    """expat callbacks that assemble citations (a PubmedArticle, or a MedlineCitation directly under a
+    MedlineCitationSet); finished ones pile up in self.done until the reader drains them."""
 
     def __init__(self, report: SourceReport):
         self.report = report
@@ -32,8 +49,10 @@ class _ArticleCollector:
 
     def start(self, tag: str, attrs: dict) -> None:
         parent = self.stack[-1] if self.stack else ""
+        if not self.stack and tag not in ROOTS:
+            self.report.found = f"root element <{tag}>, expected <{'> or <'.join(ROOTS)}>"
         self.stack.append(tag)
-        if tag in ("PubmedArticle", "PubmedBookArticle"):
+        if _is_citation(tag, parent):
             self.article_count += 1
             self.title, self.sections = [], []
         elif tag == "ArticleTitle" and parent == "Article":
@@ -44,13 +63,14 @@ class _ArticleCollector:
 
     def end(self, tag: str) -> None:
         self.stack.pop()
+        parent = self.stack[-1] if self.stack else ""
         if tag in ("ArticleTitle", "AbstractText"):
             self.capture = None
-        elif tag == "PMID" and self.stack and self.stack[-1] == "DeleteCitation":
+        elif tag == "PMID" and parent == "DeleteCitation":
             self.report.skip("deleted citation")
         elif tag == "PubmedBookArticle":
             self.report.skip("book article")
-        elif tag == "PubmedArticle":
+        elif _is_citation(tag, parent):
             self._finish_article()
 
     def _finish_article(self) -> None:

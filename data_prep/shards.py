@@ -226,3 +226,9 @@ def merge_manifests(out_dir: str) -> dict:
     }
     write_json_atomic(os.path.join(out_dir, "manifest.json"), manifest)
     return manifest
+
+
+def warning_lines(manifest: dict) -> list[str]:
+    """The units' warnings (e.g. a file that gave no documents), one line each, for the end-of-run summary."""
+    return [f"warning: unit {s['index']} {s.get('name') or s['path']}: {w} (manifest.json sources[{i}].warnings)"
+            for i, s in enumerate(manifest["sources"]) for w in s.get("warnings", [])]

@@ -9,7 +9,9 @@ Formats:
   parquet  the string column --text-field, read batch by batch
   hf       a folder written by `datasets.save_to_disk` (one unit per Arrow file), or a hub dataset name
            (streaming, one unit per data shard; needs network)
-  pubmed   PubMed baseline/update XML (`pubmed*.xml.gz`): see data_prep/pubmed.py
+  pubmed   PubMed/MEDLINE baseline and update XML (`pubmed*.xml.gz`, older `medline*.xml.gz`): see data_prep/pubmed.py
+
+A whole file that gives no document is a warning in its unit's report (fatal with --strict).
 """
 
 from __future__ import annotations
@@ -18,17 +20,15 @@ import glob
 import gzip
 import json
 import os
-import zlib
 from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_prep.units import DataPrepError, SourceReport, Unit
+from data_prep.pubmed import read_pubmed
+from data_prep.units import BROKEN_STREAM_ERRORS, DataPrepError, SourceReport, Unit
 
 FORMATS = ("text", "jsonl", "parquet", "hf", "pubmed")
-# Errors that mean "the rest of this compressed file cannot be read".
-BROKEN_STREAM_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
 
 def plan_units(fmt: str, inputs: list[str], slice_bytes: int, hf_config: str | None, hf_split: str) -> list[Unit]:
@@ -112,8 +112,6 @@ def _check_column(unit: Unit, names: list[str], text_field: str) -> None:
 def read_unit(fmt: str, unit: Unit, report: SourceReport, text_field: str) -> Iterator[str]:
     """Yield the document texts of one unit; report.docs_read counts the yielded ones."""
     if fmt == "pubmed":
-        from data_prep.pubmed import read_pubmed
-
         reader = read_pubmed(unit, report)
     else:
         reader = {"text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet, "hf": _read_hf}[fmt](
@@ -125,6 +123,10 @@ def read_unit(fmt: str, unit: Unit, report: SourceReport, text_field: str) -> It
             continue
         report.docs_read += 1
         yield text
+    # A whole local file (not a byte slice, which may legitimately own no document, nor a hub shard, whose size is
+    # unknown) that gave nothing is almost always a format the reader does not know: say so instead of "0 documents".
+    if unit.end is None and unit.start == 0 and not unit.path.startswith("hf:"):
+        report.check_not_empty(os.path.getsize(unit.path))
 
 
 def _open_binary(path: str):

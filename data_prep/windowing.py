@@ -21,24 +21,13 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from data_prep.units import DataPrepError
+from data_prep.units import DataPrepError, mix64
 
 ENCODE_BATCH_DOCS = 256  # documents per fast-tokenizer batch call
 CHUNK_CACHE_LIMIT = 1_000_000  # distinct whitespace-separated chunks remembered (BERT tokenizers only)
 # Characters str.split() separates on but BERT's normalizer deletes (control characters): a document holding
 # one is encoded whole instead of chunk by chunk.
 _SPLIT_DIFFERS = re.compile("[\x0b\x0c\x1c-\x1f\x85]")
-_MASK64 = (1 << 64) - 1
-
-
-def mix64(*values: int) -> int:
-    """splitmix64-style hash of a few integers: cheap, deterministic across processes and machines."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (v & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
-        h = (h ^ (h >> 31)) * 0x94D049BB133111EB & _MASK64
-        h ^= h >> 29
-    return h
 
 
 def load_fast_tokenizer(tokenizer_dir: str):

@@ -221,6 +221,24 @@ def test_bad_records_are_skipped_and_counted_or_fatal_with_strict(wordpiece, tmp
     assert leftovers == [] and not os.path.exists(tmp_path / "strict" / "manifest.json")
 
 
+def test_a_file_giving_no_documents_is_warned_about_by_the_merge_too(wordpiece, tmp_path, capsys):
+    from data_prep.merge_manifests import main as merge
+
+    (tmp_path / "a.txt").write_text("doc0 the cell\n")
+    (tmp_path / "b.txt").write_text("\n \n\t\n")  # blank lines only: no document
+    for task in ("0", "1"):  # as two array tasks, then the merge
+        run("text", [str(tmp_path / "*.txt")], wordpiece, tmp_path / "out", "--unit-index", task)
+    assert "b.txt: no documents from a non-empty file (5 bytes; no record of the format found)" in capsys.readouterr().err
+    assert merge([str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == ("warning: unit 1 b.txt: no documents from a non-empty file "
+                                                        "(5 bytes; no record of the format found) "
+                                                        "(manifest.json sources[1].warnings)")
+    sources = json.load(open(tmp_path / "out" / "manifest.json"))["sources"]
+    assert [s["warnings"] for s in sources] == [[], ["no documents from a non-empty file (5 bytes; no record of the "
+                                                     "format found)"]]
+    run("text", [str(tmp_path / "b.txt")], wordpiece, tmp_path / "strict", "--strict", expect=2)
+
+
 def test_undecodable_text_document_is_skipped(wordpiece, tmp_path):
     with open(tmp_path / "a.txt", "wb") as f:
         f.write(b"doc0 the cell\n\ndoc1 bad \xff line\nmore\n\ndoc2 the gene\n")

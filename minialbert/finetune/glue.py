@@ -5,10 +5,14 @@
     python -m minialbert.finetune glue --task mnli --model DIR --data train.tsv dev_matched.tsv dev_mismatched.tsv
 
 A local folder is either a ``DatasetDict.save_to_disk`` folder or holds one file per split named
-``{train,validation,validation_matched,validation_mismatched}.{tsv,csv,jsonl,json}`` (``dev*`` also accepted);
-a folder that contains a sub-folder named after the task is entered. Files carry the Hugging Face GLUE column
-names (e.g. ``sentence1 sentence2 label``); labels are integers or the GLUE label names (``not_entailment``).
-Results are reported on the validation split(s), as in the paper.
+``{train,validation,validation_matched,validation_mismatched}.{tsv,csv,jsonl,json}`` (``dev*`` and the STS
+Benchmark's ``sts-{train,dev}`` also accepted); a folder that contains a sub-folder named after the task is
+entered. Files carry the Hugging Face GLUE column names (e.g. ``sentence1 sentence2 label``; GLUE's STS-B files
+name the label ``score``); labels are integers or the GLUE label names (``not_entailment``). STS-B also reads
+the STS Benchmark's own files (no header: genre, file, year, id, score, sentence1, sentence2, then optional
+licence notes), and CoLA GLUE's own files (no header: source, label, original label, sentence); a file's
+layout is told by its first line. Tab-separated files are read without quoting: their
+text holds bare quotes. Results are reported on the validation split(s), as in the paper.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ METRIC_FNS = {"accuracy": M.accuracy, "f1": M.binary_f1, "mcc": M.matthews_corrc
               "pearson": M.pearson, "spearman": M.spearman}
 FILE_EXTS = (".tsv", ".csv", ".jsonl", ".json")
 SPLIT_ALIASES = {"dev": "validation", "valid": "validation", "dev_matched": "validation_matched",
-                 "dev_mismatched": "validation_mismatched"}
+                 "dev_mismatched": "validation_mismatched", "sts-train": "train", "sts-dev": "validation",
+                 "sts-test": "test"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,38 @@ class GlueTask:
             return list(self.metrics)
         return [f"{m}_{s.removeprefix('validation_')}" for s in self.eval_splits for m in self.metrics]
 
+
+@dataclass(frozen=True)
+class HeaderlessLayout:
+    """A task's own file layout without a header line: the fields in order, ``label`` being the label's field."""
+
+    name: str
+    fields: tuple[str, ...]
+    trailing: bool = False  # more fields may follow the last one; they are ignored
+
+    def takes(self, n_fields: int) -> bool:
+        return n_fields == len(self.fields) or (n_fields > len(self.fields) and self.trailing)
+
+    def fits(self, task: GlueTask, fields: list[str]) -> bool:
+        """Whether a line reads as a row of this layout (a header line does not: its label field is a name)."""
+        if not self.takes(len(fields)):
+            return False
+        try:
+            _label(task, fields[self.fields.index("label")], "")
+        except InputError:
+            return False
+        return True
+
+
+HEADERLESS = {
+    # sts-{train,dev,test}.{tsv,csv} of the STS Benchmark (ixa2.si.ehu.eus/stswiki), tab-separated whatever the
+    # suffix; some lines carry licence notes after sentence2 (Europe Media Monitor, StackExchange authors).
+    "stsb": HeaderlessLayout("the STS Benchmark's layout",
+                             ("genre", "file", "year", "id", "label", "sentence1", "sentence2"), trailing=True),
+    # GLUE's CoLA/{train,dev}.tsv: source code, label 0/1, the author's mark ("*", "?", or empty), sentence.
+    "cola": HeaderlessLayout("GLUE's CoLA layout", ("source", "label", "original_label", "sentence")),
+}
+LABEL_HEADERS = {"stsb": "score"}  # GLUE's own STS-B files name the label column "score"
 
 TASKS = {t.name: t for t in (
     GlueTask("cola", ("sentence",), ("unacceptable", "acceptable"), ("mcc",)),
@@ -82,7 +119,7 @@ def _label(task: GlueTask, value, where: str) -> int | float:
     raise InputError(f"{where}: label {value!r} is not valid for {task.name} (expected {expected})")
 
 
-def _read_file(path: Path) -> tuple[list[dict], list[int]]:
+def _read_file(task: GlueTask, path: Path) -> tuple[list[dict], list[int]]:
     """Rows as dicts and the line number of each; tsv without quoting (GLUE text holds bare quotes)."""
     rows, lines = [], []
     try:
@@ -99,11 +136,23 @@ def _read_file(path: Path) -> tuple[list[dict], list[int]]:
                         rows.append(row)
                         lines.append(lineno)
                 return rows, lines
+            first = f.readline().rstrip("\r\n")
+            f.seek(0)
+            layout = HEADERLESS.get(task.name)
+            if layout is not None and layout.fits(task, first.split("\t")):
+                return _read_headerless(layout, path, f)
             tsv = path.suffix == ".tsv"
             reader = csv.reader(f, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
             header = next(reader, None)
             if header is None:
                 raise InputError(f"{path}: empty file (expected a header line with the GLUE column names)")
+            alias = LABEL_HEADERS.get(task.name)
+            if alias and "label" not in header:
+                header = ["label" if h == alias else h for h in header]
+            if layout is not None and not {*task.text_columns, "label"} <= set(header):
+                label = f"label or {alias}" if alias else "label"
+                raise InputError(f"{path}: neither {layout.name} ({', '.join(layout.fields)}; no header) nor a header "
+                                 f"naming {', '.join(task.text_columns)} and {label}; line 1 is {first[:80]!r}")
             for fields in reader:
                 if not fields:
                     continue
@@ -114,6 +163,22 @@ def _read_file(path: Path) -> tuple[list[dict], list[int]]:
                 lines.append(reader.line_num)
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return rows, lines
+
+
+def _read_headerless(layout: HeaderlessLayout, path: Path, f) -> tuple[list[dict], list[int]]:
+    """Every "\\n"-separated line is a row (a last line without "\\n" too): tab-separated, quotes are text."""
+    rows, lines = [], []
+    for lineno, line in enumerate(f.read().split("\n"), 1):
+        line = line.removesuffix("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if not layout.takes(len(fields)):
+            raise InputError(f"{path}:{lineno}: expected {len(layout.fields)} tab-separated fields "
+                             f"({', '.join(layout.fields)}; {layout.name}), got {len(fields)}")
+        rows.append(dict(zip(layout.fields, fields)))
+        lines.append(lineno)
     return rows, lines
 
 
@@ -144,10 +209,14 @@ def _from_files(task: GlueTask, files: list[str]) -> dict[str, dict[str, list]]:
         path = Path(name)
         if not path.is_file():
             raise InputError(f"{path}: no such file (--data takes a folder or files named after their split)")
-        split = split or SPLIT_ALIASES.get(path.stem, path.stem)
-        rows, lines = _read_file(path)
-        splits[split] = _columns_from_rows(task, rows, [f"{path}:{n}" for n in lines], str(path))
+        splits[split or SPLIT_ALIASES.get(path.stem, path.stem)] = read_split(task, path)
     return splits
+
+
+def read_split(task: GlueTask, path: Path) -> dict[str, list]:
+    """One split's file (any layout above) as ``{column: values}``, labels already ids/floats."""
+    rows, lines = _read_file(task, path)
+    return _columns_from_rows(task, rows, [f"{path}:{n}" for n in lines], str(path))
 
 
 def _from_dataset_dict(task: GlueTask, dsd, source: str, needed: tuple[str, ...]) -> dict[str, dict[str, list]]:
