@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             totals = merge_job.result()
             print(f"{out_dir(pack_args)}/manifest.json: {totals['units']} units, {totals['train_rows']} train + "
                   f"{totals['validation_rows']} validation rows", file=sys.stderr)
+            if totals.get("warnings"):
+                print(f"warning: {totals['warnings']} units gave no documents from a non-empty file; see "
+                      f"{out_dir(pack_args)}/manifest.json sources[].warnings", file=sys.stderr)
     except (PrepError, submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
