@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch in micro:
             batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
             terms = distillation_forward(engine, teacher, batch, weights, cfg.loss.temperature, cfg.loss.mode,
-                                         num_tokens=global_tokens / share, num_masked=max(global_masked, 1) / share)
+                                         num_tokens=global_tokens / share, num_masked=max(global_masked, 1) / share,
+                                         attention_kl=cfg.loss.attention_kl)
             engine.backward(terms.total)
             engine.step()
             sums = terms.scalars() if sums is None else sums + terms.scalars()

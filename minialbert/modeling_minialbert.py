@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,6 +36,18 @@ from .configuration_minialbert import MiniAlbertConfig
 
 ADAPTER_WEIGHTS_NAME = "adapters.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
+
+
+@dataclass
+class MiniAlbertModelOutput(BaseModelOutput):
+    query_keys: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+    """Per recursion, the attention's (query, key) heads, each (B, heads, L, d), when asked for."""
+
+
+@dataclass
+class MiniAlbertMaskedLMOutput(MaskedLMOutput):
+    query_keys: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+    """Per recursion, the attention's (query, key) heads, each (B, heads, L, d), when asked for."""
 
 
 class MiniAlbertEmbeddings(nn.Module):
@@ -85,9 +98,13 @@ class MiniAlbertAttention(nn.Module):
         return x.view(b, l, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, L, d)
 
     def forward(
-        self, x: torch.Tensor, key_mask: torch.Tensor | None, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``key_mask``: (B, 1, 1, L) bool, True where the key is a real token (None: attend everywhere)."""
+        self, x: torch.Tensor, key_mask: torch.Tensor | None, output_attentions: bool = False,
+        output_query_key: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        """``key_mask``: (B, 1, 1, L) bool, True where the key is a real token (None: attend everywhere).
+
+        Returns the block's output, the maps when ``output_attentions`` and the (B, heads, L, d) query and key
+        heads when ``output_query_key`` (what a maps-free attention distillation reads; attention stays SDPA)."""
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         dropout_p = self.attention_dropout_p if self.training else 0.0
         probs = None
@@ -102,7 +119,8 @@ class MiniAlbertAttention(nn.Module):
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
         context = context.transpose(1, 2).flatten(2)  # (B, L, H)
-        return self.LayerNorm(x + self.output_dropout(self.dense(context))), probs
+        out = self.LayerNorm(x + self.output_dropout(self.dense(context)))
+        return out, probs, (q, k) if output_query_key else None
 
 
 class MiniAlbertFeedForward(nn.Module):
@@ -281,27 +299,30 @@ class MiniAlbertModel(MiniAlbertPreTrainedModel):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         return_dict: bool | None = None,
+        output_query_key: bool = False,
         **_: object,
-    ) -> BaseModelOutput:
+    ) -> "MiniAlbertModelOutput":
         # Maps are only computed when asked for; otherwise attention runs through SDPA.
         key_mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (B, 1, 1, L)
         x = self.embeddings(input_ids, token_type_ids)  # (B, L, E)
         if self.embedding_projection is not None:
             x = self.embedding_projection(x)  # (B, L, H)
-        hidden_states, attentions = [x], []
+        hidden_states, attentions, query_keys = [x], [], []
         for i in range(self.config.num_recursions):
             if self.adapters is not None:
                 x = self.adapters[i].attention(x)
-            x, probs = self.layer.attention(x, key_mask, output_attentions)
+            x, probs, qk = self.layer.attention(x, key_mask, output_attentions, output_query_key)
             if self.adapters is not None:
                 x = self.adapters[i].ffn(x)
             x = self.layer.ffn(x)
             hidden_states.append(x)
             attentions.append(probs)
-        return BaseModelOutput(
+            query_keys.append(qk)
+        return MiniAlbertModelOutput(
             last_hidden_state=x,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,
+            query_keys=tuple(query_keys) if output_query_key else None,
         )
 
 
@@ -340,12 +361,15 @@ class MiniAlbertForMaskedLM(MiniAlbertPreTrainedModel):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         return_dict: bool | None = None,
+        output_query_key: bool = False,
         **_: object,
-    ) -> MaskedLMOutput:
+    ) -> "MiniAlbertMaskedLMOutput":
         """``logits_positions``: optional (M,) flat indices into B*L; then logits are (M, V) for those positions
-        only (the masked ones in distillation), never a (B, L, V) tensor, and ``labels`` (B, L) are read there."""
+        only (the masked ones in distillation), never a (B, L, V) tensor, and ``labels`` (B, L) are read there.
+        ``output_query_key``: also return each recursion's attention query and key heads (see the attention)."""
         out = self.minialbert(
-            input_ids, attention_mask, token_type_ids, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+            input_ids, attention_mask, token_type_ids, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, output_query_key=output_query_key,
         )
         seq = out.last_hidden_state  # (B, L, H)
         if logits_positions is not None:
@@ -355,7 +379,8 @@ class MiniAlbertForMaskedLM(MiniAlbertPreTrainedModel):
         if labels is not None:
             targets = labels.reshape(-1) if logits_positions is None else labels.reshape(-1).index_select(0, logits_positions)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, ignore_index=-100)
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return MiniAlbertMaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                        attentions=out.attentions, query_keys=out.query_keys)
 
 
 class _MiniAlbertWithClassifier(MiniAlbertPreTrainedModel):
