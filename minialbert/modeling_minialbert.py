@@ -32,6 +32,7 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
+from .blockwise_attention import blockwise_attention
 from .configuration_minialbert import MiniAlbertConfig
 
 ADAPTER_WEIGHTS_NAME = "adapters.safetensors"
@@ -116,6 +117,10 @@ class MiniAlbertAttention(nn.Module):
                 scores = scores + (~key_mask).to(scores.dtype) * torch.finfo(scores.dtype).min
             probs = scores.softmax(dim=-1)
             context = F.dropout(probs, dropout_p, self.training) @ v  # (B, heads, L, d)
+        elif dropout_p > 0 and q.device.type == "cpu":
+            # CPU SDPA has no fused kernel with dropout: its math path would keep fp32 (B, heads, L, L) maps.
+            bias = None if key_mask is None else (~key_mask).to(q.dtype) * torch.finfo(q.dtype).min  # (B, 1, 1, L)
+            context = blockwise_attention(q, k, v, bias, dropout_p)
         else:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
         context = context.transpose(1, 2).flatten(2)  # (B, L, H)
