@@ -5,8 +5,8 @@
     .venv/bin/python bench/bench_attention_kl.py --device cuda --seqs 128,256,512,1024,2048,4096
 
 One term = one recursion's pair: from the student's query/key heads (bf16 by default, requiring grad) and the
-teacher's (no grad) to the scalar KL and the gradients of the student's heads. ``fused`` is
-``attention_kl.teacher_attention`` + ``attention_kl.fused_attention_kl``; ``materialised`` builds both
+teacher's (no grad) to the scalar KL and the gradients of the student's heads. ``blockwise`` and ``attention`` are
+``attention_kl.fused_attention_kl``'s two routes (the default on CPU and on CUDA); ``materialised`` builds both
 (B, heads, L, L) maps as the models' eager attention does (scores, mask, softmax in the models' dtype) and calls
 ``losses.attention_kl``. Median of ``--repeats`` timed runs after one warm-up; peak memory is the growth of the
 peak RSS over the inputs (CPU; the process's other memory excluded) or of the peak CUDA allocation. A path
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_distill import machine, peak_memory, reset_peak_memory, sync  # noqa: E402
 
-from minialbert.attention_kl import fused_attention_kl, teacher_attention  # noqa: E402
+from minialbert.attention_kl import TeacherAttention, fused_attention_kl  # noqa: E402
 from minialbert.losses import attention_kl  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -47,7 +47,7 @@ def parse_args(argv):
     p.add_argument("--seqs", default="128,256,512,1024,2048")
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     p.add_argument("--mode", default="default", choices=["default", "paper"])
-    p.add_argument("--paths", default="fused,materialised")
+    p.add_argument("--paths", default="blockwise,attention,materialised")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-gib", type=float, default=12.0, help="skip a path whose estimated peak is larger")
     p.add_argument("--device", default="auto")
@@ -67,8 +67,8 @@ def eager_maps(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor) -> torc
 
 
 def term(path: str, q_s, k_s, q_t, k_t, mask, mode: str) -> torch.Tensor:
-    if path == "fused":
-        return fused_attention_kl(q_s, k_s, teacher_attention(q_t, k_t, mask), mask, mode)
+    if path != "materialised":
+        return fused_attention_kl(q_s, k_s, TeacherAttention(q_t, k_t), mask, mode, method=path)
     key_mask = mask[:, None, None, :].bool()
     with torch.no_grad():
         t = eager_maps(q_t, k_t, key_mask)
@@ -76,8 +76,8 @@ def term(path: str, q_s, k_s, q_t, k_t, mask, mode: str) -> torch.Tensor:
 
 
 def estimated_peak(path: str, b: int, h: int, seq: int, d: int) -> float:
-    if path == "fused":
-        return 24 * b * h * seq * d * 4  # ~two dozen (B, heads, L, d) fp32 tensors
+    if path != "materialised":
+        return 24 * b * h * seq * d * 4 + 2**22 * 4 * 8  # ~two dozen (B, heads, L, d) fp32 tensors and a block
     return MATERIALISED_BYTES_PER_ELEMENT * b * h * seq * seq
 
 
@@ -131,10 +131,12 @@ def main(argv=None) -> dict:
         del inputs
     by = {(r["seq"], r["path"]): r for r in result["rows"] if not r.get("skipped")}
     for seq in args.seqs:
-        f, m = by.get((seq, "fused")), by.get((seq, "materialised"))
-        if f and m:
-            print(f"L {seq}: fused {m['seconds'] / f['seconds']:.2f}x faster, "
-                  f"{f['peak_bytes'] / max(m['peak_bytes'], 1):.3f}x the memory")
+        m = by.get((seq, "materialised"))
+        for path in (p for p in args.paths if p != "materialised"):
+            f = by.get((seq, path))
+            if f and m:
+                print(f"L {seq}: {path} {m['seconds'] / f['seconds']:.2f}x faster than materialised, "
+                      f"{f['peak_bytes'] / max(m['peak_bytes'], 1):.3f}x the memory")
     line = json.dumps(result)
     print(line)
     if args.json_out:

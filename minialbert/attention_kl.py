@@ -9,8 +9,8 @@ j, its probabilities s_i = softmax(S_i) and the teacher's t_i = softmax(S^t_i):
 
 - (T K)_i = Σ_j t_ij k_j is attention with the teacher's queries and keys and the *student's* keys as values;
 - LSE_i comes with the student's attention over its own keys (the flash kernels return it);
-- H_i = Σ_j t_ij log t_ij = q^t_i·(T K^t)_i / √d - LSE^t_i, the teacher's negative entropy, is computed once in
-  the teacher's forward (``teacher_attention``); it needs no gradient.
+- H_i = Σ_j t_ij log t_ij = q^t_i·(T K^t)_i / √d - LSE^t_i, the teacher's negative entropy, one more attention
+  call (``teacher_statistics``), without gradient.
 
 Gradient: ∂KL_i/∂S_ij = s_ij - t_ij, so for row weights g_i
 
@@ -19,8 +19,17 @@ Gradient: ∂KL_i/∂S_ij = s_ij - t_ij, so for row weights g_i
 
 The column sums Σ_i p_ij x_i (p = s or t) are attention with the roles swapped: queries k_j, keys q_i, values x_i
 and a per-key bias -LSE_i, so that exp(S_ij - LSE_i) = p_ij; that call's own normaliser is exp(LSE'_j) = Σ_i p_ij
-(at most L), hence Σ_i p_ij x_i = exp(LSE'_j) · out'_j. Forward: two attention calls per layer (plus one in the
-teacher); backward: two. Everything is O(B·heads·L·d) in memory.
+(at most L), hence Σ_i p_ij x_i = exp(LSE'_j) · out'_j. Forward: three attention calls per layer (one for the
+teacher's LSE and entropy); backward: two. Everything is O(B·heads·L·d) in memory.
+
+Two routes compute this (``method``):
+- ``attention`` (the default): the five attention calls above, each a fused kernel that returns its LSE (CPU
+  flash attention; CUDA memory-efficient attention, which takes the additive bias);
+- ``blockwise``: blocks of query rows, each block's (B, heads, rows, L) log-probabilities of both models
+  recomputed from q and k (forward, and again in backward), KL summed per row, ∂S = g (s - t) fed straight to
+  two matmuls: 3 attention-forwards of matmul work instead of 5, but fp32 element-wise work on every block.
+  Memory O(block + B·heads·L·d). Measured slower on the 2-core EPYC VM (1.05 s against 0.83 s at b8 L512,
+  docs/performance.md); kept as the exact per-element cross-check and for devices without such a kernel.
 
 Exactness against ``losses.attention_kl`` (the materialised maps): that one adds EPS = 1e-12 inside log(s + EPS)
 (and to t in paper mode); this module computes the KL itself. The two differ by about EPS · Σ_j t_ij / s_ij per
@@ -29,7 +38,8 @@ materialised term then clips log s at log 1e-12 = -27.6, this one does not). Pap
 EPS·Σ_j (log(t_ij + EPS) - log(s_ij + EPS)) per row is likewise dropped. The scaling per mode is the same:
 ``default`` divides the sum of row KLs by heads x real tokens, ``paper`` also by L.
 
-Masking: padded keys get a -inf bias; padded query rows get weight 0 (and so no gradient). A sequence with no
+Masking: padded keys get a -inf bias (finfo.min in the blockwise route, so that 0 · (log t - log s) stays 0);
+padded query rows get weight 0 (and so no gradient). A sequence with no
 real key at all (an all-padding row of the batch) would have LSE = -inf; it is computed as if every key were
 real (finite numbers) and all its rows are weighted 0, as the materialised path's rows are. The KL calls run in
 fp32 (fp64 for fp64 inputs) whatever the models' dtype, as the materialised loss upcasts its maps.
@@ -43,20 +53,18 @@ from dataclasses import dataclass
 import torch
 
 CHUNK_ROWS = 256  # query rows per block of the fallback attention: a (B, heads, 256, L) score block at most
+BLOCK_ELEMENTS = 1 << 22  # scores per block of the blockwise KL: (B, heads, rows, L), a few fp32 copies of it live
+METHODS = ("attention", "blockwise")
 
 
 @dataclass
 class TeacherAttention:
-    """What the attention KL needs of one mapped teacher layer — no map."""
+    """What the attention KL needs of one mapped teacher layer — its query and key heads, no map."""
 
     query: torch.Tensor
     """(B, heads, L, d), the teacher's dtype."""
     key: torch.Tensor
     """(B, heads, L, d)."""
-    logsumexp: torch.Tensor
-    """(B, heads, L) fp32/fp64: LSE over the real keys of the scaled scores, per query row."""
-    neg_entropy: torch.Tensor
-    """(B, heads, L) fp32/fp64: Σ_j t_ij log t_ij per query row."""
 
 
 # ----- attention with its log-sum-exp ---------------------------------------------------------------------------
@@ -102,13 +110,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
 
 
 # ----- masking ----------------------------------------------------------------------------------------------------
-def key_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, L) 0/1 mask -> additive key bias (B, 1, 1, L) (0 / -inf) and the keys treated as real (B, L) bool.
+def key_bias(attention_mask: torch.Tensor, dtype: torch.dtype, fill: float = float("-inf")):
+    """(B, L) 0/1 mask -> additive key bias (B, 1, 1, L) (0 / ``fill``) and the keys treated as real (B, L) bool.
 
     A sequence without any real key attends to all its keys instead (finite numbers; its rows weigh 0)."""
     real = attention_mask.bool()
     real = real | ~real.any(-1, keepdim=True)
-    bias = torch.zeros(real.shape, dtype=dtype, device=real.device).masked_fill(~real, float("-inf"))
+    bias = torch.zeros(real.shape, dtype=dtype, device=real.device).masked_fill(~real, fill)
     return bias[:, None, None, :], real
 
 
@@ -116,20 +124,15 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-# ----- the teacher's side -------------------------------------------------------------------------------------------
+# ----- the attention route ------------------------------------------------------------------------------------------
 @torch.no_grad()
-def teacher_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor) -> TeacherAttention:
-    """The teacher's LSE and negative entropy per query row from its (B, heads, L, d) queries and keys."""
-    dt = compute_dtype(query)
-    q, k = query.to(dt), key.to(dt)
+def teacher_statistics(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's LSE and negative entropy Σ_j t_ij log t_ij per query row (B, heads, L), from its queries and
+    keys (B, heads, L, d) in the compute dtype."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    bias, _ = key_bias(attention_mask, dt)
     tk, lse = attend(q, k, k, bias, scale)  # (B, h, L, d): Σ_j t_ij k_j; (B, h, L)
-    neg_entropy = (q * tk).sum(-1) * scale - lse  # Σ_j t_ij S^t_ij - LSE^t_i = Σ_j t_ij log t_ij
-    return TeacherAttention(query, key, lse.to(dt), neg_entropy)
+    return lse, (q * tk).sum(-1) * scale - lse  # Σ_j t_ij S^t_ij - LSE^t_i = Σ_j t_ij log t_ij
 
-
-# ----- the term ---------------------------------------------------------------------------------------------------
 class _CrossEntropyRows(torch.autograd.Function):
     """Per query row, LSE_i(S) - Σ_j t_ij S_ij: KL(t_i || s_i) minus the teacher's negative entropy. (B, h, L).
 
@@ -161,18 +164,69 @@ class _CrossEntropyRows(torch.autograd.Function):
         return d_q, d_k, None, None, None, None, None
 
 
+# ----- the blockwise route -------------------------------------------------------------------------------------------
+def _log_probs(q_block: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(B, heads, rows, Lk) log-probabilities of pre-scaled queries; padded keys at about finfo.min."""
+    return (q_block @ k.transpose(-1, -2) + bias).log_softmax(-1)
+
+
+class _BlockwiseRowKL(torch.autograd.Function):
+    """KL(t_i || s_i) per query row, (B, heads, L), from pre-scaled contiguous queries: blocks of query rows."""
+
+    @staticmethod
+    def forward(ctx, q_s, k_s, q_t, k_t, bias):
+        b, h, seq, _ = q_s.shape
+        rows = max(1, min(seq, BLOCK_ELEMENTS // (b * h * k_s.shape[-2])))
+        out = []
+        for start in range(0, seq, rows):
+            log_s = _log_probs(q_s[..., start:start + rows, :], k_s, bias)
+            log_t = _log_probs(q_t[..., start:start + rows, :], k_t, bias)
+            out.append((log_t.exp() * (log_t - log_s)).sum(-1))
+        ctx.save_for_backward(q_s, k_s, q_t, k_t, bias)
+        ctx.rows = rows
+        return torch.cat(out, -1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # grad (B, heads, L): g_i
+        q_s, k_s, q_t, k_t, bias = ctx.saved_tensors
+        rows = ctx.rows
+        d_q, d_k = torch.empty_like(q_s), torch.zeros_like(k_s)
+        for start in range(0, q_s.shape[-2], rows):
+            q_b = q_s[..., start:start + rows, :]
+            s = _log_probs(q_b, k_s, bias).exp_()
+            t = _log_probs(q_t[..., start:start + rows, :], k_t, bias).exp_()
+            d_scores = (s - t) * grad[..., start:start + rows, None]  # (B, heads, rows, Lk): g_i (s_ij - t_ij)
+            d_q[..., start:start + rows, :] = d_scores @ k_s
+            d_k += d_scores.transpose(-1, -2) @ q_b  # q_b carries the scale already
+        return d_q, d_k, None, None, None  # d_q: of the pre-scaled queries (autograd applies the scale)
+
+
+# ----- the term ---------------------------------------------------------------------------------------------------
 def fused_attention_kl(query: torch.Tensor, key: torch.Tensor, teacher: TeacherAttention,
-                       attention_mask: torch.Tensor, mode: str, num_tokens: float | None = None) -> torch.Tensor:
+                       attention_mask: torch.Tensor, mode: str, num_tokens: float | None = None,
+                       method: str | None = None) -> torch.Tensor:
     """The attention term of one recursion from the student's (B, heads, L, d) queries and keys and the mapped
     teacher layer's ``TeacherAttention``; same value and scaling as ``losses.attention_kl`` on the maps (see the
-    module docstring for the EPS difference). ``attention_mask`` (B, L): padded query rows are ignored."""
+    module docstring for the EPS difference). ``attention_mask`` (B, L): padded query rows are ignored.
+    ``method``: "attention" (default) or "blockwise" (see the module docstring)."""
+    method = method or "attention"
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: expected one of {METHODS}")
     dt = compute_dtype(query)
-    bias, real = key_bias(attention_mask, dt)
-    rows = (attention_mask.bool() & real.any(-1, keepdim=True)).to(dt)[:, None, :]  # (B, 1, L)
     heads, seq = query.shape[1], query.shape[2]
+    q_t, k_t = teacher.query.to(dt), teacher.key.to(dt)
+    if method == "blockwise":
+        bias, real = key_bias(attention_mask, dt, torch.finfo(dt).min)
+        scale = 1.0 / math.sqrt(query.shape[-1])
+        # Pre-scaled contiguous queries: the (L, d) scaling replaces an (L, L) one, and row blocks slice freely.
+        row_kl = _BlockwiseRowKL.apply((query.to(dt) * scale).contiguous(), key.to(dt).contiguous(),
+                                       (q_t * scale).contiguous(), k_t.contiguous(), bias)  # (B, heads, L)
+    else:
+        bias, real = key_bias(attention_mask, dt)
+        lse_t, neg_entropy = teacher_statistics(q_t, k_t, bias)
+        row_kl = _CrossEntropyRows.apply(query.to(dt), key.to(dt), q_t, k_t, lse_t, bias, real) + neg_entropy
+    rows = (attention_mask.bool() & real.any(-1, keepdim=True)).to(dt)[:, None, :]  # (B, 1, L)
     tokens = rows.sum() if num_tokens is None else num_tokens
-    cross = _CrossEntropyRows.apply(query.to(dt), key.to(dt), teacher.query.to(dt), teacher.key.to(dt),
-                                    teacher.logsumexp.to(dt), bias, real)  # (B, heads, L)
-    row_kl = cross + teacher.neg_entropy.to(dt)
     total = (row_kl * rows).sum()
     return total / (heads * tokens * seq) if mode == "paper" else total / (heads * tokens)

@@ -43,7 +43,7 @@ def distillation_forward(
     ids, mask, types = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
     positions = masked_positions(batch["labels"])
     t_out = teacher(ids, mask, types, logits_positions=positions if teacher.has_mlm_head else None,
-                    output_attentions=not fused, attention_stats=fused)
+                    output_attentions=not fused, output_query_key=fused)
     s_out = student(
         input_ids=ids, attention_mask=mask, token_type_ids=types, logits_positions=positions,
         output_attentions=not fused, output_hidden_states=True, output_query_key=fused,
@@ -53,7 +53,7 @@ def distillation_forward(
         student_attentions=list(s_out.query_keys if fused else s_out.attentions),
         student_logits=s_out.logits,
         teacher_hidden=t_out.hidden_states,
-        teacher_attentions=t_out.attention_stats if fused else t_out.attentions,
+        teacher_attentions=t_out.query_keys if fused else t_out.attentions,
         teacher_logits=t_out.logits,
         attention_mask=mask,
         masked_labels=batch["labels"].reshape(-1).index_select(0, positions),

@@ -3,8 +3,8 @@
 The teacher lives outside the DeepSpeed engine: frozen, eval mode, ``no_grad``, in bf16 when the run is. Its
 forward reuses the Hugging Face modules' weights but computes only what the losses read: hidden states of the
 mapped layers, what the attention term needs of the mapped layers — their attention probabilities (the
-materialised reference) or only their queries, keys and per-row statistics (``attention_kl.TeacherAttention``,
-the maps-free path; every layer then runs through SDPA) — and MLM logits at the masked positions only. Layers after the last mapped one are skipped when no logits are needed.
+materialised reference) or only their query and key heads (``attention_kl.TeacherAttention``, the maps-free
+path; every layer then runs through SDPA) — and MLM logits at the masked positions only. Layers after the last mapped one are skipped when no logits are needed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention_kl import TeacherAttention, teacher_attention
+from .attention_kl import TeacherAttention
 
 
 class TeacherError(ValueError):
@@ -41,8 +41,8 @@ class TeacherOutput:
     """One (B, heads, L, L) probability tensor per recursion (empty when not asked for)."""
     logits: torch.Tensor | None
     """(M, V) at the requested positions, or None (no MLM head / not asked)."""
-    attention_stats: list[TeacherAttention] = field(default_factory=list)
-    """One per recursion when asked for (``attention_stats=True``): queries, keys, LSE and entropy per row."""
+    query_keys: list[TeacherAttention] = field(default_factory=list)
+    """One per recursion when asked for (``output_query_key=True``): the mapped layer's query and key heads."""
 
 
 class Teacher(nn.Module):
@@ -100,10 +100,10 @@ class Teacher(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         logits_positions: torch.Tensor | None = None,
         output_attentions: bool = True,
-        attention_stats: bool = False,
+        output_query_key: bool = False,
     ) -> TeacherOutput:
-        """``output_attentions``: the mapped layers' maps; ``attention_stats``: their ``TeacherAttention`` instead
-        (no map of any layer is made)."""
+        """``output_attentions``: the mapped layers' maps; ``output_query_key``: their ``TeacherAttention`` (query
+        and key heads) instead, and no map of any layer is made."""
         key_mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, L)
         x = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         want_logits = logits_positions is not None and self.has_mlm_head
@@ -112,15 +112,15 @@ class Teacher(nn.Module):
         hidden, attentions, stats = [], [], []
         for i in range(1, last + 1):
             layer = self.layers[i - 1]
-            want_probs = output_attentions and not attention_stats and i in mapped
-            x, probs, qk = self._attention(layer, x, key_mask, want_probs, attention_stats and i in mapped)
+            want_probs = output_attentions and not output_query_key and i in mapped
+            x, probs, qk = self._attention(layer, x, key_mask, want_probs, output_query_key and i in mapped)
             x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
             if i in mapped:
                 hidden.append(x)
                 if probs is not None:
                     attentions.append(probs)
                 if qk is not None:
-                    stats.append(teacher_attention(*qk, attention_mask))
+                    stats.append(TeacherAttention(*qk))
         logits = None
         if want_logits:
             picked = x.reshape(-1, x.shape[-1]).index_select(0, logits_positions)  # (M, H)

@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import minialbert.attention_kl as akl
 import minialbert.blockwise_attention as blockwise
-from minialbert.attention_kl import _attend_chunked, attend, fused_attention_kl, key_bias, teacher_attention
+from minialbert.attention_kl import TeacherAttention, _attend_chunked, attend, fused_attention_kl, key_bias
 from minialbert.losses import attention_kl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -44,13 +45,18 @@ def padded_mask(b: int, seq: int) -> torch.Tensor:
     return mask
 
 
+METHODS = pytest.mark.parametrize("method", ["blockwise", "attention"])
+
+
+@METHODS
 @pytest.mark.parametrize("mode", ["default", "paper"])
-def test_gradcheck_fp64_with_padding_and_fully_masked_rows(mode):
+def test_gradcheck_fp64_with_padding_and_fully_masked_rows(mode, method, monkeypatch):
+    monkeypatch.setattr(akl, "BLOCK_ELEMENTS", 3 * 2 * 7 * 3)  # blockwise: 3 query rows per block, 3 blocks
     q_s, k_s, q_t, k_t = heads(3, 2, 7, 4, torch.float64, seed=0)
     mask = padded_mask(3, 7)
-    teacher = teacher_attention(q_t, k_t, mask)
-    assert torch.autograd.gradcheck(lambda q, k: fused_attention_kl(q, k, teacher, mask, mode), (q_s, k_s))
-    value = fused_attention_kl(q_s, k_s, teacher, mask, mode)
+    teacher = TeacherAttention(q_t, k_t)
+    assert torch.autograd.gradcheck(lambda q, k: fused_attention_kl(q, k, teacher, mask, mode, method=method), (q_s, k_s))
+    value = fused_attention_kl(q_s, k_s, teacher, mask, mode, method=method)
     grads = torch.autograd.grad(value, (q_s, k_s))
     assert torch.isfinite(value) and all(torch.isfinite(g).all() for g in grads)
     # padded query rows and padded keys get no gradient, and the all-padding row none at all
@@ -58,11 +64,12 @@ def test_gradcheck_fp64_with_padding_and_fully_masked_rows(mode):
     assert grads[0][2].abs().max() == 0 and grads[1][2].abs().max() == 0
 
 
+@METHODS
 @pytest.mark.parametrize("mode", ["default", "paper"])
-def test_fp64_value_and_gradients_equal_the_materialised_kl(mode):
+def test_fp64_value_and_gradients_equal_the_materialised_kl(mode, method):
     q_s, k_s, q_t, k_t = heads(3, 2, 9, 4, torch.float64, seed=1)
     mask = padded_mask(3, 9)
-    fused = fused_attention_kl(q_s, k_s, teacher_attention(q_t, k_t, mask), mask, mode)
+    fused = fused_attention_kl(q_s, k_s, TeacherAttention(q_t, k_t), mask, mode, method=method)
     # The reference in fp64 too (it upcasts to fp32 only when given lower precision).
     log_s, t = maps(q_s, k_s, mask, log=True), maps(q_t, k_t, mask)
     rows = mask.double()[:, None, :]
@@ -75,26 +82,28 @@ def test_fp64_value_and_gradients_equal_the_materialised_kl(mode):
         torch.testing.assert_close(got, exp, rtol=1e-10, atol=1e-13)
 
 
+@METHODS
 @pytest.mark.parametrize("mode", ["default", "paper"])
-def test_fp32_at_a_real_shape_matches_losses_attention_kl(mode):
+def test_fp32_at_a_real_shape_matches_losses_attention_kl(mode, method):
     """b2, 12 heads, d 64, L 256, a padded row: value and gradients against the maps-based term (with its EPS)."""
     q_s, k_s, q_t, k_t = heads(2, 12, 256, 64, torch.float32, seed=2, spread=0.7)
     mask = torch.ones(2, 256, dtype=torch.long)
     mask[1, 200:] = 0
-    fused = fused_attention_kl(q_s, k_s, teacher_attention(q_t, k_t, mask), mask, mode)
+    fused = fused_attention_kl(q_s, k_s, TeacherAttention(q_t, k_t), mask, mode, method=method)
     ref = attention_kl(maps(q_s, k_s, mask), maps(q_t, k_t, mask), mask, mode)
     torch.testing.assert_close(fused, ref, rtol=1e-5, atol=0)
     for got, exp in zip(torch.autograd.grad(fused, (q_s, k_s)), torch.autograd.grad(ref, (q_s, k_s))):
         torch.testing.assert_close(got, exp, rtol=1e-4, atol=1e-4 * exp.abs().max().item())
 
 
-def test_bf16_inputs_stay_within_the_materialised_bf16_error():
+@METHODS
+def test_bf16_inputs_stay_within_the_materialised_bf16_error(method):
     """bf16 queries/keys (the models in bf16): both paths against the exact fp64 KL of the same bf16 inputs."""
     q_s, k_s, q_t, k_t = heads(2, 12, 256, 64, torch.bfloat16, seed=3, spread=0.7)
     mask = torch.ones(2, 256, dtype=torch.long)
-    exact = fused_attention_kl(q_s.double(), k_s.double(), teacher_attention(q_t.double(), k_t.double(), mask),
+    exact = fused_attention_kl(q_s.double(), k_s.double(), TeacherAttention(q_t.double(), k_t.double()),
                                mask, "default")
-    fused = fused_attention_kl(q_s, k_s, teacher_attention(q_t, k_t, mask), mask, "default")
+    fused = fused_attention_kl(q_s, k_s, TeacherAttention(q_t, k_t), mask, "default", method=method)
     materialised = attention_kl(maps(q_s, k_s, mask), maps(q_t, k_t, mask), mask, "default")  # bf16 maps
     assert fused.dtype == torch.float32
     assert abs(fused.double() - exact) <= 1e-5 * exact  # the fused term upcasts q, k: fp32-exact
@@ -167,9 +176,10 @@ def test_training_steps_at_long_sequences_make_no_seq_by_seq_tensor(tiny, seq, m
     """Three fp32 training steps of the maps-free path at L 512 / 1024 (tiny models, b2, the student's attention
     dropout 0.1 as in the paper): no op returns a tensor of L² elements or more (one (B, heads, L, L) map has
     8 L²), and the loss falls; the materialised path, watched the same way, does make maps — so the watch can
-    see them. The CPU dropout attention's blocks are capped at 32 query rows: at these tiny widths its default
-    block (2**24 scores) would hold every row at once."""
+    see them. The blocks of the CPU dropout attention and of the blockwise KL are capped at 32 query rows: at
+    these tiny widths their default blocks (2**24 and 2**22 scores) would hold every row at once."""
     monkeypatch.setattr(blockwise, "BLOCK_ELEMENTS", 2 * 4 * 32 * seq)
+    monkeypatch.setattr(akl, "BLOCK_ELEMENTS", 2 * 4 * 32 * seq)
     teacher, student = tiny_models(tiny, seq, dropout=0.1, seed=7)
     batch = make_batch(100, batch=2, seq=seq, seed=8, padded_rows=1)
     fused = FastRecipe.build(teacher, student, torch.float32, attention_kl="fused")
@@ -181,3 +191,40 @@ def test_training_steps_at_long_sequences_make_no_seq_by_seq_tensor(tiny, seq, m
     with LargestTensor() as watch_maps, torch.no_grad():
         maps_path.losses(batch)
     assert watch_maps.numel >= 2 * 4 * seq * seq, watch_maps.shape  # (B, heads, L, L), maybe as (B·heads, L, L)
+
+
+def test_run_config_flag():
+    from minialbert.config import ConfigError, load_run_config
+
+    assert load_run_config().loss.attention_kl == "fused"
+    assert load_run_config(None, ["loss.attention_kl=materialised"]).loss.attention_kl == "materialised"
+    with pytest.raises(ConfigError, match="loss.attention_kl"):
+        load_run_config(None, ["loss.attention_kl=maps"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_kernel_path_equals_the_cpu_fp64_term(dtype, monkeypatch):
+    """On CUDA the attention calls go through the memory-efficient kernel (bias + LSE), not the blockwise
+    fallback; L 300 is not a multiple of 16 (the kernel's bias alignment)."""
+    import minialbert.attention_kl as akl
+
+    def no_fallback(*args):
+        raise AssertionError("the blockwise fallback ran on CUDA")
+
+    monkeypatch.setattr(akl, "_attend_chunked", no_fallback)
+    # fp64 reference of the very values the GPU gets (rounded to ``dtype``); the term computes in fp32 on both.
+    q_s, k_s, q_t, k_t = (t.detach().to(dtype).double().requires_grad_(t.requires_grad)
+                          for t in heads(2, 12, 300, 64, torch.float64, seed=9, spread=0.7))
+    mask = torch.ones(2, 300, dtype=torch.long)
+    mask[1, 220:] = 0
+    want = fused_attention_kl(q_s, k_s, TeacherAttention(q_t, k_t), mask, "default")
+    want_g = torch.autograd.grad(want, (q_s, k_s))
+    cuda = [t.detach().to("cuda", dtype).requires_grad_(t.requires_grad) for t in (q_s, k_s, q_t, k_t)]
+    got = fused_attention_kl(cuda[0], cuda[1], TeacherAttention(cuda[2], cuda[3]), mask.cuda(), "default")
+    got_g = torch.autograd.grad(got, cuda[:2])
+    torch.testing.assert_close(got.double().cpu(), want, rtol=1e-5, atol=0)
+    for g, w in zip(got_g, want_g):  # bf16 gradients are rounded to bf16 on the way out
+        tol = 1e-4 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(g.double().cpu(), w, rtol=tol, atol=tol * w.abs().max().item())
