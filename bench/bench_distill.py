@@ -1,8 +1,12 @@
-"""Benchmark one distillation training step: the original MiniALBERT recipe against the project's fast path.
+"""Benchmark one distillation training step: the original MiniALBERT recipe against the project's fast paths.
 
     .venv/bin/python bench/bench_distill.py                          # CPU, b8 s128, 8 timed steps each
+    .venv/bin/python bench/bench_distill.py --recipes original,fast,maps --seq 512 --steps 2 --warmup 1
     .venv/bin/python bench/bench_distill.py --batch 64 --seq 256 --device cuda
     .venv/bin/python bench/bench_distill.py --recipes fast --steps 10
+
+Recipes: ``original`` (the paper's code), ``fast`` (the project's step, attention KL without maps), ``maps`` (the
+project's step with the materialised attention KL, the fast path before issue 14).
 
 Paper shape: bert-base teacher (12 x 768, 12 heads, FFN 3072, vocab 30522, random weights), student 6 recursions
 x 768, E 312, adapters r 16, 15% of positions masked. Each timed step is a whole training step (teacher forward,
@@ -32,7 +36,7 @@ from distill_recipes import FastRecipe, OriginalRecipe, build_models, make_batch
 
 from minialbert.flops import distillation_step_flops, measure_peak_flops  # noqa: E402
 
-RECIPES = ("original", "fast")
+RECIPES = ("original", "fast", "maps")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -103,6 +107,13 @@ def counted_flops(step) -> int:
             return sdpa_flop_count(query, key, value)
 
         custom[aten._scaled_dot_product_flash_attention_for_cpu] = cpu_flash
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+        from torch.utils.flop_counter import sdpa_backward_flop_count
+
+        def cpu_flash_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+            return sdpa_backward_flop_count(grad_out, query, key, value)
+
+        custom[aten._scaled_dot_product_flash_attention_for_cpu_backward] = cpu_flash_backward
     with FlopCounterMode(display=False, custom_mapping=custom) as counter:
         step()
     return counter.get_total_flops()
@@ -150,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     builders = {
         "original": lambda: OriginalRecipe.build(teacher, student, device),
         "fast": lambda: FastRecipe.build(teacher, student, fast_dtype, device=device),
+        "maps": lambda: FastRecipe.build(teacher, student, fast_dtype, device=device, attention_kl="materialised"),
     }
     recipes = {name: builders[name]() for name in args.recipes}
     del teacher, student
@@ -161,8 +173,10 @@ def main(argv: list[str] | None = None) -> dict:
     frac = masked / tokens
 
     analytic = {
-        "original": distillation_step_flops(teacher_cfg, student_cfg, args.batch, args.seq, frac, all_positions_logits=True),
+        "original": distillation_step_flops(teacher_cfg, student_cfg, args.batch, args.seq, frac, all_positions_logits=True,
+                                            attention_kl="materialised"),
         "fast": distillation_step_flops(teacher_cfg, student_cfg, args.batch, args.seq, frac),
+        "maps": distillation_step_flops(teacher_cfg, student_cfg, args.batch, args.seq, frac, attention_kl="materialised"),
     }
     counted, losses = {}, {name: [] for name in recipes}
     for name, r in recipes.items():
@@ -201,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if "fp32" in peak_rates:
         result["peak_flops_fp32"] = peak_rates["fp32"]
-    dtype_of = {"original": "fp32", "fast": "bf16"}
+    dtype_of = {"original": "fp32", "fast": "bf16", "maps": "bf16"}
     print(f"{'recipe':<9} {'step s':>8} {'tokens/s':>10} {'GFLOP/step':>11} {'counted':>9} {'TFLOP/s':>8} "
           f"{'MFU bf16':>9} {'peak MiB':>9} {'loss':>8}")
     for name in recipes:
@@ -228,6 +242,13 @@ def main(argv: list[str] | None = None) -> dict:
         result["goals_met"] = result["speedup"] >= goal_speedup and result["mfu_fast"] >= goal_mfu
         print(f"speedup {result['speedup']:.2f}x (goal {goal_speedup}x), MFU fast {result['mfu_fast']:.3f} "
               f"(goal {goal_mfu}) of measured bf16 peak {peak_rates['bf16'] / 1e12:.2f} TFLOP/s")
+    if "fast" in recipes and "maps" in recipes:
+        # The maps-free step against the materialised fast path (issue 14's goals at b8 s512 on CPU: >= 1.4x
+        # tokens/s, <= 0.6x peak memory).
+        result["speedup_fast_vs_maps"] = result["tokens_per_s_fast"] / result["tokens_per_s_maps"]
+        result["memory_ratio_fast_vs_maps"] = result["peak_memory_bytes_fast"] / result["peak_memory_bytes_maps"]
+        print(f"fast vs maps: {result['speedup_fast_vs_maps']:.2f}x tokens/s, "
+              f"{result['memory_ratio_fast_vs_maps']:.2f}x peak memory")
     if args.profile:
         for name, r in recipes.items():
             print(f"--- profile of one {name} step (self time by op) ---")

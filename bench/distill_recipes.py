@@ -1,4 +1,4 @@
-"""The two distillation training steps the benchmark compares, and the models/batches they run on.
+"""The distillation training steps the benchmark compares, and the models/batches they run on.
 
 ``original``: the step of nlpie-research/MiniALBERT ``general_distillation.py`` under the Hugging Face Trainer,
 written anew here: fp32; a Hugging Face BertForMaskedLM teacher in train mode (dropout on) with eager attention,
@@ -10,7 +10,11 @@ clipping at 1.0 (the Trainer's default) and ``torch.optim.AdamW`` (single-tensor
 SDPA for unmapped layers, logits at the masked positions only; student weights in bf16 as DeepSpeed's bf16 mode
 keeps them), backward, then what DeepSpeed's bf16 optimizer does, done here without DeepSpeed: bf16 gradients
 copied into fp32 master gradients, foreach gradient clipping, fused AdamW on the fp32 master weights, master
-weights copied back into the bf16 model.
+weights copied back into the bf16 model. Its attention term is maps-free (``attention_kl="fused"``: the student's
+attention through SDPA, no (B, heads, L, L) tensor of either model, see ``minialbert.attention_kl``).
+
+``maps``: the fast step with the materialised attention KL (``attention_kl="materialised"``): the student's
+attention eager, both models' mapped maps kept and read by the loss in fp32 — the fast path before issue 14.
 """
 
 from __future__ import annotations
@@ -23,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minialbert.config import LossConfig
 from minialbert.configuration_minialbert import MiniAlbertConfig
 from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
 from minialbert.step import distillation_forward
 from minialbert.teacher import Teacher, uniform_layer_map
 
-PAPER_WEIGHTS = {"mlm": 1.0, "attention": 3.0, "hidden": 3.0, "output": 5.0}
 LR, WEIGHT_DECAY, MAX_GRAD_NORM = 5e-4, 1e-4, 1.0
 
 
@@ -146,10 +150,12 @@ class FastRecipe:
     """fp32 master weights (the student's own parameters when it is fp32)."""
     optimizer: torch.optim.Optimizer
     mode: str = "default"
+    attention_kl: str = "fused"
 
     @classmethod
     def build(cls, teacher: nn.Module, student: MiniAlbertForMaskedLM, dtype: torch.dtype = torch.bfloat16,
-              mode: str = "default", device: str | torch.device = "cpu") -> "FastRecipe":
+              mode: str = "default", device: str | torch.device = "cpu",
+              attention_kl: str = "fused") -> "FastRecipe":
         hf = copy.deepcopy(teacher)
         layer_map = uniform_layer_map(hf.config.num_hidden_layers, student.config.num_recursions)
         t = Teacher(hf, layer_map).to(device, dtype)
@@ -157,10 +163,12 @@ class FastRecipe:
         params = [p for p in s.parameters() if p.requires_grad]
         master = params if dtype == torch.float32 else [p.detach().float().requires_grad_() for p in params]
         optimizer = torch.optim.AdamW(master, lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
-        return cls(t, s, master, optimizer, mode)
+        return cls(t, s, master, optimizer, mode, attention_kl)
 
     def losses(self, batch: dict[str, torch.Tensor]):
-        return distillation_forward(self.student, self.teacher, batch, PAPER_WEIGHTS, 1.0, self.mode)
+        # LossConfig's defaults are the paper's weights (1, 3, 3, 5) and temperature 1.
+        return distillation_forward(self.student, self.teacher, batch,
+                                    LossConfig(mode=self.mode, attention_kl=self.attention_kl))
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         terms = self.losses(batch)

@@ -96,6 +96,9 @@ class LossConfig:
     output: float = 5.0
     temperature: float = 1.0
     """Softmax temperature of the output-logit KL."""
+    attention_kl: str = "fused"
+    """'fused': the attention term without any (B, heads, L, L) map (minialbert/attention_kl.py); 'materialised':
+    from both models' maps, the reference (same value and gradient, memory and time grow with L²)."""
 
 
 @dataclass
@@ -157,6 +160,8 @@ class RunConfig:
                 raise ConfigError(f"{name}={value!r}: expected {what}")
 
         need(self.loss.mode in ("default", "paper"), "loss.mode", "'default' or 'paper'", self.loss.mode)
+        need(self.loss.attention_kl in ("fused", "materialised"), "loss.attention_kl", "'fused' or 'materialised'",
+             self.loss.attention_kl)
         need(self.train.precision in ("bf16", "fp16", "fp32"), "train.precision", "'bf16', 'fp16' or 'fp32'", self.train.precision)
         for name in ("max_steps", "global_batch_size", "micro_batch_size", "log_every"):
             need(getattr(self.train, name) > 0, f"train.{name}", "a positive integer", getattr(self.train, name))

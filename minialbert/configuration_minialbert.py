@@ -52,6 +52,8 @@ class MiniAlbertConfig(PretrainedConfig):
         pad_token_id: int = 0,
         **kwargs,
     ):
+        # The MLM decoder (H wide) is never tied to the word embeddings (E wide).
+        kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self.vocab_size = vocab_size
         self.embedding_size = embedding_size

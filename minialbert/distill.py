@@ -37,7 +37,7 @@ import torch
 from minialbert import dist
 from minialbert import checkpoint as ckpt
 from minialbert import engine as ds
-from minialbert.config import DEMO_DATA_COMMAND, ConfigError, RunConfig, dump_run_config, load_run_config
+from minialbert.config import DEMO_DATA_COMMAND, ConfigError, LossConfig, RunConfig, dump_run_config, load_run_config
 from minialbert.data import DataError
 from minialbert.losses import LossTerms
 from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
@@ -236,31 +236,14 @@ def main(argv: list[str] | None = None) -> int:
 
     monitor = make_monitor(ctx.is_rank0, run_dir, step, _hparams(cfg, ctx, accum), flops_per_step, peak,
                            ctx.world_size, ctx.device)
-    weights = {"mlm": cfg.loss.mlm, "attention": cfg.loss.attention, "hidden": cfg.loss.hidden, "output": cfg.loss.output}
     progress = _progress(ctx.is_rank0, step, cfg.train.max_steps)
     last_save = time.monotonic()
     batches = iter(stream)
     try:
         while step < cfg.train.max_steps:
             lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step applies
-            micro = [next(batches) for _ in range(accum)]
-            # Means over the whole global batch, however it is split into micro-batches and ranks: each micro-batch
-            # divides by the global counts over (accumulation x world), the engine averages the rest.
-            counts = torch.tensor([float(sum(int(b["attention_mask"].sum()) for b in micro)),
-                                   float(sum(int((b["labels"] != -100).sum()) for b in micro))])
-            global_tokens, global_masked = (dist.all_reduce_mean(counts) * ctx.world_size).tolist()
-            share = accum * ctx.world_size
-            sums = None
-            for batch in micro:
-                batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
-                terms = distillation_forward(engine, teacher, batch, weights, cfg.loss.temperature, cfg.loss.mode,
-                                             num_tokens=global_tokens / share, num_masked=max(global_masked, 1) / share)
-                engine.backward(terms.total)
-                engine.step()
-                sums = terms.scalars() if sums is None else sums + terms.scalars()
+            record, per_recursion, step_tokens = train_step(engine, teacher, batches, accum, cfg.loss, ctx)
             step += 1
-            record, per_recursion = LossTerms.unpack(dist.all_reduce_mean(sums / accum).tolist())
-            step_tokens = int(global_tokens)
             tokens += step_tokens
             record.update(tokens=tokens, step_tokens=step_tokens, lr=lr, grad_norm=ds.grad_norm(engine),
                           loss_scale=ds.loss_scale(engine))
@@ -321,6 +304,28 @@ def _finish(stop: StopFlag, progress, monitor, code: int) -> int:
             pass
     dist.destroy()
     return code
+
+
+def train_step(engine, teacher: Teacher, batches, accum: int, loss: LossConfig, ctx: dist.DistContext):
+    """One optimizer step over ``accum`` micro-batches per rank. Returns the global batch's mean loss terms (the
+    same on every rank: {record key: value}, {term: per recursion}) and its real-token count."""
+    micro = [next(batches) for _ in range(accum)]
+    # Means over the whole global batch, however it is split into micro-batches and ranks: each micro-batch
+    # divides by the global counts over (accumulation x world), the engine averages the rest.
+    counts = torch.tensor([float(sum(int(b["attention_mask"].sum()) for b in micro)),
+                           float(sum(int((b["labels"] != -100).sum()) for b in micro))])
+    global_tokens, global_masked = (dist.all_reduce_mean(counts) * ctx.world_size).tolist()
+    share = accum * ctx.world_size
+    sums = None
+    for batch in micro:
+        batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
+        terms = distillation_forward(engine, teacher, batch, loss, num_tokens=global_tokens / share,
+                                     num_masked=max(global_masked, 1) / share)
+        engine.backward(terms.total)
+        engine.step()
+        sums = terms.scalars() if sums is None else sums + terms.scalars()
+    record, per_recursion = LossTerms.unpack(dist.all_reduce_mean(sums / accum).tolist())
+    return record, per_recursion, int(global_tokens)
 
 
 def _hparams(cfg: RunConfig, ctx: dist.DistContext, accum: int) -> dict:

@@ -8,7 +8,14 @@ The training monitor divides the analytic count by the step time for ``perf/tflo
   whose logits are distilled (the masked ones; every position in the original recipe);
 - student forward + backward: the embedding projection, N recursions of the shared layer with two adapters each,
   the MLM head at the same positions. Backward costs twice the forward (input and weight gradients); the
-  attention products too (eager attention: the maps are distilled).
+  attention products too (eager attention's bmm backward, and flash attention's backward as the counter counts
+  it: dQ, dK, dV, dP, without the recomputed scores);
+- the maps-free attention KL (``attention_kl="fused"``, ``minialbert.attention_kl``): five attention calls per
+  recursion, each as costly as one attention forward — one in the teacher (its LSE and entropy), two in the
+  forward (T·K and S·K with LSE), two in the backward (the swapped column sums) — and, the student's attention
+  now running through a flash kernel, the half forward its backward spends recomputing the scores (counted by
+  ``torch.utils.flop_counter``; without a flash kernel, e.g. attention dropout on CPU, SDPA's math path does not
+  recompute them and the count is that much high). The materialised KL is element-wise work and counts nothing.
 
 Usage::
 
@@ -63,20 +70,35 @@ def student_forward_flops(student_config, batch: int, seq: int, logits_positions
     return flops + _mlm_head_flops(logits_positions, h, c.vocab_size)
 
 
+# Per recursion, in attention forwards: 1 teacher + 2 forward + 2 backward KL calls (see minialbert.attention_kl)
+# and the half of the student attention's flash backward that recomputes the scores.
+FUSED_KL_ATTENTION_CALLS = 5.5
+
+
+def attention_kl_flops(student_config, batch: int, seq: int, attention_kl: str = "fused") -> int:
+    """The maps-free attention KL's attention calls (QKᵀ and PV, 4·B·L²·H each); 0 for the materialised KL."""
+    if attention_kl == "materialised":
+        return 0
+    c = student_config
+    return round(c.num_recursions * FUSED_KL_ATTENTION_CALLS * 4 * batch * seq * seq * c.hidden_size)
+
+
 def distillation_step_flops(teacher_config, student_config, batch: int, seq: int, masked_fraction: float = 0.15,
-                            teacher_layers_run: int | None = None, all_positions_logits: bool = False) -> int:
+                            teacher_layers_run: int | None = None, all_positions_logits: bool = False,
+                            attention_kl: str = "fused") -> int:
     """Model FLOPs of one distillation training step (teacher forward + student forward and backward).
 
     ``masked_fraction``: the share of the B·L positions whose logits are computed (the masked ones), or pass
     ``all_positions_logits=True`` for the original recipe's full-vocabulary logits at every position.
     ``teacher_layers_run``: layers the teacher runs (all when its logits are distilled; else up to the last
-    mapped layer).
+    mapped layer). ``attention_kl``: "fused" (the default step) or "materialised" (see ``attention_kl_flops``).
     """
     if batch <= 0 or seq <= 0 or not 0.0 <= masked_fraction <= 1.0:
         raise ValueError(f"batch={batch}, seq={seq}, masked_fraction={masked_fraction}: expected positive sizes and a fraction in [0, 1]")
     positions = batch * seq if all_positions_logits else round(masked_fraction * batch * seq)
     teacher = teacher_forward_flops(teacher_config, batch, seq, positions, teacher_layers_run)
-    return teacher + 3 * student_forward_flops(student_config, batch, seq, positions)
+    student = 3 * student_forward_flops(student_config, batch, seq, positions)
+    return teacher + student + attention_kl_flops(student_config, batch, seq, attention_kl)
 
 
 def _default_size(device: torch.device) -> int:

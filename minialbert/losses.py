@@ -14,6 +14,11 @@ Two modes, differing only in the attention term:
   ``default``  the KL of each row (a distribution over keys), averaged over heads and real query tokens.
 Everything else (the teacher's dropout, fixed in ``teacher.py``) is outside this module. Logits arrive only
 at the masked positions (M, V), for teacher and student alike; no masked_select copies are made.
+
+The attention term has two implementations with the same value and gradient: ``attention_kl`` on the
+(B, heads, L, L) maps (the reference), and ``attention_kl.fused_attention_kl`` on queries and keys, which never
+makes a map (see that module for the math and the EPS difference). ``distillation_losses`` picks by what it is
+given: maps, or (query, key) pairs and ``TeacherAttention``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .attention_kl import TeacherAttention, fused_attention_kl
 
 EPS = 1e-12  # the original's epsilon in log(map + eps), and torch's in CosineEmbeddingLoss
 
@@ -75,6 +82,15 @@ def attention_kl(s_probs: torch.Tensor, t_probs: torch.Tensor, row_mask: torch.T
     return (row_kl * rows).sum() / (heads * tokens)
 
 
+def attention_term(student, teacher, row_mask: torch.Tensor, mode: str, num_tokens: float | None = None) -> torch.Tensor:
+    """One recursion's attention KL: maps (B, heads, L, L) for both, or the student's (query, key) heads and the
+    teacher layer's ``TeacherAttention`` (maps-free)."""
+    if isinstance(teacher, TeacherAttention):
+        query, key = student
+        return fused_attention_kl(query, key, teacher, row_mask, mode, num_tokens)
+    return attention_kl(student, teacher, row_mask, mode, num_tokens)
+
+
 def hidden_cosine(s_hidden: torch.Tensor, t_hidden: torch.Tensor, token_mask: torch.Tensor,
                   num_tokens: float | None = None) -> torch.Tensor:
     """Mean over real tokens of 1 - cos(s, t), cos = <s,t> / sqrt((|s|^2 + eps)(|t|^2 + eps)) as in torch."""
@@ -102,10 +118,10 @@ def mlm_cross_entropy(s_logits: torch.Tensor, labels: torch.Tensor, num_masked: 
 def distillation_losses(
     *,
     student_hidden: list[torch.Tensor],
-    student_attentions: list[torch.Tensor],
+    student_attentions: list,
     student_logits: torch.Tensor,
     teacher_hidden: list[torch.Tensor],
-    teacher_attentions: list[torch.Tensor],
+    teacher_attentions: list,
     teacher_logits: torch.Tensor | None,
     attention_mask: torch.Tensor,
     masked_labels: torch.Tensor,
@@ -116,12 +132,13 @@ def distillation_losses(
     num_masked: float | None = None,
 ) -> LossTerms:
     """All terms. ``student_hidden``: the N recursion outputs (not the embeddings); ``teacher_*``: the mapped
-    layers, in recursion order. ``teacher_logits`` None (an encoder-only teacher) turns the output term off.
+    layers, in recursion order. ``student_attentions`` / ``teacher_attentions``: maps, or (query, key) pairs /
+    ``TeacherAttention`` (see ``attention_term``). ``teacher_logits`` None (an encoder-only teacher) turns the output term off.
 
     ``num_tokens`` / ``num_masked``: the real-token and masked-token counts the means divide by (default: this
     batch's). Gradient accumulation passes the whole global batch's counts divided by the number of micro-batches,
     so that the accumulated gradient is that of one mean over the global batch, whatever its split."""
-    att = torch.stack([attention_kl(s, t, attention_mask, mode, num_tokens)
+    att = torch.stack([attention_term(s, t, attention_mask, mode, num_tokens)
                        for s, t in zip(student_attentions, teacher_attentions)])
     hid = torch.stack([hidden_cosine(s, t, attention_mask, num_tokens) for s, t in zip(student_hidden, teacher_hidden)])
     mlm = mlm_cross_entropy(student_logits, masked_labels, num_masked)

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
     MaskedLMOutput,
@@ -31,10 +34,23 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
+from .blockwise_attention import blockwise_attention
 from .configuration_minialbert import MiniAlbertConfig
 
 ADAPTER_WEIGHTS_NAME = "adapters.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
+
+
+@dataclass
+class MiniAlbertModelOutput(BaseModelOutput):
+    query_keys: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+    """Per recursion, the attention's (query, key) heads, each (B, heads, L, d), when asked for."""
+
+
+@dataclass
+class MiniAlbertMaskedLMOutput(MaskedLMOutput):
+    query_keys: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+    """Per recursion, the attention's (query, key) heads, each (B, heads, L, d), when asked for."""
 
 
 class MiniAlbertEmbeddings(nn.Module):
@@ -49,14 +65,20 @@ class MiniAlbertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(e, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        seq_len = input_ids.shape[1]
+    def forward(self, input_ids: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """``inputs_embeds``: (B, L, E) word embeddings given instead of ``input_ids``."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        words = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, E)
+        seq_len = words.shape[1]
         if seq_len > self.position_embeddings.num_embeddings:
             raise ValueError(
                 f"sequence length {seq_len} exceeds max_position_embeddings={self.position_embeddings.num_embeddings}"
             )
-        positions = torch.arange(seq_len, device=input_ids.device)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)  # (B, L, E)
+        if position_ids is None:
+            position_ids = torch.arange(seq_len, device=words.device)
+        x = words + self.position_embeddings(position_ids)  # (B, L, E)
         if token_type_ids is None:
             x = x + self.token_type_embeddings.weight[0]
         else:
@@ -64,11 +86,37 @@ class MiniAlbertEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(x))
 
 
+def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    key_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float = 1.0, **_: object):
+    """Attention with its maps (attn_implementation "eager", and whenever the maps are asked for), in the original
+    code's arithmetic: scores + (1 - mask) * finfo.min, softmax, dropout. (B, heads, L, d) in; returns the context
+    (B, L, heads, d) and the maps (B, heads, L, L). ``key_mask``: (B, 1, 1, L) bool, True at real keys."""
+    scores = query @ key.transpose(-1, -2) * scaling  # (B, heads, L, L)
+    if key_mask is not None:
+        scores = scores + (~key_mask).to(scores.dtype) * torch.finfo(scores.dtype).min
+    probs = scores.softmax(dim=-1)
+    context = F.dropout(probs, dropout, module.training) @ value  # (B, heads, L, d)
+    return context.transpose(1, 2), probs
+
+
+def sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   key_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float = 1.0, **_: object):
+    """attn_implementation "sdpa" (the default): no maps. On CPU with dropout, SDPA has no fused kernel and its math
+    path would keep fp32 (B, heads, L, L) maps: there the attention runs blockwise instead."""
+    if dropout > 0 and query.device.type == "cpu":
+        bias = None if key_mask is None else (~key_mask).to(query.dtype) * torch.finfo(query.dtype).min  # (B, 1, 1, L)
+        context = blockwise_attention(query, key, value, bias, dropout)
+    else:
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask, dropout_p=dropout, scale=scaling)
+    return context.transpose(1, 2), None
+
+
 class MiniAlbertAttention(nn.Module):
     """Post-LN multi-head self-attention block: LN(x + dropout(Wo · MHA(x)))."""
 
     def __init__(self, config: MiniAlbertConfig):
         super().__init__()
+        self.config = config  # the model's: config._attn_implementation ("eager" / "sdpa") is read at each call
         h = config.hidden_size
         self.num_heads = config.num_attention_heads
         self.head_dim = h // self.num_heads
@@ -85,24 +133,22 @@ class MiniAlbertAttention(nn.Module):
         return x.view(b, l, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, L, d)
 
     def forward(
-        self, x: torch.Tensor, key_mask: torch.Tensor | None, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``key_mask``: (B, 1, 1, L) bool, True where the key is a real token (None: attend everywhere)."""
+        self, x: torch.Tensor, key_mask: torch.Tensor | None, output_attentions: bool = False,
+        output_query_key: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        """``key_mask``: (B, 1, 1, L) bool, True where the key is a real token (None: attend everywhere).
+
+        Returns the block's output, the maps when ``output_attentions`` and the (B, heads, L, d) query and key
+        heads when ``output_query_key`` (what a maps-free attention distillation reads; attention stays SDPA)."""
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         dropout_p = self.attention_dropout_p if self.training else 0.0
-        probs = None
-        if output_attentions:
-            # Eager path: the maps are needed (distillation). Same arithmetic as the original code:
-            # scores + (1 - mask) * finfo.min, softmax, dropout.
-            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, heads, L, L)
-            if key_mask is not None:
-                scores = scores + (~key_mask).to(scores.dtype) * torch.finfo(scores.dtype).min
-            probs = scores.softmax(dim=-1)
-            context = F.dropout(probs, dropout_p, self.training) @ v  # (B, heads, L, d)
-        else:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
-        context = context.transpose(1, 2).flatten(2)  # (B, L, H)
-        return self.LayerNorm(x + self.output_dropout(self.dense(context))), probs
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention = sdpa_attention if implementation == "sdpa" else ALL_ATTENTION_FUNCTIONS.get_interface(
+            implementation, eager_attention)
+        context, probs = attention(self, q, k, v, key_mask, dropout=dropout_p, scaling=1 / math.sqrt(self.head_dim))
+        context = context.flatten(2)  # (B, L, heads, d) -> (B, L, H)
+        out = self.LayerNorm(x + self.output_dropout(self.dense(context)))
+        return out, probs if output_attentions else None, (q, k) if output_query_key else None
 
 
 class MiniAlbertFeedForward(nn.Module):
@@ -120,13 +166,24 @@ class MiniAlbertFeedForward(nn.Module):
         return self.LayerNorm(x + self.dropout(self.ffn_output(self.activation(self.ffn(x)))))
 
 
-class MiniAlbertLayer(nn.Module):
-    """The one shared transformer layer; the recursion loop (with adapters between blocks) is in the model."""
+class MiniAlbertLayer(GradientCheckpointingLayer):
+    """The one shared transformer layer, applied once per recursion with that recursion's adapters (between the
+    blocks). With gradient checkpointing on, each application keeps only its input and is recomputed backward."""
 
     def __init__(self, config: MiniAlbertConfig):
         super().__init__()
         self.attention = MiniAlbertAttention(config)
         self.ffn = MiniAlbertFeedForward(config)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, adapters: "RecursionAdapters | None" = None,
+                output_attentions: bool = False, output_query_key: bool = False):
+        """(B, L, H) in; returns (B, L, H), the maps or None, the (query, key) heads or None."""
+        if adapters is not None:
+            x = adapters.attention(x)
+        x, probs, query_key = self.attention(x, key_mask, output_attentions, output_query_key)
+        if adapters is not None:
+            x = adapters.ffn(x)
+        return self.ffn(x), probs, query_key
 
 
 class BottleneckAdapter(nn.Module):
@@ -156,12 +213,35 @@ class MiniAlbertPreTrainedModel(PreTrainedModel):
     config_class = MiniAlbertConfig
     config: MiniAlbertConfig
     base_model_prefix = "minialbert"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True  # each recursion is checkpointed (MiniAlbertModel.forward)
+    _supports_sdpa = True  # attn_implementation "sdpa" (the default) or "eager"; maps always come from eager
     # Names (prefixes of parameter names) of the task head; the head trains with the adapters.
     _head_prefixes: tuple[str, ...] = ()
 
     def _base(self) -> "MiniAlbertModel":
         return self if isinstance(self, MiniAlbertModel) else self.minialbert
+
+    def get_position_embeddings(self) -> nn.Embedding:
+        return self._base().embeddings.position_embeddings
+
+    @torch.no_grad()
+    def resize_position_embeddings(self, new_num_position_embeddings: int) -> None:
+        """Longer (or shorter) inputs: keep the first positions' vectors, initialise new ones as at construction."""
+        embeddings = self._base().embeddings
+        old = embeddings.position_embeddings
+        new = nn.Embedding(new_num_position_embeddings, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        self._init_weights(new)
+        keep = min(old.num_embeddings, new_num_position_embeddings)
+        new.weight[:keep] = old.weight[:keep]
+        embeddings.position_embeddings = new
+        self.config.max_position_embeddings = new_num_position_embeddings
+
+    def _output_flags(self, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+        """The call's choices, or the config's where the call says None."""
+        c = self.config
+        return (c.output_attentions if output_attentions is None else output_attentions,
+                c.output_hidden_states if output_hidden_states is None else output_hidden_states,
+                c.return_dict if return_dict is None else return_dict)
 
     # ----- adapter tuning -------------------------------------------------------------------------------------
     def add_adapters(self, reduction_factor: int | None = None) -> None:
@@ -275,34 +355,39 @@ class MiniAlbertModel(MiniAlbertPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **_: object,
-    ) -> BaseModelOutput:
-        # Maps are only computed when asked for; otherwise attention runs through SDPA.
+        output_query_key: bool = False,
+    ) -> MiniAlbertModelOutput | tuple:
+        """``output_attentions`` / ``output_hidden_states`` / ``return_dict``: None takes the config's.
+        ``output_query_key``: also return each recursion's (B, heads, L, d) query and key heads."""
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict)
+        # Maps are only computed when asked for (or with eager attention); otherwise attention runs through SDPA.
         key_mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (B, 1, 1, L)
-        x = self.embeddings(input_ids, token_type_ids)  # (B, L, E)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, L, E)
         if self.embedding_projection is not None:
             x = self.embedding_projection(x)  # (B, L, H)
-        hidden_states, attentions = [x], []
+        hidden_states, attentions, query_keys = [x], [], []
         for i in range(self.config.num_recursions):
-            if self.adapters is not None:
-                x = self.adapters[i].attention(x)
-            x, probs = self.layer.attention(x, key_mask, output_attentions)
-            if self.adapters is not None:
-                x = self.adapters[i].ffn(x)
-            x = self.layer.ffn(x)
+            adapters = None if self.adapters is None else self.adapters[i]
+            x, probs, qk = self.layer(x, key_mask, adapters, output_attentions, output_query_key)
             hidden_states.append(x)
             attentions.append(probs)
-        return BaseModelOutput(
+            query_keys.append(qk)
+        out = MiniAlbertModelOutput(
             last_hidden_state=x,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,
+            query_keys=tuple(query_keys) if output_query_key else None,
         )
+        return out if return_dict else out.to_tuple()
 
 
 class MiniAlbertMLMHead(nn.Module):
@@ -327,25 +412,34 @@ class MiniAlbertForMaskedLM(MiniAlbertPreTrainedModel):
         self.mlm_head = MiniAlbertMLMHead(config)
         self.post_init()
 
-    def get_output_embeddings(self) -> None:
-        return None  # the decoder is not tied to the (narrower) word embeddings
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.mlm_head.decoder  # not tied to the (narrower) word embeddings; resized with them
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.mlm_head.decoder = value
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         logits_positions: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **_: object,
-    ) -> MaskedLMOutput:
+        output_query_key: bool = False,
+    ) -> MiniAlbertMaskedLMOutput | tuple:
         """``logits_positions``: optional (M,) flat indices into B*L; then logits are (M, V) for those positions
-        only (the masked ones in distillation), never a (B, L, V) tensor, and ``labels`` (B, L) are read there."""
+        only (the masked ones in distillation), never a (B, L, V) tensor, and ``labels`` (B, L) are read there.
+        ``output_query_key``: also return each recursion's attention query and key heads (see the attention)."""
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict)
         out = self.minialbert(
-            input_ids, attention_mask, token_type_ids, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, output_query_key=output_query_key,
         )
         seq = out.last_hidden_state  # (B, L, H)
         if logits_positions is not None:
@@ -355,7 +449,9 @@ class MiniAlbertForMaskedLM(MiniAlbertPreTrainedModel):
         if labels is not None:
             targets = labels.reshape(-1) if logits_positions is None else labels.reshape(-1).index_select(0, logits_positions)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, ignore_index=-100)
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        result = MiniAlbertMaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                          attentions=out.attentions, query_keys=out.query_keys)
+        return result if return_dict else result.to_tuple()
 
 
 class _MiniAlbertWithClassifier(MiniAlbertPreTrainedModel):
@@ -377,18 +473,20 @@ class MiniAlbertForSequenceClassification(_MiniAlbertWithClassifier):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **_: object,
-    ) -> SequenceClassifierOutput:
-        out = self.minialbert(
-            input_ids, attention_mask, token_type_ids, output_attentions=output_attentions, output_hidden_states=output_hidden_states
-        )
+    ) -> SequenceClassifierOutput | tuple:
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict)
+        out = self.minialbert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                              output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         logits = self.classifier(self.dropout(out.last_hidden_state[:, 0]))  # (B, num_labels)
         loss = None
         if labels is not None:
@@ -405,7 +503,9 @@ class MiniAlbertForSequenceClassification(_MiniAlbertWithClassifier):
                 loss = F.cross_entropy(logits.float(), labels.view(-1))
             else:
                 loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        result = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                          attentions=out.attentions)
+        return result if return_dict else result.to_tuple()
 
 
 class MiniAlbertForTokenClassification(_MiniAlbertWithClassifier):
@@ -413,20 +513,24 @@ class MiniAlbertForTokenClassification(_MiniAlbertWithClassifier):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **_: object,
-    ) -> TokenClassifierOutput:
-        out = self.minialbert(
-            input_ids, attention_mask, token_type_ids, output_attentions=output_attentions, output_hidden_states=output_hidden_states
-        )
+    ) -> TokenClassifierOutput | tuple:
+        output_attentions, output_hidden_states, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict)
+        out = self.minialbert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                              output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, L, num_labels)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        result = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                       attentions=out.attentions)
+        return result if return_dict else result.to_tuple()

@@ -2,19 +2,22 @@
 
 The teacher lives outside the DeepSpeed engine: frozen, eval mode, ``no_grad``, in bf16 when the run is. Its
 forward reuses the Hugging Face modules' weights but computes only what the losses read: hidden states of the
-mapped layers, attention probabilities of the mapped layers (every other layer runs through SDPA), and MLM
-logits at the masked positions only. Layers after the last mapped one are skipped when no logits are needed.
+mapped layers, what the attention term needs of the mapped layers — their attention probabilities (the
+materialised reference) or only their query and key heads (``attention_kl.TeacherAttention``, the maps-free
+path; every layer then runs through SDPA) — and MLM logits at the masked positions only. Layers after the last mapped one are skipped when no logits are needed.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .attention_kl import TeacherAttention
 
 
 class TeacherError(ValueError):
@@ -38,6 +41,8 @@ class TeacherOutput:
     """One (B, heads, L, L) probability tensor per recursion (empty when not asked for)."""
     logits: torch.Tensor | None
     """(M, V) at the requested positions, or None (no MLM head / not asked)."""
+    query_keys: list[TeacherAttention] = field(default_factory=list)
+    """One per recursion when asked for (``output_query_key=True``): the mapped layer's query and key heads."""
 
 
 class Teacher(nn.Module):
@@ -65,7 +70,8 @@ class Teacher(nn.Module):
     def train(self, mode: bool = True) -> "Teacher":
         return super().train(False)  # always eval: dropout off (the original left its teacher in train mode)
 
-    def _attention(self, layer: nn.Module, x: torch.Tensor, key_mask: torch.Tensor, want_probs: bool):
+    def _attention(self, layer: nn.Module, x: torch.Tensor, key_mask: torch.Tensor, want_probs: bool,
+                   want_query_key: bool = False):
         sa = layer.attention.self
         b, l, h = x.shape
         d = h // self.num_heads
@@ -84,7 +90,7 @@ class Teacher(nn.Module):
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         context = context.transpose(1, 2).reshape(b, l, h)
         out = layer.attention.output
-        return out.LayerNorm(out.dense(context) + x), probs
+        return out.LayerNorm(out.dense(context) + x), probs, (q, k) if want_query_key else None
 
     @torch.no_grad()
     def forward(
@@ -94,26 +100,32 @@ class Teacher(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         logits_positions: torch.Tensor | None = None,
         output_attentions: bool = True,
+        output_query_key: bool = False,
     ) -> TeacherOutput:
+        """``output_attentions``: the mapped layers' maps; ``output_query_key``: their ``TeacherAttention`` (query
+        and key heads) instead, and no map of any layer is made."""
         key_mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, L)
         x = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         want_logits = logits_positions is not None and self.has_mlm_head
         last = len(self.layers) if want_logits else self.layer_map[-1]
         mapped = set(self.layer_map)
-        hidden, attentions = [], []
+        hidden, attentions, stats = [], [], []
         for i in range(1, last + 1):
             layer = self.layers[i - 1]
-            x, probs = self._attention(layer, x, key_mask, output_attentions and i in mapped)
+            want_probs = output_attentions and not output_query_key and i in mapped
+            x, probs, qk = self._attention(layer, x, key_mask, want_probs, output_query_key and i in mapped)
             x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
             if i in mapped:
                 hidden.append(x)
                 if probs is not None:
                     attentions.append(probs)
+                if qk is not None:
+                    stats.append(TeacherAttention(*qk))
         logits = None
         if want_logits:
             picked = x.reshape(-1, x.shape[-1]).index_select(0, logits_positions)  # (M, H)
             logits = self.mlm_head(picked)  # (M, V)
-        return TeacherOutput(hidden, attentions, logits)
+        return TeacherOutput(hidden, attentions, logits, stats)
 
 
 def load_teacher(path: str | Path, num_recursions: int, layer_map: list[int] | None = None,

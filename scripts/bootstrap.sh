@@ -13,6 +13,19 @@ if ! "$py" -c 'import torch' 2>/dev/null; then
 fi
 extras=${MINIALBERT_EXTRAS:-test,demo}
 "$py" -m pip install -q --disable-pip-version-check -e ".[$extras]"
+# transformers' own common model tests (tests/test_hf_common.py) come from the sdist of the installed version.
+tf_version=$("$py" -c 'import transformers; print(transformers.__version__)' 2>/dev/null)
+tf_tests=.cache/transformers-tests/$tf_version/tests
+if [ ! -f "$tf_tests/test_modeling_common.py" ]; then
+    tmp=$(mktemp -d)
+    "$py" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: --no-build-isolation \
+        "transformers==$tf_version" -d "$tmp"
+    tar -xzf "$tmp/transformers-$tf_version.tar.gz" -C "$tmp" "transformers-$tf_version/tests"
+    touch "$tmp/transformers-$tf_version/tests/__init__.py"  # the sdist leaves out the package's empty __init__
+    mkdir -p "$(dirname "$tf_tests")"
+    rm -rf "$tf_tests" && mv "$tmp/transformers-$tf_version/tests" "$tf_tests"
+    rm -rf "$tmp"
+fi
 # DeepSpeed JIT-compiles its CPU shared-memory collective op on first use (~30-100 s). Build it once here, in one
 # process, so that ranks started together (tests, the demo, Slurm jobs) find it cached instead of racing to build it.
 if [ -z "${CUDA_VISIBLE_DEVICES:-}" ] && ! "$py" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then

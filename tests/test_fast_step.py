@@ -83,9 +83,12 @@ def test_flop_count_matches_flop_counter(tiny):
     masked = int((batch["labels"] != -100).sum())
     original = OriginalRecipe.build(teacher, student)
     fast = FastRecipe.build(teacher, student, torch.float32, mode="paper")
+    maps = FastRecipe.build(teacher, student, torch.float32, mode="paper", attention_kl="materialised")
     assert counted_flops(lambda: original.step(batch)) == distillation_step_flops(
-        teacher_cfg, student_cfg, 2, 16, masked / 32, all_positions_logits=True)
+        teacher_cfg, student_cfg, 2, 16, masked / 32, all_positions_logits=True, attention_kl="materialised")
     assert counted_flops(lambda: fast.step(batch)) == distillation_step_flops(teacher_cfg, student_cfg, 2, 16, masked / 32)
+    assert counted_flops(lambda: maps.step(batch)) == distillation_step_flops(
+        teacher_cfg, student_cfg, 2, 16, masked / 32, attention_kl="materialised")
 
 
 def test_flops_reject_bad_sizes(tiny):

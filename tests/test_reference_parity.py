@@ -36,6 +36,7 @@ def test_forward_parity(case_dir, tmp_path):
 @case_params
 def test_loss_parity(case_dir, tmp_path):
     meta, inputs, expected = load_case(case_dir)
+    from minialbert.config import LossConfig
     from minialbert.step import distillation_forward
     from minialbert.teacher import load_teacher
 
@@ -43,8 +44,9 @@ def test_loss_parity(case_dir, tmp_path):
     teacher = load_teacher(case_dir / "teacher", student.config.num_recursions)
     assert teacher.layer_map == [p["teacher_layer_1based"] for p in meta["layer_mapping"]["pairs"]]
     weights = {k: meta["loss_weights"][k] for k in ("mlm", "attention", "hidden", "output")}
+    loss = LossConfig(mode="paper", temperature=meta["temperature"], **weights)
     with torch.no_grad():
-        terms = distillation_forward(student, teacher, inputs, weights, meta["temperature"], mode="paper")
+        terms = distillation_forward(student, teacher, inputs, loss)
     for name in ("mlm", "attention", "hidden", "output", "total"):
         torch.testing.assert_close(getattr(terms, name), expected[f"{name}_loss"], rtol=1e-4, atol=0, msg=name)
     torch.testing.assert_close(terms.attention_per_recursion, expected["attention_loss_per_recursion"], rtol=1e-4, atol=0)

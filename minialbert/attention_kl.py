@@ -1,0 +1,232 @@
+"""Attention distillation without attention maps: the exact KL(teacher || student) of attention rows, computed
+from queries and keys by attention calls, forward and backward, with no (B, heads, L, L) tensor.
+
+For one head and one query row i, with the student's scaled masked scores S_ij = q_i·k_j / √d over the real keys
+j, its probabilities s_i = softmax(S_i) and the teacher's t_i = softmax(S^t_i):
+
+    KL(t_i || s_i) = Σ_j t_ij log t_ij  -  Σ_j t_ij S_ij  +  LSE_j(S_ij)
+                   = H_i                -  q_i·(T K)_i / √d  +  LSE_i
+
+- (T K)_i = Σ_j t_ij k_j is attention with the teacher's queries and keys and the *student's* keys as values;
+- LSE_i comes with the student's attention over its own keys (the flash kernels return it);
+- H_i = Σ_j t_ij log t_ij = q^t_i·(T K^t)_i / √d - LSE^t_i, the teacher's negative entropy, one more attention
+  call (``teacher_statistics``), without gradient.
+
+Gradient: ∂KL_i/∂S_ij = s_ij - t_ij, so for row weights g_i
+
+    ∂q_i = g_i ((S K)_i - (T K)_i) / √d,          (S K)_i = Σ_j s_ij k_j  (student attention, its keys as values)
+    ∂k_j = (Σ_i s_ij g_i q_i - Σ_i t_ij g_i q_i) / √d.
+
+The column sums Σ_i p_ij x_i (p = s or t) are attention with the roles swapped: queries k_j, keys q_i, values x_i
+and a per-key bias -LSE_i, so that exp(S_ij - LSE_i) = p_ij; that call's own normaliser is exp(LSE'_j) = Σ_i p_ij
+(at most L), hence Σ_i p_ij x_i = exp(LSE'_j) · out'_j. Forward: three attention calls per layer (one for the
+teacher's LSE and entropy); backward: two. Everything is O(B·heads·L·d) in memory.
+
+Two routes compute this (``method``):
+- ``attention`` (the default): the five attention calls above, each a fused kernel that returns its LSE (CPU
+  flash attention; CUDA memory-efficient attention, which takes the additive bias);
+- ``blockwise``: blocks of query rows, each block's (B, heads, rows, L) log-probabilities of both models
+  recomputed from q and k (forward, and again in backward), KL summed per row, ∂S = g (s - t) fed straight to
+  two matmuls: 3 attention-forwards of matmul work instead of 5, but fp32 element-wise work on every block.
+  Memory O(block + B·heads·L·d). Measured slower on the 2-core EPYC VM (1.05 s against 0.83 s at b8 L512,
+  docs/performance.md); kept as the exact per-element cross-check and for devices without such a kernel.
+
+Exactness against ``losses.attention_kl`` (the materialised maps): that one adds EPS = 1e-12 inside log(s + EPS)
+(and to t in paper mode); this module computes the KL itself. The two differ by about EPS · Σ_j t_ij / s_ij per
+row — below fp32 resolution unless a student probability falls under ~1e-8 where the teacher's does not (the
+materialised term then clips log s at log 1e-12 = -27.6, this one does not). Paper mode's extra
+EPS·Σ_j (log(t_ij + EPS) - log(s_ij + EPS)) per row is likewise dropped. The scaling per mode is the same:
+``default`` divides the sum of row KLs by heads x real tokens, ``paper`` also by L.
+
+Masking: padded keys get a -inf bias (finfo.min in the blockwise route, so that 0 · (log t - log s) stays 0);
+padded query rows get weight 0 (and so no gradient). A sequence with no
+real key at all (an all-padding row of the batch) would have LSE = -inf; it is computed as if every key were
+real (finite numbers) and all its rows are weighted 0, as the materialised path's rows are. The KL calls run in
+fp32 (fp64 for fp64 inputs) whatever the models' dtype, as the materialised loss upcasts its maps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+CHUNK_ROWS = 256  # query rows per block of the fallback attention: a (B, heads, 256, L) score block at most
+BLOCK_ELEMENTS = 1 << 22  # scores per block of the blockwise KL: (B, heads, rows, L), a few fp32 copies of it live
+METHODS = ("attention", "blockwise")
+
+
+@dataclass
+class TeacherAttention:
+    """What the attention KL needs of one mapped teacher layer — its query and key heads, no map."""
+
+    query: torch.Tensor
+    """(B, heads, L, d), the teacher's dtype."""
+    key: torch.Tensor
+    """(B, heads, L, d)."""
+
+
+# ----- attention with its log-sum-exp ---------------------------------------------------------------------------
+def _attend_chunked(q, k, v, bias, scale):
+    """Plain PyTorch, blocks of CHUNK_ROWS query rows: at most a (B, heads, CHUNK_ROWS, Lk) score block lives."""
+    outs, lses = [], []
+    for start in range(0, q.shape[-2], CHUNK_ROWS):
+        scores = q[..., start:start + CHUNK_ROWS, :] @ k.transpose(-1, -2) * scale + bias  # (B, h, C, Lk)
+        lse = scores.logsumexp(-1)  # (B, h, C)
+        outs.append(torch.exp(scores - lse[..., None]) @ v)
+        lses.append(lse)
+    return torch.cat(outs, -2), torch.cat(lses, -1)
+
+
+def _attend_cuda(q, k, v, bias, scale):
+    """Memory-efficient attention (it takes an additive bias and returns the LSE); the bias is a broadcast view."""
+    lk = k.shape[-2]
+    pad = -lk % 16  # the kernel wants the bias rows 16-element aligned; pad and slice, as SDPA itself does
+    full = torch.zeros(*bias.shape[:-1], lk + pad, dtype=q.dtype, device=q.device)
+    full[..., :lk] = bias
+    b = full[..., :lk].expand(q.shape[0], q.shape[1], q.shape[-2], lk)
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, b, True, scale=scale)[:2]
+    return out, lse[..., :q.shape[-2]]
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float):
+    """softmax(q kᵀ·scale + bias) v and its log-sum-exp, without a (Lq, Lk) tensor where a fused kernel exists.
+
+    q (B, h, Lq, d), k (B, h, Lk, d), v (B, h, Lk, dv); ``bias`` (B, 1|h, 1, Lk): one additive bias per key
+    (0 or -inf for masking, -LSE for the swapped calls). Returns out (B, h, Lq, dv) and lse (B, h, Lq).
+    No autograd: callers differentiate by hand."""
+    with torch.no_grad():
+        if q.device.type == "cpu":
+            # CPU flash attention (fp32/fp64/bf16) takes a broadcast additive mask and returns the LSE.
+            return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q, k, v, attn_mask=bias.to(q.dtype), scale=scale)
+        if q.device.type == "cuda":
+            try:
+                return _attend_cuda(q, k, v, bias, scale)
+            except RuntimeError:  # a shape/dtype the kernel refuses: the blockwise fallback is exact too
+                pass
+        return _attend_chunked(q, k, v, bias.to(q.dtype), scale)
+
+
+# ----- masking ----------------------------------------------------------------------------------------------------
+def key_bias(attention_mask: torch.Tensor, dtype: torch.dtype, fill: float = float("-inf")):
+    """(B, L) 0/1 mask -> additive key bias (B, 1, 1, L) (0 / ``fill``) and the keys treated as real (B, L) bool.
+
+    A sequence without any real key attends to all its keys instead (finite numbers; its rows weigh 0)."""
+    real = attention_mask.bool()
+    real = real | ~real.any(-1, keepdim=True)
+    bias = torch.zeros(real.shape, dtype=dtype, device=real.device).masked_fill(~real, fill)
+    return bias[:, None, None, :], real
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+# ----- the attention route ------------------------------------------------------------------------------------------
+@torch.no_grad()
+def teacher_statistics(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's LSE and negative entropy Σ_j t_ij log t_ij per query row (B, heads, L), from its queries and
+    keys (B, heads, L, d) in the compute dtype."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    tk, lse = attend(q, k, k, bias, scale)  # (B, h, L, d): Σ_j t_ij k_j; (B, h, L)
+    return lse, (q * tk).sum(-1) * scale - lse  # Σ_j t_ij S^t_ij - LSE^t_i = Σ_j t_ij log t_ij
+
+class _CrossEntropyRows(torch.autograd.Function):
+    """Per query row, LSE_i(S) - Σ_j t_ij S_ij: KL(t_i || s_i) minus the teacher's negative entropy. (B, h, L).
+
+    Differentiable in the student's q and k only; the teacher is frozen."""
+
+    @staticmethod
+    def forward(ctx, q_s, k_s, q_t, k_t, lse_t, bias, real):
+        scale = 1.0 / math.sqrt(q_s.shape[-1])
+        tk, _ = attend(q_t, k_t, k_s, bias, scale)  # (B, h, L, d): Σ_j t_ij k_j
+        sk, lse_s = attend(q_s, k_s, k_s, bias, scale)  # Σ_j s_ij k_j and LSE_i
+        ctx.save_for_backward(q_s, k_s, q_t, k_t, lse_t, lse_s, tk, sk, real)
+        ctx.scale = scale
+        return lse_s - (q_s * tk).sum(-1) * scale
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # grad (B, h, L): g_i
+        q_s, k_s, q_t, k_t, lse_t, lse_s, tk, sk, real = ctx.saved_tensors
+        scale = ctx.scale
+        g = grad[..., None]  # (B, h, L, 1)
+        d_q = g * (sk - tk) * scale
+        x = g * q_s  # (B, h, L, d): the values of the swapped calls
+        # Σ_i s_ij x_i and Σ_i t_ij x_i: queries k_j, keys q_i, bias -LSE_i (one per key of the swapped call).
+        col_s, lse_cs = attend(k_s, q_s, x, -lse_s[:, :, None, :], scale)
+        col_t, lse_ct = attend(k_t, q_t, x, -lse_t[:, :, None, :], scale)
+        d_k = (lse_cs.exp()[..., None] * col_s - lse_ct.exp()[..., None] * col_t) * scale
+        # Padded keys j had no weight in any row; their swapped sums are meaningless (even inf), so zero them.
+        d_k = d_k.masked_fill(~real[:, None, :, None], 0.0)
+        return d_q, d_k, None, None, None, None, None
+
+
+# ----- the blockwise route -------------------------------------------------------------------------------------------
+def _log_probs(q_block: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(B, heads, rows, Lk) log-probabilities of pre-scaled queries; padded keys at about finfo.min."""
+    return (q_block @ k.transpose(-1, -2) + bias).log_softmax(-1)
+
+
+class _BlockwiseRowKL(torch.autograd.Function):
+    """KL(t_i || s_i) per query row, (B, heads, L), from pre-scaled contiguous queries: blocks of query rows."""
+
+    @staticmethod
+    def forward(ctx, q_s, k_s, q_t, k_t, bias):
+        b, h, seq, _ = q_s.shape
+        rows = max(1, min(seq, BLOCK_ELEMENTS // (b * h * k_s.shape[-2])))
+        out = []
+        for start in range(0, seq, rows):
+            log_s = _log_probs(q_s[..., start:start + rows, :], k_s, bias)
+            log_t = _log_probs(q_t[..., start:start + rows, :], k_t, bias)
+            out.append((log_t.exp() * (log_t - log_s)).sum(-1))
+        ctx.save_for_backward(q_s, k_s, q_t, k_t, bias)
+        ctx.rows = rows
+        return torch.cat(out, -1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # grad (B, heads, L): g_i
+        q_s, k_s, q_t, k_t, bias = ctx.saved_tensors
+        rows = ctx.rows
+        d_q, d_k = torch.empty_like(q_s), torch.zeros_like(k_s)
+        for start in range(0, q_s.shape[-2], rows):
+            q_b = q_s[..., start:start + rows, :]
+            s = _log_probs(q_b, k_s, bias).exp_()
+            t = _log_probs(q_t[..., start:start + rows, :], k_t, bias).exp_()
+            d_scores = (s - t) * grad[..., start:start + rows, None]  # (B, heads, rows, Lk): g_i (s_ij - t_ij)
+            d_q[..., start:start + rows, :] = d_scores @ k_s
+            d_k += d_scores.transpose(-1, -2) @ q_b  # q_b carries the scale already
+        return d_q, d_k, None, None, None  # d_q: of the pre-scaled queries (autograd applies the scale)
+
+
+# ----- the term ---------------------------------------------------------------------------------------------------
+def fused_attention_kl(query: torch.Tensor, key: torch.Tensor, teacher: TeacherAttention,
+                       attention_mask: torch.Tensor, mode: str, num_tokens: float | None = None,
+                       method: str | None = None) -> torch.Tensor:
+    """The attention term of one recursion from the student's (B, heads, L, d) queries and keys and the mapped
+    teacher layer's ``TeacherAttention``; same value and scaling as ``losses.attention_kl`` on the maps (see the
+    module docstring for the EPS difference). ``attention_mask`` (B, L): padded query rows are ignored.
+    ``method``: "attention" (default) or "blockwise" (see the module docstring)."""
+    method = method or "attention"
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: expected one of {METHODS}")
+    dt = compute_dtype(query)
+    heads, seq = query.shape[1], query.shape[2]
+    q_t, k_t = teacher.query.to(dt), teacher.key.to(dt)
+    if method == "blockwise":
+        bias, real = key_bias(attention_mask, dt, torch.finfo(dt).min)
+        scale = 1.0 / math.sqrt(query.shape[-1])
+        # Pre-scaled contiguous queries: the (L, d) scaling replaces an (L, L) one, and row blocks slice freely.
+        row_kl = _BlockwiseRowKL.apply((query.to(dt) * scale).contiguous(), key.to(dt).contiguous(),
+                                       (q_t * scale).contiguous(), k_t.contiguous(), bias)  # (B, heads, L)
+    else:
+        bias, real = key_bias(attention_mask, dt)
+        lse_t, neg_entropy = teacher_statistics(q_t, k_t, bias)
+        row_kl = _CrossEntropyRows.apply(query.to(dt), key.to(dt), q_t, k_t, lse_t, bias, real) + neg_entropy
+    rows = (attention_mask.bool() & real.any(-1, keepdim=True)).to(dt)[:, None, :]  # (B, 1, L)
+    tokens = rows.sum() if num_tokens is None else num_tokens
+    total = (row_kl * rows).sum()
+    return total / (heads * tokens * seq) if mode == "paper" else total / (heads * tokens)
