@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import random
 import socket
-import sys
 from dataclasses import dataclass
 
 import numpy as np
