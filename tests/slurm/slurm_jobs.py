@@ -60,6 +60,24 @@ def job_state(job_id: str) -> str:
     return out[0] if out else ""
 
 
+def accounted_nodes(job_id: str, expected: str, timeout: float = 60) -> str:
+    """The job's "NNodes|NodeList" in accounting, polled until it reads ``expected`` (slurmdbd may hold a partial
+    node list for a moment under load) or the time is up; the last value read."""
+    seen = [""]
+
+    def read() -> bool:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "NNodes,NodeList", "-j", job_id], capture_output=True,
+                             text=True, timeout=60).stdout.split()
+        seen[0] = out[0] if out else ""
+        return seen[0] == expected
+
+    try:
+        wait_for(read, f"accounting to record job {job_id} on {expected}", timeout, poll=1.0)
+    except AssertionError:
+        pass
+    return seen[0]
+
+
 def array_states(job_id: str, tasks: int, timeout: float = 60) -> list[str]:
     """The states of an array job's tasks once accounting holds all ``tasks`` of them, finished (slurmdbd may
     record a task a moment after the job that depended on it started)."""

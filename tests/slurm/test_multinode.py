@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 
 import pytest
 
 from distill_helpers import build_teacher, pack_shards, read_metrics
 from minialbert import checkpoint as ckpt
-from slurm_jobs import (REPO, distill_args, job_env, job_info, requeued, sbatch, sent, steps, track, wait_finished,
+from slurm_jobs import (REPO, accounted_nodes, distill_args, job_env, job_info, requeued, sbatch, sent, steps, track, wait_finished,
                         wait_for)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multinode, pytest.mark.slow]
@@ -46,11 +45,6 @@ def run_to_end(world, run_dir, shape, max_steps: int = STEPS) -> str:
     return log.read_text()
 
 
-def sacct_nodes(job: str) -> str:
-    return subprocess.run(["sacct", "-n", "-X", "-P", "-o", "NNodes,NodeList", "-j", job], capture_output=True,
-                          text=True).stdout.split()[0]
-
-
 def exact(run_dir) -> list[dict]:
     return [{k: r[k] for k in EXACT} for r in read_metrics(run_dir)]
 
@@ -71,7 +65,7 @@ def test_one_rank_on_each_node_completes_with_checkpoints_and_export(slurm_clust
     assert steps(run_dir) == list(range(1, STEPS + 1))
     assert ckpt.read_meta(run_dir, ckpt.tag_for(STEPS))["world_size"] == 2
     assert (run_dir / "export" / "model.safetensors").is_file()
-    assert sacct_nodes(job) == "2|node[1-2]"
+    assert accounted_nodes(job, "2|node[1-2]") == "2|node[1-2]"
 
 
 def test_four_ranks_on_two_nodes_give_the_numbers_of_four_ranks_on_one(slurm_cluster, world, four_ranks_two_nodes,
@@ -145,4 +139,4 @@ def test_submitit_with_two_nodes_hits_the_time_limit_is_requeued_and_finishes(sl
     assert steps(run_dir) == list(range(1, n + 1)), "a step is missing or logged twice"
     text = log.read_text() + log.with_name(f"{job.job_id}_0_log.out").read_text()
     assert len(re.findall(r"resumed from .* at step \d+", text)) == 1
-    assert sacct_nodes(job.job_id) == "2|node[1-2]"
+    assert accounted_nodes(job.job_id, "2|node[1-2]") == "2|node[1-2]"

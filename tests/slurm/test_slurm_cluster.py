@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from slurm_jobs import sbatch, wait_finished
+from slurm_jobs import accounted_nodes, sbatch, wait_finished
 
 pytestmark = pytest.mark.slurm
 
@@ -22,9 +22,7 @@ def test_a_job_spans_both_nodes_each_with_its_own_hostname_and_address(slurm_clu
                  "srun bash -c 'echo $SLURMD_NODENAME $(hostname) $(hostname -I) $SLURM_PROCID'")
     assert wait_finished(job, timeout=60, output=out) == "COMPLETED"
     assert sorted(out.read_text().split("\n")[:-1]) == ["node1 node1 10.213.0.11 0", "node2 node2 10.213.0.12 1"]
-    nodes = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "NNodes,NodeList", "-j", job], capture_output=True,
-                           text=True).stdout.split()
-    assert nodes == ["2|node[1-2]"]
+    assert accounted_nodes(job, "2|node[1-2]") == "2|node[1-2]"
 
 
 def test_batch_job_runs_and_accounting_reports_it(slurm_cluster, tmp_path):
