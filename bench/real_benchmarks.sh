@@ -17,7 +17,8 @@
 #   EPOCHS=3 SEEDS=1 BATCH=16 MAX_LENGTH=128 LR_FULL=1e-4 LR_ADAPTERS=1e-3
 #   TASKS="rte cola NCBI-disease BC5CDR-chem BC5CDR-disease"   ROWS="teacher student adapters random"
 #   JOBS=2 (sweeps run at once)  DEVICE=cpu  NICE="nice -n 10"  PYTHON=.venv/bin/python
-# A sweep whose summary.json exists is not run again, so an interrupted run continues where it stopped.
+# A sweep whose summary.json exists is not run again, so an interrupted run continues where it stopped; a sweep
+# another invocation is running (its lock file held) is skipped.
 # Output: OUT/<task>-<row>/summary.json (+ result.json per run, log.txt), OUT/table.md, OUT/settings.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +68,9 @@ done
 run_cell() {
     local out=$OUT/${1%%|*} args=${1#*|}
     mkdir -p "$out"
+    exec 9>"$out/.lock"  # another invocation running this sweep holds the lock; it is released when that one dies
+    flock -n 9 || { echo "${1%%|*}: running elsewhere, skipped"; return 0; }
+    [[ -f "$out/summary.json" ]] && return 0
     local t0=$SECONDS
     # shellcheck disable=SC2086  # args is a list of words
     if $NICE "$PYTHON" -m minialbert.finetune $args --out "$out" --epochs "$EPOCHS" --seeds $SEEDS \

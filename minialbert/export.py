@@ -240,6 +240,7 @@ def export_checkpoint(run_dir: str | Path, tag: str | None, out: str | Path, rep
     state = ds.consolidated_state_dict(ckpt.checkpoint_root(run_dir), tag)
     model.load_state_dict(state, strict=True)
     teacher = cfg.teacher_path()
+    check_standalone_code()  # before anything is written: the folder must be loadable without minialbert
     chosen = select_results(list(results), out, results_name) if results else []
     if results and not chosen:
         raise ValueError(f"no fine-tuning summary under {' '.join(map(str, results))} is for "
