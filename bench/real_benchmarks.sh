@@ -7,7 +7,8 @@
 #
 # Rows: the installed all-MiniLM-L6-v2 teacher (full fine-tuning), the demo's distilled student
 # (runs/demo/distill/export; full and adapters-only), and the same student architecture before distillation
-# (random init, seeded). Columns: RTE (accuracy), CoLA (MCC), NCBI-disease, BC5CDR-chem, BC5CDR-disease (test
+# (random init, seeded). Columns: RTE (accuracy), CoLA (MCC), STS-B (Pearson/Spearman; the STS Benchmark's own
+# layout, rewritten with GLUE's column names by bench/real_subsets.py), NCBI-disease, BC5CDR-chem, BC5CDR-disease (test
 # P/R/F1). GLUE is scored on the whole dev set, NER on test (rate chosen on devel).
 #
 # Environment (defaults):
@@ -15,7 +16,7 @@
 #   STUDENT=runs/demo/distill/export   OUT=runs/bench/real
 #   TRAIN=400 (training rows / sentences per set, seeded sample; 0: all)  EVAL=500 (NER devel/test sentences; 0: all)
 #   EPOCHS=3 SEEDS=1 BATCH=16 MAX_LENGTH=128 LR_FULL=1e-4 LR_ADAPTERS=1e-3
-#   TASKS="rte cola NCBI-disease BC5CDR-chem BC5CDR-disease"   ROWS="teacher student adapters random"
+#   TASKS="rte cola stsb NCBI-disease BC5CDR-chem BC5CDR-disease"   ROWS="teacher student adapters random"
 #   JOBS=2 (sweeps run at once)  DEVICE=cpu  NICE="nice -n 10"  PYTHON=.venv/bin/python
 # A sweep whose summary.json exists is not run again, so an interrupted run continues where it stopped; a sweep
 # another invocation is running (its lock file held) is skipped.
@@ -26,7 +27,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 DATA=${DATA:-../shared/data} STUDENT=${STUDENT:-runs/demo/distill/export} OUT=${OUT:-runs/bench/real}
 TRAIN=${TRAIN:-400} EVAL=${EVAL:-500} EPOCHS=${EPOCHS:-3} SEEDS=${SEEDS:-1} BATCH=${BATCH:-16}
 MAX_LENGTH=${MAX_LENGTH:-128} LR_FULL=${LR_FULL:-1e-4} LR_ADAPTERS=${LR_ADAPTERS:-1e-3}
-TASKS=${TASKS:-rte cola NCBI-disease BC5CDR-chem BC5CDR-disease} ROWS=${ROWS:-teacher student adapters random}
+TASKS=${TASKS:-rte cola stsb NCBI-disease BC5CDR-chem BC5CDR-disease} ROWS=${ROWS:-teacher student adapters random}
 JOBS=${JOBS:-2} DEVICE=${DEVICE:-cpu} NICE=${NICE:-nice -n 10}
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 

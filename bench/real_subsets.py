@@ -6,7 +6,8 @@
 Used by ``bench/real_benchmarks.sh`` and ``bench/gpu_glue.sh``. The subsets are written under ``--out`` (never
 into the repository): a seeded sample of the training rows / sentences, the GLUE dev sets whole, NER devel and
 test cut to ``--eval`` sentences where they are longer (``--eval 0`` keeps them whole). GLUE files get Hugging Face
-column names with a header (CoLA's GLUE file has none: source, label, original label, sentence).
+column names with a header (CoLA's GLUE file has none: source, label, original label, sentence; the STS Benchmark
+comes in its own layout: genre, file, year, id, score, sentence1, sentence2).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import shutil
 import sys
@@ -22,7 +24,10 @@ from pathlib import Path
 GLUE = {  # task: (columns in the GLUE file or None when it has a header, columns written)
     "rte": (None, ["sentence1", "sentence2", "label"]),
     "cola": (["source", "label", "original_label", "sentence"], ["sentence", "label"]),
+    # The STS Benchmark's own layout (sts-{train,dev}.tsv, no header; some rows carry two extra source fields).
+    "stsb": (["genre", "file", "year", "id", "label", "sentence1", "sentence2"], ["sentence1", "sentence2", "label"]),
 }
+FILES = {"stsb": ("sts-train.tsv", "sts-dev.tsv")}
 NER = ("NCBI-disease", "BC5CDR-chem", "BC5CDR-disease")
 
 
@@ -34,10 +39,17 @@ def read_tsv(path: Path, columns: list[str] | None) -> list[dict]:
     return [dict(zip(columns, r)) for r in rows if r]
 
 
-def write_tsv(path: Path, rows: list[dict], columns: list[str]) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Atomic: a sweep already reading the subsets never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_tsv(path: Path, rows: list[dict], columns: list[str]) -> None:
     lines = ["\t".join(columns)] + ["\t".join(r[c] for c in columns) for r in rows]  # fields hold no tab
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def read_sentences(path: Path) -> list[str]:
@@ -57,8 +69,9 @@ def make_subsets(args) -> dict:
     for task, (columns, written) in GLUE.items():
         if not (data / "glue" / task).is_dir():
             continue
-        train = sample(read_tsv(data / "glue" / task / "train.tsv", columns), args.train, args.seed)
-        dev = read_tsv(data / "glue" / task / "dev.tsv", columns)
+        train_file, dev_file = FILES.get(task, ("train.tsv", "dev.tsv"))
+        train = sample(read_tsv(data / "glue" / task / train_file, columns), args.train, args.seed)
+        dev = read_tsv(data / "glue" / task / dev_file, columns)
         write_tsv(out / "glue" / task / "train.tsv", train, written)
         write_tsv(out / "glue" / task / "dev.tsv", dev, written)
         sizes[task] = {"train": len(train), "dev": len(dev)}
@@ -68,11 +81,9 @@ def make_subsets(args) -> dict:
         sizes[name] = {}
         for split, n in (("train", args.train), ("devel", args.eval), ("test", args.eval)):
             sentences = sample(read_sentences(data / "ner" / name / f"{split}.tsv"), n, args.seed)
-            target = out / "ner" / name / f"{split}.tsv"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text("\n\n".join(s.strip("\n") for s in sentences) + "\n\n", encoding="utf-8")
+            write_text(out / "ner" / name / f"{split}.tsv", "\n\n".join(s.strip("\n") for s in sentences) + "\n\n")
             sizes[name][split] = len(sentences)
-    (out / "sizes.json").write_text(json.dumps(sizes, indent=2) + "\n")
+    write_text(out / "sizes.json", json.dumps(sizes, indent=2) + "\n")
     print(json.dumps(sizes))
     return sizes
 
