@@ -43,7 +43,7 @@ $NICE "$PYTHON" bench/real_subsets.py subsets --data "$DATA" --out "$OUT/data" -
 [[ " $ROWS " != *" random "* || -f "$OUT/random-init/model.safetensors" ]] ||
     $NICE "$PYTHON" bench/real_subsets.py random-init --like "$STUDENT" --out "$OUT/random-init" --seed 0
 {
-    echo "bench/real_benchmarks.sh  $(date -u +%FT%TZ)  $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPU(s), device $DEVICE"
+    echo "bench/real_benchmarks.sh  $(date -u +%FT%TZ)  $(lscpu | sed -n 's/^Model name: *//p'), $(nproc --all) CPU(s), device $DEVICE"
     echo "TRAIN=$TRAIN EVAL=$EVAL EPOCHS=$EPOCHS SEEDS=$SEEDS BATCH=$BATCH MAX_LENGTH=$MAX_LENGTH LR_FULL=$LR_FULL LR_ADAPTERS=$LR_ADAPTERS"
     cat "$OUT/data/sizes.json"
 } > "$OUT/settings.txt"
