@@ -205,8 +205,21 @@ def model_card(run_dir: Path, tag: str, meta: dict, cfg, config, counts: dict, r
     ]
     if results:
         lines += ["## Evaluation", "", "Fine-tuned with `python -m minialbert.finetune` "
-                  "(table by `python -m minialbert.finetune report`):", "", render(list(results)).strip(), ""]
+                  "(table by `python -m minialbert.finetune report`):", "", render(list(results)).strip(), "",
+                  *_result_settings(results), ""]
     return "\n".join(lines)
+
+
+def _result_settings(results) -> list[str]:
+    """One line per sweep: data sizes, epochs, batch, rate -- what the table's cells were measured on."""
+    lines = []
+    for s in sorted(results, key=lambda s: (s["task"], s["mode"])):
+        st = s.get("settings", {})
+        sizes = st.get("sentences") or {"train": st.get("train_examples"), **st.get("eval_examples", {})}
+        shown = ", ".join(f"{split} {n:,}" if isinstance(n, int) else f"{split} ?" for split, n in sizes.items())
+        lines.append(f"- {s['task']} ({s['mode']}): {shown}; {st.get('epochs', '?')} epochs, batch "
+                     f"{st.get('batch_size', '?')}, lr {s['best']['lr']}, seeds {s['best']['seeds']}")
+    return lines
 
 
 def export_checkpoint(run_dir: str | Path, tag: str | None, out: str | Path, replace: bool = False,
