@@ -94,7 +94,7 @@ def random_init(args) -> None:
     from transformers import AutoTokenizer
 
     from minialbert import MiniAlbertConfig, MiniAlbertForMaskedLM
-    from minialbert.export import add_remote_code
+    from minialbert.remote_code import add_remote_code
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)

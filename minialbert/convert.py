@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from .configuration_minialbert import MiniAlbertConfig
-from .export import add_remote_code
 from .modeling_minialbert import (
     MiniAlbertForMaskedLM,
     MiniAlbertForSequenceClassification,
@@ -31,6 +30,7 @@ from .modeling_minialbert import (
     MiniAlbertModel,
     MiniAlbertPreTrainedModel,
 )
+from .remote_code import add_remote_code
 
 MODEL_CLASSES = {
     cls.__name__: cls

@@ -1,7 +1,9 @@
 """Short fine-tunes of the pretrained teacher on real benchmark files (``../shared/data`` beside the clone).
 
 Fixed subsets (the first N rows / sentences of each file, written to a temp folder; the files themselves are
-never copied into the repository) and fixed seeds; each test takes well under a minute on 2 CPU cores. A clone
+never copied into the repository) and fixed seeds; each test takes about a minute on 2 CPU cores. One GLUE set
+(STS-B, whose Pearson floor a head that learnt nothing cannot reach) and one NER set. (RTE is left out: 200 pairs
+do not lift this teacher clearly above its majority class, so no floor there could fail for the right reason.) A clone
 without the folder skips them with the reason; with ``MINIALBERT_REQUIRE_FIXTURES=1`` (CI sets it) their absence
 fails instead, as for the golden cases (tests/reference_cases.py).
 """
@@ -46,38 +48,17 @@ def finetune(kind: str, data: Path, out: Path, *flags: str) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-def test_teacher_fine_tunes_on_real_rte_and_is_scored_on_its_whole_dev_set(tmp_path):
-    """GLUE RTE in GLUE's own TSV layout (header ``index sentence1 sentence2 label``, label names), end to end:
-    one epoch on the first 200 training pairs, every one of the 277 dev pairs scored. RTE needs far more than 200
-    pairs for this teacher to beat its majority class (0.527) clearly (0.50 on the reference machine; the longer
-    runs of docs/results.md reach 0.54), so the floor is chance within noise: accuracy at least 0.45 (a model
-    that inverted the labels or read the wrong column would fall below it only by luck -- the STS-B test below
-    and NCBI-disease tests are the ones that must learn). About 40 s of CPU."""
-    source = require("glue", "rte")
-    data = tmp_path / "rte"
-    data.mkdir()
-    lines = (source / "train.tsv").read_text(encoding="utf-8").splitlines()
-    (data / "train.tsv").write_text("\n".join(lines[:201]) + "\n", encoding="utf-8")  # the header + 200 pairs
-    (data / "dev.tsv").write_bytes((source / "dev.tsv").read_bytes())
-    summary = finetune("glue", data, tmp_path / "out", "--task", "rte", "--epochs", "1", "--lr", "1e-4",
-                       "--batch-size", "16", "--max-length", "128")
-    run = json.loads(next((tmp_path / "out").glob("*/result.json")).read_text())
-    assert run["settings"]["train_examples"] == 200 and run["settings"]["eval_examples"] == {"validation": 277}
-    assert summary["best"]["mean"]["accuracy"] >= 0.45, summary["best"]
-
-
 def test_teacher_learns_real_sts_benchmark_similarity(tmp_path):
-    """The STS Benchmark (its own TSV layout: genre, file, year, id, score, sentence1, sentence2[, sources]),
-    rewritten here with GLUE's column names: two epochs on the first 400 training pairs, scored on all 1,500 dev
-    pairs: Pearson at least 0.15 (0.24 on the reference machine: a regression head on [CLS] learns slowly from
-    50 steps, but a head that learnt nothing scores about 0). About 40 s of CPU."""
+    """GLUE's STS-B in the STS Benchmark's own TSV layout (genre, file, year, id, score, sentence1, sentence2[,
+    sources]), read as it is: two epochs on the first 400 training pairs, scored on all 1,500 dev pairs: Pearson
+    at least 0.15 (0.24 on the reference machine: a regression head on [CLS] learns slowly from 50 steps, but a
+    head that learnt nothing scores about 0). About 40 s of CPU."""
     source = require("glue", "stsb")
     data = tmp_path / "stsb"
     data.mkdir()
-    for split, out_name, n in (("train", "train.tsv", 400), ("dev", "dev.tsv", None)):
-        rows = [line.split("\t") for line in (source / f"sts-{split}.tsv").read_text(encoding="utf-8").splitlines()]
-        rows = [f"{r[5]}\t{r[6]}\t{r[4]}" for r in rows if len(r) >= 7][:n]
-        (data / out_name).write_text("sentence1\tsentence2\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    train = (source / "sts-train.tsv").read_text(encoding="utf-8").splitlines(keepends=True)[:400]
+    (data / "sts-train.tsv").write_text("".join(train), encoding="utf-8")
+    (data / "sts-dev.tsv").write_bytes((source / "sts-dev.tsv").read_bytes())
     summary = finetune("glue", data, tmp_path / "out", "--task", "stsb", "--epochs", "2", "--lr", "1e-4",
                        "--batch-size", "16", "--max-length", "64")
     run = json.loads(next((tmp_path / "out").glob("*/result.json")).read_text())

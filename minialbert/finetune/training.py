@@ -28,6 +28,7 @@ from transformers import (
 import minialbert  # noqa: F401  (registers MiniALBERT with the Auto classes)
 
 from ..param_groups import weight_decay_groups
+from ..remote_code import add_remote_code
 from . import InputError
 
 HEADS = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}
@@ -120,6 +121,8 @@ def save_weights(model, tokenizer, directory: Path, adapters_only: bool) -> Path
         model.save_adapters(directory)
     else:
         model.save_pretrained(str(directory))
+        if model.config.model_type == "minialbert":
+            add_remote_code(directory)  # loads where only torch and transformers are (trust_remote_code=True)
         tokenizer.save_pretrained(str(directory))
     return directory
 
