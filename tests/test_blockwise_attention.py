@@ -73,3 +73,14 @@ def test_model_uses_it_for_training_with_dropout_on_cpu(tiny, monkeypatch):
     assert len(calls) == model.config.num_recursions
     model.eval()(ids, torch.ones_like(ids))
     assert len(calls) == model.config.num_recursions  # eval: SDPA, no dropout
+
+
+def test_flops_are_those_of_a_flash_kernel(small_blocks):
+    """Forward QKᵀ and PV; backward the recomputed QKᵀ and four products: 3.5 attention forwards in all, as
+    minialbert.flops counts the student's attention (and torch.utils.flop_counter sees every product)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    q, k, v, bias = inputs(dtype=torch.float32)
+    with FlopCounterMode(display=False) as counter:
+        blockwise_attention(q, k, v, bias, 0.1).sum().backward()
+    assert counter.get_total_flops() == 3.5 * (4 * 2 * 3 * 10 * 10 * 4)
