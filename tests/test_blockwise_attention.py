@@ -33,7 +33,8 @@ def test_without_dropout_equals_eager_attention(small_blocks):
     got = blockwise_attention(q, k, v, bias, 0.0)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     weights = torch.randn_like(want)
-    for a, b in zip(torch.autograd.grad((got * weights).sum(), (q, k, v)), torch.autograd.grad((want * weights).sum(), (q, k, v))):
+    got_grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
+    for a, b in zip(got_grads, torch.autograd.grad((want * weights).sum(), (q, k, v))):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
