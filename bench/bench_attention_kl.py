@@ -9,7 +9,9 @@ teacher's (no grad) to the scalar KL and the gradients of the student's heads. `
 ``attention_kl.fused_attention_kl``'s two routes (the default on CPU and on CUDA); ``materialised`` builds both
 (B, heads, L, L) maps as the models' eager attention does (scores, mask, softmax in the models' dtype) and calls
 ``losses.attention_kl``. Median of ``--repeats`` timed runs after one warm-up; peak memory is the growth of the
-peak RSS over the inputs (CPU; the process's other memory excluded) or of the peak CUDA allocation. A path
+peak RSS over the inputs (CPU; the process's other memory excluded) or of the peak CUDA allocation. On CPU the
+bench first sets glibc's mmap threshold to 64 KiB (``mallopt``), so that every freed tensor goes back to the OS and
+the RSS growth counts live tensors, not heap the allocator kept from an earlier path. A path
 whose estimated peak exceeds ``--max-gib`` is skipped at that length (reported as such, with the estimate).
 Prints a table and one JSON line.
 """
@@ -17,6 +19,7 @@ Prints a table and one JSON line.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import statistics
 import sys
@@ -37,6 +40,15 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # Bytes per map element the materialised term keeps at its peak (two maps in the models' dtype, the loss's fp32
 # copies, log(s + eps), the products and their gradients), measured on CPU at L 512–1024 with bf16 inputs.
 MATERIALISED_BYTES_PER_ELEMENT = 26
+
+
+def return_freed_memory_to_the_os() -> bool:
+    """glibc: serve allocations of 64 KiB and more by mmap, so that freeing them lowers the RSS."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 65536))  # M_MMAP_THRESHOLD
+    except OSError:
+        return False
 
 
 def parse_args(argv):
@@ -97,8 +109,9 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     b, h, d = args.batch, args.heads, args.dim
+    mmap_all = device.type == "cpu" and return_freed_memory_to_the_os()
     result = {"machine": machine(), "device": device.type, "torch": torch.__version__, "batch": b, "heads": h,
-              "dim": d, "dtype": args.dtype, "mode": args.mode, "rows": []}
+              "dim": d, "dtype": args.dtype, "mode": args.mode, "mmap_threshold_64k": mmap_all, "rows": []}
     print(f"{'L':>6} {'path':<13} {'fwd+bwd s':>10} {'peak MiB':>9} {'value':>10}")
     for seq in args.seqs:
         g = torch.Generator().manual_seed(seq)

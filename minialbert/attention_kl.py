@@ -98,9 +98,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     No autograd: callers differentiate by hand."""
     with torch.no_grad():
         if q.device.type == "cpu":
-            # CPU flash attention (fp32/fp64/bf16) takes a broadcast additive mask and returns the LSE.
+            # CPU flash attention (fp32/fp64/bf16) takes a broadcast additive mask and returns the LSE. The mask
+            # must be contiguous: given a strided one (e.g. a view of its own (B, L, heads)-laid-out LSE, as the
+            # swapped calls' -LSE bias is) the kernel expands it to a full (B, heads, Lq, Lk) copy.
             return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q, k, v, attn_mask=bias.to(q.dtype), scale=scale)
+                q, k, v, attn_mask=bias.to(q.dtype).contiguous(), scale=scale)
         if q.device.type == "cuda":
             try:
                 return _attend_cuda(q, k, v, bias, scale)

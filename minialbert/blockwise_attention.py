@@ -75,13 +75,14 @@ class _BlockwiseAttention(torch.autograd.Function):
             d_probs = torch.bmm(d_out_b, v.transpose(1, 2))
             if p > 0:
                 dropped = _dropped(probs.shape, p, seed, block)
-                d_v.baddbmm_(probs.masked_fill(dropped, 0.0).transpose(1, 2), d_out_b)
+                d_v += torch.bmm(probs.masked_fill(dropped, 0.0).transpose(1, 2), d_out_b)
                 d_probs.masked_fill_(dropped, 0.0)
             else:
-                d_v.baddbmm_(probs.transpose(1, 2), d_out_b)
+                d_v += torch.bmm(probs.transpose(1, 2), d_out_b)
             d_scores = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype)
             torch.bmm(d_scores, k, out=d_q[:, start:start + rows])
-            d_k.baddbmm_(d_scores.transpose(1, 2), q_b)  # q_b carries the scale already
+            # bmm then add (not baddbmm_): torch.utils.flop_counter does not count the in-place baddbmm_
+            d_k += torch.bmm(d_scores.transpose(1, 2), q_b)  # q_b carries the scale already
         d_q.mul_(1.0 / math.sqrt(q.shape[-1]))
         return d_q, d_k, d_v, None, None, None, None
 

@@ -185,6 +185,7 @@ def flops_and_peak(cfg: RunConfig, teacher: Teacher, student: MiniAlbertForMaske
     per_step = flops.distillation_step_flops(
         teacher.config, student.config, cfg.train.global_batch_size, seq_len, cfg.data.mlm_probability,
         teacher_layers_run=len(teacher.layers) if teacher.has_mlm_head else teacher.layer_map[-1],
+        attention_kl=cfg.loss.attention_kl,
     )
     peak = cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops else flops.measure_peak_flops(
         DTYPES[cfg.train.precision], device, seconds=0.25, repeats=2)

@@ -82,7 +82,8 @@ def attention_kl(s_probs: torch.Tensor, t_probs: torch.Tensor, row_mask: torch.T
     return (row_kl * rows).sum() / (heads * tokens)
 
 
-def attention_term(student, teacher, row_mask: torch.Tensor, mode: str, num_tokens: float | None = None) -> torch.Tensor:
+def attention_term(student, teacher, row_mask: torch.Tensor, mode: str,
+                   num_tokens: float | None = None) -> torch.Tensor:
     """One recursion's attention KL: maps (B, heads, L, L) for both, or the student's (query, key) heads and the
     teacher layer's ``TeacherAttention`` (maps-free)."""
     if isinstance(teacher, TeacherAttention):
@@ -133,7 +134,8 @@ def distillation_losses(
 ) -> LossTerms:
     """All terms. ``student_hidden``: the N recursion outputs (not the embeddings); ``teacher_*``: the mapped
     layers, in recursion order. ``student_attentions`` / ``teacher_attentions``: maps, or (query, key) pairs /
-    ``TeacherAttention`` (see ``attention_term``). ``teacher_logits`` None (an encoder-only teacher) turns the output term off.
+    ``TeacherAttention`` (see ``attention_term``). ``teacher_logits`` None (an encoder-only teacher) turns the
+    output term off.
 
     ``num_tokens`` / ``num_masked``: the real-token and masked-token counts the means divide by (default: this
     batch's). Gradient accumulation passes the whole global batch's counts divided by the number of micro-batches,

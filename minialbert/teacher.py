@@ -4,7 +4,8 @@ The teacher lives outside the DeepSpeed engine: frozen, eval mode, ``no_grad``, 
 forward reuses the Hugging Face modules' weights but computes only what the losses read: hidden states of the
 mapped layers, what the attention term needs of the mapped layers — their attention probabilities (the
 materialised reference) or only their query and key heads (``attention_kl.TeacherAttention``, the maps-free
-path; every layer then runs through SDPA) — and MLM logits at the masked positions only. Layers after the last mapped one are skipped when no logits are needed.
+path; every layer then runs through SDPA) — and MLM logits at the masked positions only. Layers after the last
+mapped one are skipped when no logits are needed.
 """
 
 from __future__ import annotations

@@ -55,7 +55,10 @@ def test_gradcheck_fp64_with_padding_and_fully_masked_rows(mode, method, monkeyp
     q_s, k_s, q_t, k_t = heads(3, 2, 7, 4, torch.float64, seed=0)
     mask = padded_mask(3, 7)
     teacher = TeacherAttention(q_t, k_t)
-    assert torch.autograd.gradcheck(lambda q, k: fused_attention_kl(q, k, teacher, mask, mode, method=method), (q_s, k_s))
+    def term(q, k):
+        return fused_attention_kl(q, k, teacher, mask, mode, method=method)
+
+    assert torch.autograd.gradcheck(term, (q_s, k_s))
     value = fused_attention_kl(q_s, k_s, teacher, mask, mode, method=method)
     grads = torch.autograd.grad(value, (q_s, k_s))
     assert torch.isfinite(value) and all(torch.isfinite(g).all() for g in grads)
@@ -228,3 +231,33 @@ def test_cuda_kernel_path_equals_the_cpu_fp64_term(dtype, monkeypatch):
     for g, w in zip(got_g, want_g):  # bf16 gradients are rounded to bf16 on the way out
         tol = 1e-4 if dtype == torch.float32 else 1e-2
         torch.testing.assert_close(g.double().cpu(), w, rtol=tol, atol=tol * w.abs().max().item())
+
+
+def _peak_rss_growth(fn) -> int:
+    """Bytes the process's peak RSS rises above its current RSS while ``fn()`` runs (Linux)."""
+    status = Path("/proc/self/status")
+
+    def field(name: str) -> int:
+        return next(int(line.split()[1]) * 1024 for line in status.read_text().splitlines() if line.startswith(name))
+
+    Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
+    base = field("VmRSS:")
+    fn()
+    return field("VmHWM:") - base
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc peak-RSS reset")
+def test_the_term_forward_and_backward_stay_far_below_one_map_of_memory():
+    """Kernels can materialise internally what no op returns (the CPU flash kernel expands a strided mask to a
+    full (B, heads, L, L) copy): b2, 4 heads, d 16, L 2048 — one fp32 map is 128 MiB, the (B, heads, L, d) tensors
+    the term keeps 1 MiB each. Peak RSS growth of forward + backward must stay under half a map."""
+    q_s, k_s, q_t, k_t = heads(2, 4, 2048, 16, torch.float32, seed=10)
+    mask = torch.ones(2, 2048, dtype=torch.long)
+    mask[1, 1500:] = 0
+    one_map = 2 * 4 * 2048 * 2048 * 4
+
+    def step():
+        fused_attention_kl(q_s, k_s, TeacherAttention(q_t, k_t), mask, "default").backward()
+
+    step()  # warm-up: the allocator's first growth
+    assert _peak_rss_growth(step) < one_map / 2

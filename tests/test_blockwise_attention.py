@@ -33,7 +33,8 @@ def test_without_dropout_equals_eager_attention(small_blocks):
     got = blockwise_attention(q, k, v, bias, 0.0)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     weights = torch.randn_like(want)
-    for a, b in zip(torch.autograd.grad((got * weights).sum(), (q, k, v)), torch.autograd.grad((want * weights).sum(), (q, k, v))):
+    got_grads = torch.autograd.grad((got * weights).sum(), (q, k, v))
+    for a, b in zip(got_grads, torch.autograd.grad((want * weights).sum(), (q, k, v))):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -73,3 +74,14 @@ def test_model_uses_it_for_training_with_dropout_on_cpu(tiny, monkeypatch):
     assert len(calls) == model.config.num_recursions
     model.eval()(ids, torch.ones_like(ids))
     assert len(calls) == model.config.num_recursions  # eval: SDPA, no dropout
+
+
+def test_flops_are_those_of_a_flash_kernel(small_blocks):
+    """Forward QKᵀ and PV; backward the recomputed QKᵀ and four products: 3.5 attention forwards in all, as
+    minialbert.flops counts the student's attention (and torch.utils.flop_counter sees every product)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    q, k, v, bias = inputs(dtype=torch.float32)
+    with FlopCounterMode(display=False) as counter:
+        blockwise_attention(q, k, v, bias, 0.1).sum().backward()
+    assert counter.get_total_flops() == 3.5 * (4 * 2 * 3 * 10 * 10 * 4)
