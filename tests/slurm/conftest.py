@@ -23,11 +23,12 @@ def _cluster(*command: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def slurm_cluster() -> SlurmCluster:
     state = Path(os.environ.get("MINIALBERT_SLURM_DIR", "/tmp/minialbert-slurm"))
-    already_running = _cluster("status").returncode == 0
+    nodes = (state / "nodes").read_text().strip() if (state / "nodes").is_file() else ""
+    already_running = nodes == str(NODES) and _cluster("status").returncode == 0
     if not already_running:
         if os.geteuid() != 0 and os.environ.get("CI") != "true":
-            pytest.skip("starting the test Slurm cluster needs root (tests/slurm/cluster.sh start)")
-        started = _cluster("start")
+            pytest.skip("starting the test Slurm cluster needs root (tests/slurm/cluster.sh start --nodes 2)")
+        started = _cluster("start", "--nodes", str(NODES))
         if started.returncode != 0:
             pytest.fail(f"tests/slurm/cluster.sh start failed:\n{started.stdout}{started.stderr}", pytrace=False)
     os.environ["SLURM_CONF"] = str(state / "etc" / "slurm.conf")  # sbatch/sacct here and in submitit
