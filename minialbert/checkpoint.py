@@ -138,11 +138,6 @@ def _atomic_write(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
 
 
-def latest_tag(run_dir: str | Path) -> str | None:
-    pointer = checkpoint_root(run_dir) / LATEST
-    return pointer.read_text().strip() if pointer.is_file() else None
-
-
 def read_meta(run_dir: str | Path, tag: str) -> dict:
     root = checkpoint_root(run_dir)
     if not (root / tag).is_dir():
