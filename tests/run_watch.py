@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from distill_helpers import REPO, distill_command, distill_env
+from distill_helpers import REPO, build_teacher, distill_command, distill_env, pack_shards
 
 EVERY_2 = "checkpoint.every_steps=2"  # tiny.yaml keeps the last 2
 # Dropout on, so an exact resume needs every rank's RNG state back (tiny.yaml turns dropout off); the peak FLOP/s
@@ -22,6 +22,13 @@ DROPOUT = ("student.hidden_dropout_prob=0.1", "student.attention_probs_dropout_p
 # What must match bit for bit between a resumed and a straight run (the rest is timing).
 EXACT = ("loss", "loss_mlm", "loss_attention", "loss_hidden", "loss_output", "tokens", "lr", "grad_norm",
          "loss_scale", "epoch")
+
+
+def make_world(root: Path) -> tuple[Path, Path, list[Path]]:
+    """(root, teacher, [shards]): the tiny teacher and one shard set of 64-token rows, many of them partly filled,
+    so that a step's token count tells which samples it read."""
+    teacher = build_teacher(root / "teacher")
+    return root, teacher, [pack_shards(teacher, root / "general", seed=0, seq_len=64)]
 
 
 def start_distill(run_dir: Path, world, *extra: str, env: dict | None = None) -> subprocess.Popen:

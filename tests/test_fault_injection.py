@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from distill_helpers import REPO, build_teacher, distill_env, pack_shards, read_metrics
+from distill_helpers import REPO, distill_env, read_metrics
 from minialbert import checkpoint as ckpt
 from run_watch import (DROPOUT, EVERY_2, assert_same_records, assert_same_weights, engine_weights, finish, latest,
-                       log_tail, logged_steps, rank_processes, start_distill, wait_for_step)
+                       log_tail, logged_steps, make_world, rank_processes, start_distill, wait_for_step)
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +32,7 @@ FAULTS = ("start-up", "step", "inside a save", "step", "step, then the newest ch
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    teacher = build_teacher(root / "teacher")
-    return root, teacher, [pack_shards(teacher, root / "general", seed=0, seq_len=64)]
+    return make_world(tmp_path_factory.mktemp("faults"))
 
 
 @pytest.fixture(scope="module")

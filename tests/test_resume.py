@@ -18,9 +18,10 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from distill_helpers import REPO, build_teacher, distill_env, pack_shards, read_metrics, run_distill
+from distill_helpers import REPO, distill_env, read_metrics, run_distill
 from run_watch import (DROPOUT, EVERY_2, assert_same_records, assert_same_weights, engine_weights, finish, latest,
-                       log_tail, logged_steps, rank_processes, start_distill, trainer_state, wait_for_step)
+                       log_tail, logged_steps, make_world, rank_processes, start_distill, trainer_state,
+                       wait_for_step)
 
 MAX_STEPS = 8
 LOSSES = ("loss", "loss_mlm", "loss_attention", "loss_hidden", "loss_output")
@@ -35,10 +36,7 @@ TAGS = ("loss/total", "loss/mlm", "loss/attention", "loss/hidden", "loss/output"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    teacher = build_teacher(root / "teacher")
-    # Rows of 64 tokens, many of them partly filled: the token count of a step tells which samples it read.
-    return root, teacher, [pack_shards(teacher, root / "general", seed=0, seq_len=64)]
+    return make_world(tmp_path_factory.mktemp("resume"))
 
 
 @pytest.fixture(scope="module")
