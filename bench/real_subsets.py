@@ -2,6 +2,7 @@
 
     python bench/real_subsets.py subsets --data ../shared/data --out runs/bench/data [--train 400 ...]
     python bench/real_subsets.py random-init --like runs/demo/distill/export --out runs/bench/random-init
+    python bench/real_subsets.py step-zero --config configs/distill/cpu.yaml --out runs/bench/teacher-init
 
 Used by ``bench/real_benchmarks.sh`` and ``bench/gpu_glue.sh``. The subsets are written under ``--out`` (never
 into the repository): a seeded sample of the training rows / sentences, the GLUE dev sets whole, NER devel and
@@ -79,7 +80,8 @@ def make_subsets(args) -> dict:
         if not (data / "ner" / name).is_dir():
             continue
         sizes[name] = {}
-        for split, n in (("train", args.train), ("devel", args.eval), ("test", args.eval)):
+        devel = args.eval if args.devel is None else args.devel
+        for split, n in (("train", args.train), ("devel", devel), ("test", args.eval)):
             sentences = sample(read_sentences(data / "ner" / name / f"{split}.tsv"), n, args.seed)
             write_text(out / "ner" / name / f"{split}.tsv", "\n\n".join(s.strip("\n") for s in sentences) + "\n\n")
             sizes[name][split] = len(sentences)
@@ -105,6 +107,28 @@ def random_init(args) -> None:
     print(f"random-init student like {args.like} -> {out}")
 
 
+def step_zero(args) -> None:
+    """The student a run config starts from (``distill.build_student``, the run's seed): e.g. the teacher-init
+    student before any distillation, saved like an export (weights, tokenizer, model code)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from minialbert.config import load_run_config
+    from minialbert.distill import build_student
+    from minialbert.remote_code import add_remote_code
+    from minialbert.teacher import load_teacher
+
+    cfg = load_run_config(args.config, args.overrides)
+    teacher = load_teacher(cfg.teacher_path(), cfg.student.num_recursions, cfg.teacher.layer_map)
+    torch.manual_seed(cfg.train.seed)
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    build_student(cfg, teacher).save_pretrained(out)
+    add_remote_code(out)
+    AutoTokenizer.from_pretrained(cfg.teacher_path()).save_pretrained(out)
+    print(f"step-0 student of {args.config} (student.init={cfg.student.init}) -> {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -113,13 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", required=True)
     s.add_argument("--train", type=int, default=400, help="training rows / sentences per set (0: all)")
     s.add_argument("--eval", type=int, default=0, help="NER devel and test sentences per set (0: all)")
+    s.add_argument("--devel", type=int, default=None, help="NER devel sentences per set (default: --eval)")
     s.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("random-init")
     r.add_argument("--like", required=True, help="a student folder whose config.json and tokenizer are used")
     r.add_argument("--out", required=True)
     r.add_argument("--seed", type=int, default=0)
+    z = sub.add_parser("step-zero")
+    z.add_argument("--config", required=True, help="a run config (configs/distill/*.yaml)")
+    z.add_argument("--out", required=True)
+    z.add_argument("overrides", nargs="*", help="section.key=value, e.g. student.init=random")
     args = p.parse_args(argv)
-    make_subsets(args) if args.command == "subsets" else random_init(args)
+    {"subsets": make_subsets, "random-init": random_init, "step-zero": step_zero}[args.command](args)
     return 0
 
 

@@ -57,6 +57,11 @@ class StudentConfig:
     """Adapters are H -> H/r -> H."""
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
+    init: str = "teacher"
+    """'teacher': start from the teacher's weights (SVD embeddings, the mean of the mapped layers as the shared
+    layer, identity adapters, its MLM head; minialbert/teacher_init.py), the default because a student that starts
+    where its teacher is needs far fewer steps to follow it; 'random': Hugging Face's initialisation (the
+    original code's). ``init_from`` and ``init_embeddings_from`` win over it where given."""
     init_embeddings_from: str | None = None
     """Copy the embeddings of this Hugging Face model folder (the paper: TinyBERT's 312-wide ones)."""
     init_from: str | None = None
@@ -121,7 +126,8 @@ class TrainConfig:
     micro_batch_size: int = 48
     """Samples per rank per forward."""
     precision: str = "bf16"
-    """'bf16', 'fp16' (dynamic loss scaling) or 'fp32'."""
+    """'bf16', 'fp16' (dynamic loss scaling), 'fp32', or 'auto': bf16 where the device computes it natively (a GPU
+    with bf16, a CPU with AMX or AVX512-BF16), else fp32 (said in one line at start-up)."""
     seed: int = 42
     log_every: int = 1
     """Optimizer steps between log lines (metrics.jsonl and TensorBoard get every step)."""
@@ -162,9 +168,11 @@ class RunConfig:
         need(self.loss.mode in ("default", "paper"), "loss.mode", "'default' or 'paper'", self.loss.mode)
         need(self.loss.attention_kl in ("fused", "materialised"), "loss.attention_kl", "'fused' or 'materialised'",
              self.loss.attention_kl)
-        need(self.train.precision in ("bf16", "fp16", "fp32"), "train.precision", "'bf16', 'fp16' or 'fp32'", self.train.precision)
+        need(self.train.precision in ("bf16", "fp16", "fp32", "auto"), "train.precision", "'bf16', 'fp16', 'fp32' or 'auto'",
+             self.train.precision)
         for name in ("max_steps", "global_batch_size", "micro_batch_size", "log_every"):
             need(getattr(self.train, name) > 0, f"train.{name}", "a positive integer", getattr(self.train, name))
+        need(self.student.init in ("teacher", "random"), "student.init", "'teacher' or 'random'", self.student.init)
         need(self.student.num_recursions > 0, "student.num_recursions", "a positive integer", self.student.num_recursions)
         need(0 < self.data.mlm_probability < 1, "data.mlm_probability", "a value in (0, 1)", self.data.mlm_probability)
         need(len(self.data.sources) > 0, "data.sources", "at least one shard folder", self.data.sources)
@@ -245,7 +253,7 @@ def _set_dotted(tree: dict, dotted: str, value: object) -> None:
 EMBEDDED_DEFAULT = {
     "student": {"num_recursions": 3, "embedding_size": 128, "adapter_reduction_factor": 16},
     "optim": {"lr": 1e-3, "warmup_steps": 30},
-    "train": {"max_steps": 300, "global_batch_size": 32, "micro_batch_size": 16, "precision": "bf16", "seed": 0},
+    "train": {"max_steps": 300, "global_batch_size": 32, "micro_batch_size": 16, "precision": "auto", "seed": 0},
     "checkpoint": {"every_steps": 100, "keep_last": 2},
 }
 

@@ -364,3 +364,13 @@ def iterate_split(folder: str, split: str = "validation", batch_size: int = 32, 
             ids, word_start = source.row(r)
             rows.append(masker(ids, word_start, np.random.default_rng([seed, r, 0x6576616C])))
         yield _collate(rows, seq_len, special_ids["pad"])
+
+
+def token_counts(folders: list[str], vocab_size: int, split: str = "train") -> np.ndarray:
+    """(vocab_size,) how often each token id occurs in the ``split`` rows of the shard folders."""
+    counts = np.zeros(vocab_size, np.int64)
+    for folder in folders:
+        for _, batches in ShardFolder(folder, split)._open:
+            for _, _, ids, _, _ in batches:
+                counts += np.bincount(np.asarray(ids, np.int64), minlength=vocab_size)[:vocab_size]
+    return counts

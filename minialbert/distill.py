@@ -43,6 +43,7 @@ from minialbert.losses import LossTerms
 from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
 from minialbert.monitor import make_monitor
 from minialbert.plan import make_plan, student_config
+from minialbert.precision import resolve_precision
 from minialbert.step import distillation_forward
 from minialbert.teacher import Teacher, TeacherError, load_teacher
 
@@ -98,6 +99,7 @@ def print_plan(cfg: RunConfig, ds_json: str, world_size: int | None) -> int:
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     if world < 1:
         raise ConfigError(f"--world-size {world}: expected a positive integer")
+    cfg.train.precision = resolve_precision(cfg.train.precision, torch.device("cuda"))  # plans are for GPUs
     accum = ds.accumulation_steps(cfg, world)
     plan = make_plan(cfg, ds.build_ds_config(cfg, ds_json, world, on_cuda=True), world, accum)
     if os.environ.get("RANK", "0") == "0":
@@ -134,6 +136,15 @@ def build_student(cfg: RunConfig, teacher: Teacher) -> MiniAlbertForMaskedLM:
         if student_value != teacher_value:
             raise ConfigError(f"student.{field}={student_value} but the teacher needs {teacher_value} "
                               f"(hidden-state and attention losses compare them one to one)")
+    if s.init == "teacher" and not s.init_from:
+        from minialbert.data import token_counts
+        from minialbert.teacher_init import TeacherInitError, init_from_teacher
+
+        try:
+            counts = token_counts([src.path for src in cfg.data.sources], t.vocab_size)
+            init_from_teacher(model, teacher.bert, teacher.layer_map, teacher.mlm_head, torch.from_numpy(counts))
+        except TeacherInitError as err:
+            raise ConfigError(str(err)) from None
     if s.init_embeddings_from:
         from transformers import AutoModel
 
@@ -205,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     ctx = dist.init_distributed()
     stop = StopFlag()
+    if cfg.train.precision == "auto":
+        cfg.train.precision = resolve_precision("auto", ctx.device)
+        dist.print0(f"train.precision=auto: {cfg.train.precision} on this {ctx.device.type} "
+                    f"({'native bf16' if cfg.train.precision == 'bf16' else 'no native bf16: emulated bf16 is slower than fp32'})")
     try:
         teacher = load_teacher(cfg.teacher_path(), cfg.student.num_recursions, cfg.teacher.layer_map,
                                DTYPES[cfg.train.precision], ctx.device)

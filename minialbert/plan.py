@@ -31,7 +31,7 @@ def student_config(cfg: RunConfig, teacher_config) -> MiniAlbertConfig:
         use_adapters=s.use_adapters, adapter_reduction_factor=s.adapter_reduction_factor,
         hidden_dropout_prob=s.hidden_dropout_prob, attention_probs_dropout_prob=s.attention_probs_dropout_prob,
         max_position_embeddings=t.max_position_embeddings, type_vocab_size=t.type_vocab_size,
-        layer_norm_eps=t.layer_norm_eps, pad_token_id=t.pad_token_id or 0,
+        layer_norm_eps=t.layer_norm_eps, pad_token_id=t.pad_token_id or 0, hidden_act=t.hidden_act,
     )
 
 

@@ -17,7 +17,8 @@ from transformers import AutoModelForSequenceClassification
 from minialbert.finetune import InputError, glue
 from minialbert.finetune import metrics as M
 from minialbert.finetune.__main__ import main
-from minialbert.finetune.training import TrainConfig, bf16_supported, build_model, load_tokenizer, predict, train
+from minialbert.finetune.training import TrainConfig, build_model, load_tokenizer, predict, train
+from minialbert.precision import bf16_supported
 
 QUIET = ["--precision", "fp32", "--no-progress", "--batch-size", "16"]
 FULL = ["--lr", "1e-3", "--epochs", "12", *QUIET]

@@ -28,6 +28,7 @@ from transformers import (
 import minialbert  # noqa: F401  (registers MiniALBERT with the Auto classes)
 
 from ..param_groups import weight_decay_groups
+from ..precision import bf16_supported
 from ..remote_code import add_remote_code
 from . import InputError
 
@@ -57,13 +58,6 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available on this machine")
     return torch.device(name)
-
-
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    # CPU autocast to bf16 only pays off with native bf16 units (AVX512-BF16 / AMX); emulated bf16 is slow.
-    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def pick_autocast(precision: str, device: torch.device) -> torch.dtype | None:

@@ -1,0 +1,194 @@
+"""Start a student from its teacher's weights instead of from noise (``student.init: teacher``).
+
+What is copied, and how (the teacher is a BERT-shaped encoder: ``embeddings`` + ``encoder.layer[i]``):
+
+- **Embeddings.** The student's E-wide word table and its E -> H projection come from a truncated SVD of what
+  the teacher's embedding LayerNorm sees (each row's mean removed): the top E directions of the second moment
+  of word + position + token-type embeddings, words weighted by their frequency in the run's training shards (for words alone that is the SVD of the V x H table; the positions
+  matter: all-MiniLM-L6-v2's live in directions that hold 8 % of their energy among the words' top 128). Every
+  table is projected onto those E directions. The student's
+  E-wide LayerNorm then sees the E coordinates of the teacher's centred sum, and the projection (Vᵀ scaled by
+  √(H/E), then the teacher's LayerNorm gain and bias) turns the normalised coordinates back into what the
+  teacher's LayerNorm gives. One catch: LayerNorm also subtracts the mean over the E coordinates. A Householder
+  reflection puts the weakest of the E directions on the all-ones axis, so that subtraction removes only that
+  direction. With E = H there is no projection: the tables and the LayerNorm are copied.
+- **The shared layer** is the element-wise mean of the teacher layers mapped to the recursions
+  (``teacher.layer_map``), every tensor (attention, feed-forward, both LayerNorms). A narrower student
+  feed-forward (``student.intermediate_size`` < the teacher's) keeps the units with the largest mean
+  ‖w_in‖·‖w_out‖ over those layers.
+- **Adapters** start as the identity, as closely as their LayerNorm allows: the up-projection is zero, and the
+  LayerNorm's gain and bias undo the normalisation of an input that left the shared layer's LayerNorm
+  (gain γ, bias β): gain √(mean γ² + var β), bias mean β. A per-recursion weight delta (the SVD of a layer's
+  difference from the mean, as relaxed recursive transformers do with LoRA) has no place in a bottleneck
+  adapter that acts on activations, so none is made.
+- **The MLM head** is the teacher's (transform, LayerNorm, decoder and bias; the decoder is H wide in both
+  models) when the teacher has one, else it stays random.
+
+Widths that forbid a copy (hidden size, heads, vocabulary, E > H, a wider student feed-forward) raise
+``TeacherInitError`` naming the fields. Model code: no DeepSpeed, no ranks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .modeling_minialbert import MiniAlbertForMaskedLM
+
+
+class TeacherInitError(ValueError):
+    """The student's shape does not allow copying the teacher's weights; the message names the fields."""
+
+
+def _check_shapes(student: MiniAlbertForMaskedLM, teacher_config) -> None:
+    s, t = student.config, teacher_config
+    for field, sv, tv in (
+        ("hidden_size", s.hidden_size, t.hidden_size),
+        ("num_attention_heads", s.num_attention_heads, t.num_attention_heads),
+        ("vocab_size", s.vocab_size, t.vocab_size),
+    ):
+        if sv != tv:
+            raise TeacherInitError(f"student.init=teacher: student {field}={sv} but the teacher's is {tv}; "
+                                   f"set student.{field} to {tv} or student.init=random")
+    if s.embedding_size > t.hidden_size:
+        raise TeacherInitError(f"student.init=teacher: student.embedding_size={s.embedding_size} exceeds the "
+                               f"teacher's hidden_size={t.hidden_size}; choose E <= {t.hidden_size} or "
+                               f"student.init=random")
+    if s.intermediate_size > t.intermediate_size:
+        raise TeacherInitError(f"student.init=teacher: student.intermediate_size={s.intermediate_size} exceeds "
+                               f"the teacher's {t.intermediate_size}; choose <= {t.intermediate_size} or "
+                               f"student.init=random")
+    if s.hidden_act != t.hidden_act:
+        raise TeacherInitError(f"student.init=teacher: the student's hidden_act={s.hidden_act!r} but the "
+                               f"teacher's is {t.hidden_act!r}")
+
+
+@torch.no_grad()
+def init_from_teacher(student: MiniAlbertForMaskedLM, teacher_encoder: nn.Module, layer_map: list[int],
+                      mlm_head: nn.Module | None = None, token_counts: torch.Tensor | None = None) -> None:
+    """Overwrite ``student``'s weights from a BERT-shaped ``teacher_encoder`` (``embeddings``, ``encoder.layer``)
+    whose layers ``layer_map`` (1-based) the recursions imitate; ``mlm_head``: the teacher's
+    ``cls.predictions`` or None; ``token_counts``: (V,) how often each token occurs in the training text (the
+    embedding directions then favour the words the student will read; None: every word alike)."""
+    _check_shapes(student, teacher_encoder.config)
+    base = student.minialbert
+    _init_embeddings(base, teacher_encoder.embeddings, token_counts)
+    layers = [teacher_encoder.encoder.layer[i - 1] for i in layer_map]
+    _init_shared_layer(base.layer, layers)
+    if base.adapters is not None:
+        # What each adapter's input left: the embeddings' LayerNorm (recursion 1) or the shared layer's.
+        embeddings_ln = teacher_encoder.embeddings.LayerNorm
+        for i, adapters in enumerate(base.adapters):
+            _init_identity_adapter(adapters.attention, embeddings_ln if i == 0 else base.layer.ffn.LayerNorm)
+            _init_identity_adapter(adapters.ffn, base.layer.attention.LayerNorm)
+    if mlm_head is not None:
+        head = student.mlm_head
+        head.transform.load_state_dict(mlm_head.transform.dense.state_dict())
+        head.LayerNorm.load_state_dict(mlm_head.transform.LayerNorm.state_dict())
+        head.decoder.weight.copy_(mlm_head.decoder.weight)
+        head.decoder.bias.copy_(mlm_head.bias if getattr(mlm_head, "bias", None) is not None else mlm_head.decoder.bias)
+
+
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(torch.float32)
+
+
+def _init_embeddings(base: nn.Module, source: nn.Module, token_counts: torch.Tensor | None) -> None:
+    """The factorised embeddings from the teacher's (see the module docstring)."""
+    target = base.embeddings
+    word, pos, typ = (_fp32(m.weight) for m in (source.word_embeddings, source.position_embeddings,
+                                                 source.token_type_embeddings))
+    gamma, beta = _fp32(source.LayerNorm.weight), _fp32(source.LayerNorm.bias)
+    h, e = word.shape[1], target.word_embeddings.embedding_dim
+    if base.embedding_projection is None:  # E = H: the teacher's embeddings as they are
+        for name, src in (("word_embeddings", word), ("position_embeddings", pos), ("token_type_embeddings", typ)):
+            getattr(target, name).weight.copy_(src)
+        target.LayerNorm.weight.copy_(gamma)
+        target.LayerNorm.bias.copy_(beta)
+        return
+    # The E directions that carry most of what the teacher's LayerNorm sees: the top eigenvectors of the second
+    # moment of a centred sum word + position + token type, the three drawn independently (uniform rows). Words
+    # alone would do for words but lose the positions, which live in other directions.
+    tables = [t - t.mean(dim=1, keepdim=True) for t in (word, pos, typ)]  # centred rows, (rows, H) each
+    row_weights = [torch.full((len(t),), 1.0 / len(t)) for t in tables]
+    if token_counts is not None:  # add-one smoothing: words absent from the text still count a little
+        counts = token_counts.to(torch.float64)[: len(word)] + 1.0
+        row_weights[0] = (counts / counts.sum()).to(torch.float32)
+    means = [w @ t for w, t in zip(row_weights, tables)]
+    moment = sum(t.T @ (w[:, None] * t) for w, t in zip(row_weights, tables))  # (H, H)
+    for i, a in enumerate(means):
+        for b in means[i + 1:]:
+            moment = moment + torch.outer(a, b) + torch.outer(b, a)
+    _, vectors = torch.linalg.eigh(moment)  # ascending
+    basis = vectors[:, -e:].flip(1).T  # (E, H), strongest first
+    reflect = _householder_to_ones(e)  # (E, E), symmetric: the weakest direction onto the all-ones axis
+
+    def coords(table: torch.Tensor) -> torch.Tensor:
+        return (table - table.mean(dim=1, keepdim=True)) @ basis.T @ reflect  # (rows, E)
+
+    target.word_embeddings.weight.copy_(coords(word))
+    target.position_embeddings.weight.copy_(coords(pos)[: target.position_embeddings.num_embeddings])
+    target.token_type_embeddings.weight.copy_(coords(typ)[: target.token_type_embeddings.num_embeddings])
+    target.LayerNorm.weight.fill_(1.0)
+    target.LayerNorm.bias.zero_()
+    # LN_E(c) = c·√E/‖c‖ for coordinates c with no weight on the all-ones axis; the teacher's LN gives
+    # γ ⊙ x·√H/‖x‖ + β for the centred sum x ≈ basisᵀ c, so the projection is γ ⊙ basisᵀ·√(H/E), bias β.
+    weight = (gamma[:, None] * (basis.T @ reflect)) * math.sqrt(h / e)  # (H, E)
+    base.embedding_projection.weight.copy_(weight)
+    base.embedding_projection.bias.copy_(beta)
+
+
+def _householder_to_ones(e: int) -> torch.Tensor:
+    """An orthogonal, symmetric E x E matrix that swaps the last axis and the all-ones direction."""
+    last = torch.zeros(e)
+    last[-1] = 1.0
+    ones = torch.full((e,), 1.0 / math.sqrt(e))
+    v = last - ones
+    if v.norm() < 1e-12:  # E = 1
+        return torch.eye(e)
+    v = v / v.norm()
+    return torch.eye(e) - 2.0 * torch.outer(v, v)
+
+
+def _init_identity_adapter(adapter: nn.Module, input_norm: nn.LayerNorm) -> None:
+    """LN(x + up(gelu(down x))) ≈ x for x = γ ⊙ n + β (n: a normalised vector): up = 0, and the LayerNorm's gain
+    and bias give back x's spread and offset (x's mean ≈ mean β, its spread ≈ √(mean γ² + var β))."""
+    gamma, beta = _fp32(input_norm.weight), _fp32(input_norm.bias)
+    adapter.up.weight.zero_()
+    adapter.up.bias.zero_()
+    adapter.LayerNorm.weight.fill_(float((gamma.square().mean() + beta.var(unbiased=False)).sqrt()))
+    adapter.LayerNorm.bias.fill_(float(beta.mean()))
+
+
+def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([_fp32(t) for t in tensors]).mean(0)
+
+
+def _init_shared_layer(layer: nn.Module, teacher_layers: list[nn.Module]) -> None:
+    """The shared layer as the mean of ``teacher_layers`` (BERT module names on the teacher side)."""
+    pairs = {
+        layer.attention.query: [t.attention.self.query for t in teacher_layers],
+        layer.attention.key: [t.attention.self.key for t in teacher_layers],
+        layer.attention.value: [t.attention.self.value for t in teacher_layers],
+        layer.attention.dense: [t.attention.output.dense for t in teacher_layers],
+        layer.attention.LayerNorm: [t.attention.output.LayerNorm for t in teacher_layers],
+        layer.ffn.LayerNorm: [t.output.LayerNorm for t in teacher_layers],
+    }
+    for target, sources in pairs.items():
+        target.weight.copy_(_mean([s.weight for s in sources]))
+        target.bias.copy_(_mean([s.bias for s in sources]))
+    w_in = _mean([t.intermediate.dense.weight for t in teacher_layers])  # (I, H)
+    b_in = _mean([t.intermediate.dense.bias for t in teacher_layers])  # (I,)
+    w_out = _mean([t.output.dense.weight for t in teacher_layers])  # (H, I)
+    keep = layer.ffn.ffn.out_features
+    if keep < w_in.shape[0]:  # a narrower feed-forward: the units that carry the most, in their original order
+        score = torch.stack([_fp32(t.intermediate.dense.weight).norm(dim=1) * _fp32(t.output.dense.weight).norm(dim=0)
+                             for t in teacher_layers]).mean(0)
+        units = score.topk(keep).indices.sort().values
+        w_in, b_in, w_out = w_in[units], b_in[units], w_out[:, units]
+    layer.ffn.ffn.weight.copy_(w_in)
+    layer.ffn.ffn.bias.copy_(b_in)
+    layer.ffn.ffn_output.weight.copy_(w_out)
+    layer.ffn.ffn_output.bias.copy_(_mean([t.output.dense.bias for t in teacher_layers]))
