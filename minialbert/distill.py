@@ -44,7 +44,7 @@ from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
 from minialbert.monitor import make_monitor
 from minialbert.plan import make_plan, student_config
 from minialbert.step import distillation_forward
-from minialbert.teacher import Teacher, TeacherError, load_teacher
+from minialbert.teacher import Teacher, TeacherError, describe_family, load_teacher
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved on SIGTERM/SIGUSR1/SIGINT; run the same command to resume
 EXIT_CONFIG = 2
@@ -143,6 +143,7 @@ def build_student(cfg: RunConfig, teacher: Teacher) -> MiniAlbertForMaskedLM:
 
 def build_stream(cfg: RunConfig, teacher: Teacher, ctx: dist.DistContext):
     from minialbert.data import ShardStream, tokenizer_fingerprint
+    from minialbert.teacher_families import max_positions
 
     stream = ShardStream(
         [(s.path, s.weight) for s in cfg.data.sources], split="train", micro_batch_size=cfg.train.micro_batch_size,
@@ -150,9 +151,10 @@ def build_stream(cfg: RunConfig, teacher: Teacher, ctx: dist.DistContext):
         whole_word_mask=cfg.data.whole_word_mask, vocab_size=teacher.config.vocab_size,
         expected_fingerprint=tokenizer_fingerprint(cfg.teacher_path()),
     )
-    if stream.seq_len > teacher.config.max_position_embeddings:
+    if stream.seq_len > max_positions(teacher.config):
         raise DataError(f"{cfg.data.sources[0].path}: rows of {stream.seq_len} tokens exceed the teacher's "
-                          f"max_position_embeddings={teacher.config.max_position_embeddings}")
+                        f"{max_positions(teacher.config)} positions (max_position_embeddings="
+                        f"{teacher.config.max_position_embeddings})")
     return stream
 
 
@@ -184,7 +186,7 @@ def flops_and_peak(cfg: RunConfig, teacher: Teacher, student: MiniAlbertForMaske
 
     per_step = flops.distillation_step_flops(
         teacher.config, student.config, cfg.train.global_batch_size, seq_len, cfg.data.mlm_probability,
-        teacher_layers_run=len(teacher.layers) if teacher.has_mlm_head else teacher.layer_map[-1],
+        teacher_layers_run=teacher.num_layers if teacher.has_mlm_head else teacher.layer_map[-1],
         attention_kl=cfg.loss.attention_kl,
     )
     peak = cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops else flops.measure_peak_flops(
@@ -222,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
         dist.destroy()
         return EXIT_CONFIG
+    dist.print0(describe_family(teacher.family, teacher.config.model_type))
     if not teacher.has_mlm_head:
         dist.print0("teacher has no MLM head: output-logit distillation is off")
     dist.print0(f"teacher layers {teacher.layer_map} -> student recursions 1..{len(teacher.layer_map)}; "
