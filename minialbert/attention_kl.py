@@ -31,6 +31,12 @@ Two routes compute this (``method``):
   Memory O(block + B·heads·L·d). Measured slower on the 2-core EPYC VM (1.05 s against 0.83 s at b8 L512,
   docs/performance.md); kept as the exact per-element cross-check and for devices without such a kernel.
 
+Teachers whose attention is not one softmax(QKᵀ/√d + mask) (``teacher_families``): a local window (ModernBERT's
+sliding layers, |i - j| <= w) is part of the teacher's mask, and such a layer takes the blockwise route, whose
+score blocks carry it; a teacher that hands over its own probabilities t (DeBERTa's disentangled attention, generic
+encoders) gets ``map_row_kl``: Σ_j t_ij log t_ij - q_i·(T K)_i / √d + LSE_i, T K one matmul with the teacher's
+map, the student's LSE and its gradient from attention calls (no student map).
+
 Exactness against ``losses.attention_kl`` (the materialised maps): that one adds EPS = 1e-12 inside log(s + EPS)
 (and to t in paper mode); this module computes the KL itself. The two differ by about EPS · Σ_j t_ij / s_ij per
 row — below fp32 resolution unless a student probability falls under ~1e-8 where the teacher's does not (the

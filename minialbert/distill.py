@@ -150,6 +150,7 @@ def build_stream(cfg: RunConfig, teacher: Teacher, ctx: dist.DistContext):
         rank=ctx.rank, world_size=ctx.world_size, seed=cfg.train.seed, mlm_probability=cfg.data.mlm_probability,
         whole_word_mask=cfg.data.whole_word_mask, vocab_size=teacher.config.vocab_size,
         expected_fingerprint=tokenizer_fingerprint(cfg.teacher_path()),
+        expected_tokenizer=f"the teacher's tokenizer {cfg.teacher_path()}",
     )
     if stream.seq_len > max_positions(teacher.config):
         raise DataError(f"{cfg.data.sources[0].path}: rows of {stream.seq_len} tokens exceed the teacher's "

@@ -56,10 +56,12 @@ def build_byte_bpe(out: Path, style: str, vocab_size: int = 400) -> Path:
     tok.train_from_iterator(corpus_text(), trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
-    if style == "roberta":
-        tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=False)
-        wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
-                                          cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    if style == "roberta":  # RoBERTa's own class from the trained vocabulary and merges
+        from transformers import RobertaTokenizer
+
+        model = json.loads(tok.to_str())["model"]
+        merges = [tuple(m.split(" ") if isinstance(m, str) else m) for m in model["merges"]]
+        wrapped = RobertaTokenizer(vocab=model["vocab"], merges=merges)
     else:
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])

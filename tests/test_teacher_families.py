@@ -139,3 +139,18 @@ def test_another_encoder_runs_through_the_generic_path(tmp_path):
         input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
     torch.testing.assert_close(out.hidden_states[1], ref.hidden_states[4])
     torch.testing.assert_close(out.query_keys[0].probs, ref.attentions[1])
+
+
+@pytest.mark.parametrize("family", ["roberta", "modernbert", "xlm-roberta", "deberta-v2"])
+def test_ner_words_are_cut_as_in_running_text(folders, family):
+    """Byte-level BPE marks word starts with a leading space (Ġ), SentencePiece with ▁: NER's words, handed to the
+    tokenizer one by one, must become the pieces of the same text tokenised whole."""
+    from minialbert.finetune.ner import Sentence, encode_ner, for_split_words
+
+    tokenizer = AutoTokenizer.from_pretrained(folders[family])
+    words = TEXTS[0].split()
+    features, windows = encode_ner([Sentence(words, ["O"] * len(words), list(range(len(words))))],
+                                   for_split_words(tokenizer), {"O": 0}, 64, 0)
+    running = tokenizer(" " + TEXTS[0], add_special_tokens=False)["input_ids"]  # every word after a space
+    assert features["input_ids"][0][1:-1] == running
+    assert features["input_ids"][0][0] == tokenizer.cls_token_id and len(windows[0].first_piece) == len(words)

@@ -1,0 +1,79 @@
+"""Each non-BERT teacher family end to end: pack with its own tokenizer -> 2 distillation steps (1 CPU rank) ->
+export -> the export loads where minialbert is not importable and computes what the package computes. Then the
+tokenizer-mismatch error, and NER fine-tuning of a RoBERTa-family student (byte-level BPE word alignment)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from distill_helpers import REPO, distill_env, pack_shards, read_metrics, run_distill
+from family_teachers import build_family_teacher
+from test_export_standalone import assert_same_as_package, run_child
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+FAMILIES = ("roberta", "xlm-roberta", "electra", "deberta-v2", "modernbert")  # BERT: tests/test_distill.py
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("family_runs")
+    out = {}
+    for family in FAMILIES:
+        teacher = build_family_teacher(family, root / f"{family}_teacher")
+        shards = pack_shards(teacher, root / f"{family}_shards")
+        run_dir = root / f"{family}_run"
+        done = run_distill(run_dir, teacher, [shards], "--max-steps", "2", ranks=1)
+        assert done.returncode == 0, family + done.stdout[-3000:] + done.stderr[-3000:]
+        out[family] = teacher, shards, run_dir, done.stdout
+    return out
+
+
+def test_every_family_distils_and_exports_a_student_that_loads_without_minialbert(runs, tmp_path):
+    from transformers import AutoTokenizer
+
+    for family, (teacher, shards, run_dir, stdout) in runs.items():
+        assert [r["step"] for r in read_metrics(run_dir)] == [1, 2], family
+        assert f"model_type={family!r}" in stdout and "attention term:" in stdout
+        assert ("teacher has no MLM head: output-logit distillation is off" in stdout) == (family == "electra")
+        manifest = json.loads((shards / "manifest.json").read_text())
+        special = AutoTokenizer.from_pretrained(teacher)
+        assert manifest["tokenizer"]["special_ids"]["mask"] == special.mask_token_id  # the teacher's, not BERT's
+        export = run_dir / "export"
+        config = json.loads((export / "config.json").read_text())
+        assert config["pad_token_id"] == special.pad_token_id and config["vocab_size"] == len(special)
+        assert config["max_position_embeddings"] == 64  # RoBERTa/XLM-R: its 66 rows less padding_idx + 1
+    loads = [{"key": family, "folder": run_dir / "export", "auto": "AutoModelForMaskedLM"}
+             for family, (_, _, run_dir, _) in runs.items()]
+    got = run_child(tmp_path, loads)
+    for load in loads:
+        assert_same_as_package(got[load["key"]], load)
+
+
+def test_shards_of_another_tokenizer_stop_the_run_naming_both(runs, tmp_path):
+    roberta, _, _, _ = runs["roberta"]
+    _, xlmr_shards, _, _ = runs["xlm-roberta"]
+    cmd = [sys.executable, str(REPO / "minialbert" / "distill.py"), "--config", str(REPO / "configs/distill/tiny.yaml"),
+           "--run-dir", str(tmp_path / "run"), f"teacher.path={roberta}", f"data.sources=[{{path: {xlmr_shards}}}]"]
+    done = subprocess.run(cmd, cwd=REPO, env=distill_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr[-2000:]
+    assert "'xlm-roberta_teacher' (XLMRobertaTokenizer" in errors[0] and f"tokenizer {roberta}" in errors[0]
+
+
+def test_ner_fine_tunes_a_roberta_family_student(runs, tmp_path):
+    from finetune_toys import write_ner_task
+    from minialbert.finetune.__main__ import main
+
+    _, _, run_dir, _ = runs["roberta"]
+    data = write_ner_task(tmp_path / "ner", n_train=40, n_eval=10)
+    args = ["ner", "--data", str(data), "--model", str(run_dir / "export"), "--out", str(tmp_path / "out"),
+            "--precision", "fp32", "--no-progress", "--batch-size", "16", "--seeds", "1", "--epochs", "1",
+            "--max-length", "32"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert 0.0 <= summary["best"]["mean"]["test_f1"] <= 1.0
