@@ -119,3 +119,14 @@ def max_positions(config) -> int:
 
 def layer_norm_eps(config) -> float:
     return getattr(config, "layer_norm_eps", None) or getattr(config, "norm_eps", None) or 1e-12
+
+
+def copy_init_refusal(config) -> str | None:
+    """None where a weight-copying student initialisation can read the teacher by BERT's module names (under
+    ``family.base``; positions from row ``position_offset``); else the one-line reason it cannot."""
+    family = family_of(config)
+    if family.bert_layers:
+        return None
+    return (f"teacher init is not available for family {family.name} (model_type={config.model_type!r}): its layers "
+            f"are not BERT-shaped; families with BERT-shaped layers: "
+            + ", ".join(k for k, f in FAMILIES.items() if f.bert_layers))

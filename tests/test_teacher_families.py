@@ -13,10 +13,12 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
+from distill_helpers import REPO
 from family_teachers import FAMILIES, WINDOW, build_family_teacher
 from minialbert.attention_kl import fused_attention_kl
 from minialbert.losses import attention_kl
 from minialbert.teacher import TeacherError, describe_family, load_teacher
+from minialbert.teacher_families import FAMILIES as TABLE
 from minialbert.teacher_families import family_of, max_positions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,8 +102,13 @@ def test_each_familys_attention_term_equals_the_materialised_one(folders, family
 def test_families_say_what_a_weight_copying_init_and_the_student_need(folders):
     from transformers import AutoConfig
 
-    bert_shaped = {f for f in FAMILIES if family_of(AutoConfig.from_pretrained(folders[f])).bert_layers}
+    from minialbert.teacher_families import copy_init_refusal
+
+    configs = {f: AutoConfig.from_pretrained(folders[f]) for f in FAMILIES}
+    bert_shaped = {f for f in FAMILIES if family_of(configs[f]).bert_layers}
     assert bert_shaped == {"bert", "roberta", "xlm-roberta", "electra"}
+    assert {f for f in FAMILIES if copy_init_refusal(configs[f]) is None} == bert_shaped
+    assert copy_init_refusal(configs["modernbert"]).startswith("teacher init is not available for family ModernBERT")
     roberta = AutoConfig.from_pretrained(folders["roberta"])
     assert max_positions(roberta) == 64 and roberta.max_position_embeddings == 64 + roberta.pad_token_id + 1
     lines = {f: describe_family(family_of(AutoConfig.from_pretrained(folders[f])), f) for f in FAMILIES}
@@ -154,3 +161,15 @@ def test_ner_words_are_cut_as_in_running_text(folders, family):
     running = tokenizer(" " + TEXTS[0], add_special_tokens=False)["input_ids"]  # every word after a space
     assert features["input_ids"][0][1:-1] == running
     assert features["input_ids"][0][0] == tokenizer.cls_token_id and len(windows[0].first_piece) == len(words)
+
+
+@pytest.mark.parametrize("family", ["roberta", "deberta-v2", "modernbert"])
+def test_check_names_the_family_and_its_attention_path(folders, family, capsys):
+    from minialbert.distill import main
+
+    assert main(["--check", "--config", str(REPO / "configs/distill/tiny.yaml"), f"teacher.path={folders[family]}"]) == 0
+    out = capsys.readouterr().out
+    path = {"roberta": "fused: teacher queries and keys", "deberta-v2": "the teacher's own attention probabilities",
+            "modernbert": "after rotary, local window in the mask"}[family]
+    assert f"teacher family {TABLE[family].name} (model_type={family!r}); attention term: " in out and path in out
+    assert "parameters: student" in out  # the student was shaped from this teacher's config
