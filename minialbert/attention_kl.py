@@ -180,8 +180,8 @@ class _CrossEntropyRows(torch.autograd.Function):
 
 
 class _StudentLSE(torch.autograd.Function):
-    """LSE_i(S) of the student's scaled masked scores per query row (B, h, L), differentiable in q and k without a
-    map: ∂LSE_i/∂S_ij = s_ij, so ∂q_i = g_i (S K)_i / √d and ∂k_j = Σ_i s_ij g_i q_i / √d (a swapped call)."""
+    """LSE_i(S) of the student's scaled masked scores per query row (B, h, L), differentiable in q and k without
+    a map: ∂LSE_i/∂S_ij = s_ij, so ∂q_i = g_i (S K)_i / √d and ∂k_j = Σ_i s_ij g_i q_i / √d (a swapped call)."""
 
     @staticmethod
     def forward(ctx, q_s, k_s, bias, real):
@@ -253,7 +253,8 @@ class _BlockwiseRowKL(torch.autograd.Function):
         for start in range(0, q_s.shape[-2], rows):
             q_b = q_s[..., start:start + rows, :]
             s = _log_probs(q_b, k_s, bias).exp_()
-            t = _log_probs(q_t[..., start:start + rows, :], k_t, _window_bias(bias, start, rows, ctx.window)).exp_()
+            t_bias = _window_bias(bias, start, rows, ctx.window)
+            t = _log_probs(q_t[..., start:start + rows, :], k_t, t_bias).exp_()
             d_scores = (s - t) * grad[..., start:start + rows, None]  # (B, heads, rows, Lk): g_i (s_ij - t_ij)
             d_q[..., start:start + rows, :] = d_scores @ k_s
             d_k += d_scores.transpose(-1, -2) @ q_b  # q_b carries the scale already

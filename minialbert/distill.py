@@ -1,4 +1,5 @@
-"""Distil a frozen BERT teacher into a recursive MiniALBERT student on a DeepSpeed ZeRO engine.
+"""Distil a frozen encoder teacher (BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa, ModernBERT: docs/teachers.md) into a
+recursive MiniALBERT student on a DeepSpeed ZeRO engine.
 
 One CPU box (2 ranks) or one GPU node:
     deepspeed [--num_gpus 2] minialbert/distill.py --deepspeed configs/ds/zero2.json [--config configs/distill/general.yaml]
@@ -187,7 +188,9 @@ def flops_and_peak(cfg: RunConfig, teacher: Teacher, student: MiniAlbertForMaske
 
     per_step = flops.distillation_step_flops(
         teacher.config, student.config, cfg.train.global_batch_size, seq_len, cfg.data.mlm_probability,
-        teacher_layers_run=teacher.num_layers if teacher.has_mlm_head else teacher.layer_map[-1],
+        # The model's own forward (DeBERTa, generic encoders) runs every layer; the others stop at the last mapped.
+        teacher_layers_run=(teacher.num_layers if teacher.has_mlm_head or teacher.family.runner == "outputs"
+                            else teacher.layer_map[-1]),
         attention_kl=cfg.loss.attention_kl,
     )
     peak = cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops else flops.measure_peak_flops(

@@ -1,6 +1,6 @@
 """Each non-BERT teacher family end to end: pack with its own tokenizer -> 2 distillation steps (1 CPU rank) ->
 export -> the export loads where minialbert is not importable and computes what the package computes. Then the
-tokenizer-mismatch error, and NER fine-tuning of a RoBERTa-family student (byte-level BPE word alignment)."""
+tokenizer-mismatch error, and NER and GLUE fine-tuning of students of a byte-level BPE and a SentencePiece teacher."""
 
 from __future__ import annotations
 
@@ -65,15 +65,20 @@ def test_shards_of_another_tokenizer_stop_the_run_naming_both(runs, tmp_path):
     assert "'xlm-roberta_teacher' (XLMRobertaTokenizer" in errors[0] and f"tokenizer {roberta}" in errors[0]
 
 
-def test_ner_fine_tunes_a_roberta_family_student(runs, tmp_path):
-    from finetune_toys import write_ner_task
+QUICK = ["--precision", "fp32", "--no-progress", "--batch-size", "16", "--seeds", "1", "--epochs", "1"]
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta"])
+def test_ner_and_glue_fine_tune_students_of_bpe_and_sentencepiece_teachers(runs, tmp_path, family):
+    from finetune_toys import write_ner_task, write_pair_task
     from minialbert.finetune.__main__ import main
 
-    _, _, run_dir, _ = runs["roberta"]
-    data = write_ner_task(tmp_path / "ner", n_train=40, n_eval=10)
-    args = ["ner", "--data", str(data), "--model", str(run_dir / "export"), "--out", str(tmp_path / "out"),
-            "--precision", "fp32", "--no-progress", "--batch-size", "16", "--seeds", "1", "--epochs", "1",
-            "--max-length", "32"]
-    assert main(args) == 0
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    export = runs[family][2] / "export"
+    ner = write_ner_task(tmp_path / "ner", n_train=40, n_eval=10)
+    assert main(["ner", "--data", str(ner), "--model", str(export), "--out", str(tmp_path / "ner_out"),
+                 "--max-length", "32", *QUICK]) == 0
+    summary = json.loads((tmp_path / "ner_out" / "summary.json").read_text())
     assert 0.0 <= summary["best"]["mean"]["test_f1"] <= 1.0
+    glue = write_pair_task(tmp_path / "rte", n_train=40, n_val=10)
+    assert main(["glue", "--task", "rte", "--model", str(export), "--data", str(glue), "--out",
+                 str(tmp_path / "glue_out"), *QUICK]) == 0
