@@ -83,9 +83,12 @@ class Teacher(nn.Module):
         self.family = family or family_of(self.config)
         base = self.family.base
         self.base = getattr(hf_model, base) if base and hasattr(hf_model, base) else hf_model
-        self.layers = {"bert": lambda: self.base.encoder.layer, "modernbert": lambda: self.base.layers,
-                       "outputs": lambda: None}[self.family.runner]()
+        runner = self.family.runner
+        # The layers run one by one (None where the model's own forward runs them).
+        self.layers = (self.base.encoder.layer if runner == "bert" else self.base.layers if runner == "modernbert"
+                       else None)
         self.num_layers = self.config.num_hidden_layers
+        # A masked-LM class wraps its encoder (hf.roberta); a bare encoder (AutoModel) is its own base.
         self.has_mlm_head = self.family.logits is not None and hf_model is not self.base
         n = self.num_layers
         if any(not 1 <= m <= n for m in layer_map) or list(layer_map) != sorted(set(layer_map)):

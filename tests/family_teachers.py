@@ -1,6 +1,7 @@
 """Tiny random teachers of every family, each saved with ``save_pretrained`` beside a real tokenizer of its kind:
 WordPiece (BERT, ELECTRA), byte-level BPE trained here (RoBERTa, ModernBERT) and SentencePiece unigram models
-trained here on WordNet's glosses (XLM-R, DeBERTa-v3) — real English text, offline."""
+trained here on WordNet's glosses (XLM-R, DeBERTa-v3) — real English text, offline; ``pack_in_process`` packs shards
+for them with the packer's own ``main``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from data_prep_helpers import WORDS, build_wordpiece_tokenizer
+from data_prep_helpers import WORDS, build_wordpiece_tokenizer, make_texts
 
 FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "modernbert")
 HIDDEN, LAYERS, HEADS, POSITIONS = 32, 4, 4, 64
@@ -121,4 +122,15 @@ def build_family_teacher(family: str, out: Path, mlm_head: bool = True, seed: in
 
     build_tokenizer(family, out)
     teacher_model(family, AutoTokenizer.from_pretrained(out), mlm_head, seed).save_pretrained(out)
+    return out
+
+
+def pack_in_process(teacher, out):
+    """data_prep.pack_corpus's own main, here: the CLI's work without a fresh interpreter per family."""
+    from data_prep.pack_corpus import main
+
+    corpus = out.parent / f"{out.name}_corpus.txt"
+    corpus.write_text("\n\n".join(make_texts(120, seed=0, max_words=60)) + "\n")
+    assert main(["--format", "text", "--input", str(corpus), "--tokenizer", str(teacher), "--out", str(out),
+                 "--seq-len", "32", "--max-windows", "2", "--validation-fraction", "0.1", "--no-progress"]) == 0
     return out

@@ -173,3 +173,20 @@ def test_check_names_the_family_and_its_attention_path(folders, family, capsys):
             "modernbert": "after rotary, local window in the mask"}[family]
     assert f"teacher family {TABLE[family].name} (model_type={family!r}); attention term: " in out and path in out
     assert "parameters: student" in out  # the student was shaped from this teacher's config
+
+
+def test_an_electra_generator_teacher_has_its_logit_term(tmp_path):
+    """ELECTRA's discriminator has no MLM head (the logit term is off); its generator has one."""
+    from transformers import ElectraConfig, ElectraForMaskedLM
+
+    torch.manual_seed(0)
+    ElectraForMaskedLM(ElectraConfig(vocab_size=100, embedding_size=16, hidden_size=32, num_hidden_layers=4,
+                                     num_attention_heads=4, intermediate_size=64, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)).save_pretrained(tmp_path)
+    teacher = load_teacher(tmp_path, num_recursions=2)
+    assert teacher.has_mlm_head
+    ids, mask = torch.randint(5, 100, (2, 10)), torch.ones(2, 10, dtype=torch.long)
+    positions = torch.tensor([1, 3, 12])
+    got = teacher(ids, mask, torch.zeros_like(ids), logits_positions=positions).logits
+    want = AutoModelForMaskedLM.from_pretrained(tmp_path)(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want.reshape(-1, 100)[positions], rtol=1e-4, atol=1e-5)

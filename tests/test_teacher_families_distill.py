@@ -1,4 +1,4 @@
-"""Each non-BERT teacher family end to end: pack with its own tokenizer -> 2 distillation steps (1 CPU rank) ->
+"""Each non-BERT teacher family end to end: pack with its own tokenizer -> 2 distillation steps (1 CPU process) ->
 export -> the export loads where minialbert is not importable and computes what the package computes. Then the
 tokenizer-mismatch error, and NER and GLUE fine-tuning of students of a byte-level BPE and a SentencePiece teacher."""
 
@@ -10,12 +10,20 @@ import sys
 
 import pytest
 
-from distill_helpers import REPO, distill_env, pack_shards, read_metrics, run_distill
-from family_teachers import build_family_teacher
+from distill_helpers import REPO, distill_env, read_metrics
+from family_teachers import build_family_teacher, pack_in_process
 from test_export_standalone import assert_same_as_package, run_child
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 FAMILIES = ("roberta", "xlm-roberta", "electra", "deberta-v2", "modernbert")  # BERT: tests/test_distill.py
+
+
+def distill_one_process(run_dir, teacher, shards, *extra):
+    """One rank without the launcher (distill.py sets up a world of 1 itself)."""
+    cmd = [sys.executable, "minialbert/distill.py", "--deepspeed", "configs/ds/zero2.json", "--config",
+           "configs/distill/tiny.yaml", "--run-dir", str(run_dir), f"teacher.path={teacher}",
+           f"data.sources=[{{path: {shards}}}]", *extra]
+    return subprocess.run(cmd, cwd=REPO, env=distill_env(), capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +32,9 @@ def runs(tmp_path_factory):
     out = {}
     for family in FAMILIES:
         teacher = build_family_teacher(family, root / f"{family}_teacher")
-        shards = pack_shards(teacher, root / f"{family}_shards")
+        shards = pack_in_process(teacher, root / f"{family}_shards")
         run_dir = root / f"{family}_run"
-        done = run_distill(run_dir, teacher, [shards], "--max-steps", "2", ranks=1)
+        done = distill_one_process(run_dir, teacher, shards, "--max-steps", "2")
         assert done.returncode == 0, family + done.stdout[-3000:] + done.stderr[-3000:]
         out[family] = teacher, shards, run_dir, done.stdout
     return out
@@ -56,9 +64,7 @@ def test_every_family_distils_and_exports_a_student_that_loads_without_minialber
 def test_shards_of_another_tokenizer_stop_the_run_naming_both(runs, tmp_path):
     roberta, _, _, _ = runs["roberta"]
     _, xlmr_shards, _, _ = runs["xlm-roberta"]
-    cmd = [sys.executable, str(REPO / "minialbert" / "distill.py"), "--config", str(REPO / "configs/distill/tiny.yaml"),
-           "--run-dir", str(tmp_path / "run"), f"teacher.path={roberta}", f"data.sources=[{{path: {xlmr_shards}}}]"]
-    done = subprocess.run(cmd, cwd=REPO, env=distill_env(), capture_output=True, text=True, timeout=300)
+    done = distill_one_process(tmp_path / "run", roberta, xlmr_shards)
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, done.stderr[-2000:]

@@ -12,8 +12,8 @@ import signal
 import pytest
 from transformers import AutoModelForMaskedLM
 
-from distill_helpers import pack_shards, read_metrics
-from family_teachers import build_family_teacher
+from distill_helpers import read_metrics
+from family_teachers import build_family_teacher, pack_in_process
 from run_watch import EVERY_2, finish, latest, log_tail, rank_processes, start_distill, wait_for_step
 
 pytestmark = pytest.mark.slow
@@ -23,7 +23,7 @@ MAX_STEPS = "4"
 @pytest.mark.parametrize("family", ["roberta", "xlm-roberta"])
 def test_two_rank_zero2_run_is_stopped_resumed_once_and_exported(tmp_path, family):
     teacher = build_family_teacher(family, tmp_path / "teacher")
-    world = (tmp_path, teacher, [pack_shards(teacher, tmp_path / "shards", seq_len=32)])
+    world = (tmp_path, teacher, [pack_in_process(teacher, tmp_path / "shards")])
     run_dir = tmp_path / "run"
     proc = start_distill(run_dir, world, EVERY_2, "--max-steps", MAX_STEPS)
     try:
