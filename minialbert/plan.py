@@ -64,7 +64,7 @@ class Plan:
     seq_len: int | None = None
     layer_map: list[int] | None = None
     teacher_family: str | None = None
-    """The teacher's family and its attention path (``teacher.describe``)."""
+    """The teacher's family and its attention path (``teacher.describe_family``)."""
     flops_per_step: float | None = None
     student_params: int | None = None
     teacher_params: int | None = None

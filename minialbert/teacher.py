@@ -211,7 +211,10 @@ def load_teacher(path: str | Path, num_recursions: int, layer_map: list[int] | N
     path = Path(path)
     if not (path / "config.json").is_file():
         raise TeacherError(f"teacher.path={str(path)!r}: no config.json there (expected a Hugging Face model folder)")
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (ValueError, KeyError, OSError) as e:
+        raise TeacherError(f"{path / 'config.json'}: not a config transformers knows ({str(e).splitlines()[0]})") from e
     if not is_encoder_only(config):
         raise TeacherError(f"{path / 'config.json'}: model_type={config.model_type!r} is not an encoder "
                            f"(decoder-only or encoder-decoder); accepted families: {accepted()} or another encoder")

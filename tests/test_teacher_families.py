@@ -130,6 +130,13 @@ def test_decoders_are_refused_in_one_line_naming_the_accepted_families(tmp_path,
     assert "bert, roberta, xlm-roberta, electra, deberta-v2, modernbert" in message
 
 
+def test_a_model_type_transformers_does_not_know_is_one_line(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "nonesuch"}))
+    with pytest.raises(TeacherError, match=r"config.json: not a config transformers knows") as err:
+        load_teacher(tmp_path, num_recursions=2)
+    assert "\n" not in str(err.value)
+
+
 def test_another_encoder_runs_through_the_generic_path(tmp_path):
     from transformers import AlbertConfig, AlbertModel
 
@@ -190,3 +197,20 @@ def test_an_electra_generator_teacher_has_its_logit_term(tmp_path):
     got = teacher(ids, mask, torch.zeros_like(ids), logits_positions=positions).logits
     want = AutoModelForMaskedLM.from_pretrained(tmp_path)(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(got, want.reshape(-1, 100)[positions], rtol=1e-4, atol=1e-5)
+
+
+def test_a_deberta_v3_folder_with_only_its_sentencepiece_model_loads_and_has_a_fingerprint(folders, tmp_path):
+    """DeBERTa-v3 folders may hold spm.model and no tokenizer.json: the fast tokenizer is converted from it and the
+    fingerprint reads it."""
+    import shutil
+
+    from data_prep.fingerprint import tokenizer_fingerprint
+
+    raw = tmp_path / "deberta-v3"
+    raw.mkdir()
+    shutil.copy(f"{folders['deberta-v2']}_raw/spm.model", raw / "spm.model")
+    (raw / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "DebertaV2Tokenizer"}))
+    tokenizer = AutoTokenizer.from_pretrained(raw)
+    assert tokenizer.is_fast and tokenizer.mask_token == "[MASK]"
+    assert tokenizer(TEXTS[0])["input_ids"] == AutoTokenizer.from_pretrained(folders["deberta-v2"])(TEXTS[0])["input_ids"]
+    assert tokenizer_fingerprint(str(raw)) != tokenizer_fingerprint(str(folders["deberta-v2"]))  # other files, other hash
