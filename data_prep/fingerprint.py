@@ -11,7 +11,9 @@ import json
 import os
 
 # Files that define a tokenizer's ids; model weights and configs in the same folder are not part of it.
-_VOCAB_FILES = ("vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+# SentencePiece models by family: ALBERT/T5 spiece.model, XLM-R sentencepiece.bpe.model, DeBERTa-v2/v3 spm.model.
+_VOCAB_FILES = ("vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "spm.model",
+                "tokenizer.model")
 _SPECIAL_KEYS = ("pad_token", "cls_token", "sep_token", "mask_token", "unk_token", "bos_token", "eos_token",
                  "do_lower_case", "added_tokens_decoder")
 

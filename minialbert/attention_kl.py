@@ -31,6 +31,12 @@ Two routes compute this (``method``):
   Memory O(block + B·heads·L·d). Measured slower on the 2-core EPYC VM (1.05 s against 0.83 s at b8 L512,
   docs/performance.md); kept as the exact per-element cross-check and for devices without such a kernel.
 
+Teachers whose attention is not one softmax(QKᵀ/√d + mask) (``teacher_families``): a local window (ModernBERT's
+sliding layers, |i - j| <= w) is part of the teacher's mask, and such a layer takes the blockwise route, whose
+score blocks carry it; a teacher that hands over its own probabilities t (DeBERTa's disentangled attention, generic
+encoders) gets ``map_row_kl``: Σ_j t_ij log t_ij - q_i·(T K)_i / √d + LSE_i, T K one matmul with the teacher's
+map, the student's LSE and its gradient from attention calls (no student map).
+
 Exactness against ``losses.attention_kl`` (the materialised maps): that one adds EPS = 1e-12 inside log(s + EPS)
 (and to t in paper mode); this module computes the KL itself. The two differ by about EPS · Σ_j t_ij / s_ij per
 row — below fp32 resolution unless a student probability falls under ~1e-8 where the teacher's does not (the
@@ -59,12 +65,19 @@ METHODS = ("attention", "blockwise")
 
 @dataclass
 class TeacherAttention:
-    """What the attention KL needs of one mapped teacher layer — its query and key heads, no map."""
+    """What the attention KL needs of one mapped teacher layer — its query and key heads, no map; or, for a
+    family whose attention is no softmax(QKᵀ/√d + mask) (DeBERTa's disentangled terms), its probabilities."""
 
-    query: torch.Tensor
+    query: torch.Tensor | None = None
     """(B, heads, L, d), the teacher's dtype."""
-    key: torch.Tensor
+    key: torch.Tensor | None = None
     """(B, heads, L, d)."""
+    window: int | None = None
+    """The layer attends only to keys with |i - j| <= window (ModernBERT's local layers); the term then takes the
+    blockwise route, whose score blocks carry the window."""
+    probs: torch.Tensor | None = None
+    """(B, heads, L, L) the teacher's own probabilities, instead of query and key (the student side stays
+    maps-free: ``map_row_kl``)."""
 
 
 # ----- attention with its log-sum-exp ---------------------------------------------------------------------------
@@ -166,26 +179,69 @@ class _CrossEntropyRows(torch.autograd.Function):
         return d_q, d_k, None, None, None, None, None
 
 
+class _StudentLSE(torch.autograd.Function):
+    """LSE_i(S) of the student's scaled masked scores per query row (B, h, L), differentiable in q and k without
+    a map: ∂LSE_i/∂S_ij = s_ij, so ∂q_i = g_i (S K)_i / √d and ∂k_j = Σ_i s_ij g_i q_i / √d (a swapped call)."""
+
+    @staticmethod
+    def forward(ctx, q_s, k_s, bias, real):
+        scale = 1.0 / math.sqrt(q_s.shape[-1])
+        sk, lse_s = attend(q_s, k_s, k_s, bias, scale)
+        ctx.save_for_backward(q_s, k_s, lse_s, sk, real)
+        ctx.scale = scale
+        return lse_s
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        q_s, k_s, lse_s, sk, real = ctx.saved_tensors
+        g = grad[..., None]
+        col, lse_c = attend(k_s, q_s, g * q_s, -lse_s[:, :, None, :], ctx.scale)
+        d_k = (lse_c.exp()[..., None] * col * ctx.scale).masked_fill(~real[:, None, :, None], 0.0)
+        return g * sk * ctx.scale, d_k, None, None
+
+
+def map_row_kl(query: torch.Tensor, key: torch.Tensor, t_probs: torch.Tensor, bias: torch.Tensor,
+               real: torch.Tensor) -> torch.Tensor:
+    """KL(t_i || s_i) per row (B, heads, L) from the teacher's map t (B, heads, L, L) and the student's query and
+    key heads: Σ_j t_ij log t_ij - q_i·(T K)_i / √d + LSE_i. The only (L, L) tensor is the teacher's own map."""
+    scale = 1.0 / math.sqrt(query.shape[-1])
+    t = t_probs.to(query.dtype)
+    cross = (query * (t @ key)).sum(-1) * scale  # Σ_j t_ij S_ij, differentiable through autograd
+    return torch.xlogy(t, t).sum(-1) - cross + _StudentLSE.apply(query, key, bias, real)
+
+
 # ----- the blockwise route -------------------------------------------------------------------------------------------
 def _log_probs(q_block: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """(B, heads, rows, Lk) log-probabilities of pre-scaled queries; padded keys at about finfo.min."""
     return (q_block @ k.transpose(-1, -2) + bias).log_softmax(-1)
 
 
+def _window_bias(bias: torch.Tensor, start: int, rows: int, window: int | None) -> torch.Tensor:
+    """The teacher's bias for query rows start..start+rows: ``bias`` (B, 1, 1, Lk), and finfo.min outside a local
+    window |i - j| <= window (then (B, 1, rows, Lk))."""
+    if window is None:
+        return bias
+    lk = bias.shape[-1]
+    i = torch.arange(start, min(start + rows, lk), device=bias.device)[:, None]
+    j = torch.arange(lk, device=bias.device)[None, :]
+    return bias.masked_fill((i - j).abs() > window, torch.finfo(bias.dtype).min)
+
+
 class _BlockwiseRowKL(torch.autograd.Function):
     """KL(t_i || s_i) per query row, (B, heads, L), from pre-scaled contiguous queries: blocks of query rows."""
 
     @staticmethod
-    def forward(ctx, q_s, k_s, q_t, k_t, bias):
+    def forward(ctx, q_s, k_s, q_t, k_t, bias, window=None):
         b, h, seq, _ = q_s.shape
         rows = max(1, min(seq, BLOCK_ELEMENTS // (b * h * k_s.shape[-2])))
         out = []
         for start in range(0, seq, rows):
             log_s = _log_probs(q_s[..., start:start + rows, :], k_s, bias)
-            log_t = _log_probs(q_t[..., start:start + rows, :], k_t, bias)
+            log_t = _log_probs(q_t[..., start:start + rows, :], k_t, _window_bias(bias, start, rows, window))
             out.append((log_t.exp() * (log_t - log_s)).sum(-1))
         ctx.save_for_backward(q_s, k_s, q_t, k_t, bias)
-        ctx.rows = rows
+        ctx.rows, ctx.window = rows, window
         return torch.cat(out, -1)
 
     @staticmethod
@@ -197,11 +253,12 @@ class _BlockwiseRowKL(torch.autograd.Function):
         for start in range(0, q_s.shape[-2], rows):
             q_b = q_s[..., start:start + rows, :]
             s = _log_probs(q_b, k_s, bias).exp_()
-            t = _log_probs(q_t[..., start:start + rows, :], k_t, bias).exp_()
+            t_bias = _window_bias(bias, start, rows, ctx.window)
+            t = _log_probs(q_t[..., start:start + rows, :], k_t, t_bias).exp_()
             d_scores = (s - t) * grad[..., start:start + rows, None]  # (B, heads, rows, Lk): g_i (s_ij - t_ij)
             d_q[..., start:start + rows, :] = d_scores @ k_s
             d_k += d_scores.transpose(-1, -2) @ q_b  # q_b carries the scale already
-        return d_q, d_k, None, None, None  # d_q: of the pre-scaled queries (autograd applies the scale)
+        return d_q, d_k, None, None, None, None  # d_q: of the pre-scaled queries (autograd applies the scale)
 
 
 # ----- the term ---------------------------------------------------------------------------------------------------
@@ -217,14 +274,19 @@ def fused_attention_kl(query: torch.Tensor, key: torch.Tensor, teacher: TeacherA
         raise ValueError(f"method={method!r}: expected one of {METHODS}")
     dt = compute_dtype(query)
     heads, seq = query.shape[1], query.shape[2]
-    q_t, k_t = teacher.query.to(dt), teacher.key.to(dt)
-    if method == "blockwise":
+    if teacher.probs is not None:
+        bias, real = key_bias(attention_mask, dt)
+        row_kl = map_row_kl(query.to(dt), key.to(dt), teacher.probs.to(dt), bias, real)
+    elif method == "blockwise" or teacher.window is not None:  # a local window: only the blocks carry it
+        q_t, k_t = teacher.query.to(dt), teacher.key.to(dt)
         bias, real = key_bias(attention_mask, dt, torch.finfo(dt).min)
         scale = 1.0 / math.sqrt(query.shape[-1])
         # Pre-scaled contiguous queries: the (L, d) scaling replaces an (L, L) one, and row blocks slice freely.
         row_kl = _BlockwiseRowKL.apply((query.to(dt) * scale).contiguous(), key.to(dt).contiguous(),
-                                       (q_t * scale).contiguous(), k_t.contiguous(), bias)  # (B, heads, L)
+                                       (q_t * scale).contiguous(), k_t.contiguous(), bias,
+                                       teacher.window)  # (B, heads, L)
     else:
+        q_t, k_t = teacher.query.to(dt), teacher.key.to(dt)
         bias, real = key_bias(attention_mask, dt)
         lse_t, neg_entropy = teacher_statistics(q_t, k_t, bias)
         row_kl = _CrossEntropyRows.apply(query.to(dt), key.to(dt), q_t, k_t, lse_t, bias, real) + neg_entropy

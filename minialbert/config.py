@@ -34,7 +34,7 @@ def installed_minilm_teacher() -> str:
 @dataclass
 class TeacherConfig:
     path: str = ""
-    """Local Hugging Face BERT-family folder ("" = the installed all-MiniLM-L6-v2 package)."""
+    """Local Hugging Face encoder folder of any family in teacher_families ("" = the installed all-MiniLM-L6-v2)."""
     layer_map: list[int] | None = None
     """Teacher layer (1-based) distilled into each recursion; None = uniform (12 -> 6 gives 2, 4, ..., 12)."""
 

@@ -133,7 +133,8 @@ def verify_shard(path: str, shard: dict, seq_len: int) -> tuple[np.ndarray, list
 class ShardFolder:
     """One packed folder's split, verified when opened (see `verify_shard`); row access by global row number."""
 
-    def __init__(self, folder: str, split: str, expected_fingerprint: str | None = None):
+    def __init__(self, folder: str, split: str, expected_fingerprint: str | None = None,
+                 expected_name: str = "the teacher's"):
         manifest_path = os.path.join(folder, "manifest.json")
         if not os.path.isdir(folder):
             raise DataError(f"{folder}: no such shard folder")
@@ -148,9 +149,9 @@ class ShardFolder:
         self.folder, self.split = folder, split
         tok = self.manifest["tokenizer"]
         if expected_fingerprint is not None and tok["fingerprint"] != expected_fingerprint:
-            raise DataError(f"{manifest_path}: tokenizer fingerprint {tok['fingerprint'][:12]} (packed with "
-                             f"'{tok['name']}') does not match the teacher's {expected_fingerprint[:12]}; "
-                             f"re-pack with the teacher's tokenizer")
+            raise DataError(f"{manifest_path}: packed with tokenizer '{tok['name']}' ({tok.get('class', '?')}, "
+                             f"fingerprint {tok['fingerprint'][:12]}), not with {expected_name} "
+                             f"({expected_fingerprint[:12]}); re-pack with the teacher's tokenizer")
         if split not in self.manifest["splits"]:
             raise DataError(f"{manifest_path}: no split '{split}' (has: {', '.join(self.manifest['splits'])})")
         self.shards = self.manifest["splits"][split]
@@ -227,9 +228,9 @@ def _collate(rows: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad: int) 
 
 
 def _open_sources(folders: list[str], split: str, expected_fingerprint: str | None, seq_len: int | None,
-                  special_ids: dict | None, vocab_size: int | None):
+                  special_ids: dict | None, vocab_size: int | None, expected_name: str = "the teacher's"):
     """Open folders and check they agree with each other and with the model's tokenizer facts."""
-    opened = [ShardFolder(f, split, expected_fingerprint) for f in folders]
+    opened = [ShardFolder(f, split, expected_fingerprint, expected_name) for f in folders]
     fingerprints = {o.manifest["tokenizer"]["fingerprint"] for o in opened}
     if len(fingerprints) > 1:
         raise DataError(f"{', '.join(folders)}: packed with different tokenizers; mix only folders of one tokenizer")
@@ -253,7 +254,8 @@ class ShardStream:
     def __init__(self, sources: list[tuple[str, float]], split: str = "train", seq_len: int | None = None,
                  micro_batch_size: int = 32, rank: int = 0, world_size: int = 1, seed: int = 0,
                  mlm_probability: float = 0.15, whole_word_mask: bool = False, special_ids: dict | None = None,
-                 vocab_size: int | None = None, expected_fingerprint: str | None = None):
+                 vocab_size: int | None = None, expected_fingerprint: str | None = None,
+                 expected_tokenizer: str = "the teacher's"):
         if not sources:
             raise ValueError("sources: at least one (folder, weight) is required")
         if not 0 <= rank < world_size:
@@ -262,7 +264,8 @@ class ShardStream:
         if (weights < 0).any() or weights.sum() <= 0:
             raise ValueError(f"sources: weights must be >= 0 with a positive sum (got {weights.tolist()})")
         self.folders, self.seq_len, special_ids, vocab_size, all_special = _open_sources(
-            [f for f, _ in sources], split, expected_fingerprint, seq_len, special_ids, vocab_size)
+            [f for f, _ in sources], split, expected_fingerprint, seq_len, special_ids, vocab_size,
+            expected_tokenizer)
         for folder, w in zip(self.folders, weights):
             if folder.rows == 0 and w > 0:
                 raise DataError(f"{folder.folder}: split '{split}' has no rows")

@@ -1,4 +1,5 @@
-"""Distil a frozen BERT teacher into a recursive MiniALBERT student on a DeepSpeed ZeRO engine.
+"""Distil a frozen encoder teacher (BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa, ModernBERT: docs/teachers.md) into a
+recursive MiniALBERT student on a DeepSpeed ZeRO engine.
 
 One CPU box (2 ranks) or one GPU node:
     deepspeed [--num_gpus 2] minialbert/distill.py --deepspeed configs/ds/zero2.json [--config configs/distill/general.yaml]
@@ -44,8 +45,9 @@ from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
 from minialbert.monitor import make_monitor
 from minialbert.plan import make_plan, student_config
 from minialbert.precision import resolve_precision
+from minialbert.teacher_families import copy_init_refusal, position_offset
 from minialbert.step import distillation_forward
-from minialbert.teacher import Teacher, TeacherError, load_teacher
+from minialbert.teacher import Teacher, TeacherError, describe_family, load_teacher
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved on SIGTERM/SIGUSR1/SIGINT; run the same command to resume
 EXIT_CONFIG = 2
@@ -136,13 +138,16 @@ def build_student(cfg: RunConfig, teacher: Teacher) -> MiniAlbertForMaskedLM:
         if student_value != teacher_value:
             raise ConfigError(f"student.{field}={student_value} but the teacher needs {teacher_value} "
                               f"(hidden-state and attention losses compare them one to one)")
-    if s.init == "teacher" and not s.init_from:
+    refusal = copy_init_refusal(t)
+    if s.init == "teacher" and not s.init_from and refusal:
+        dist.print0(f"{refusal}: the student starts from a random init")
+    elif s.init == "teacher" and not s.init_from:
         from minialbert.data import token_counts
         from minialbert.teacher_init import TeacherInitError, init_from_teacher
 
         try:
-            counts = token_counts([src.path for src in cfg.data.sources], t.vocab_size)
-            init_from_teacher(model, teacher.bert, teacher.layer_map, teacher.mlm_head, torch.from_numpy(counts))
+            counts = torch.from_numpy(token_counts([src.path for src in cfg.data.sources], t.vocab_size))
+            init_from_teacher(model, teacher.base, teacher.layer_map, teacher.hf, counts, position_offset(t))
         except TeacherInitError as err:
             raise ConfigError(str(err)) from None
     if s.init_embeddings_from:
@@ -154,16 +159,19 @@ def build_student(cfg: RunConfig, teacher: Teacher) -> MiniAlbertForMaskedLM:
 
 def build_stream(cfg: RunConfig, teacher: Teacher, ctx: dist.DistContext):
     from minialbert.data import ShardStream, tokenizer_fingerprint
+    from minialbert.teacher_families import max_positions
 
     stream = ShardStream(
         [(s.path, s.weight) for s in cfg.data.sources], split="train", micro_batch_size=cfg.train.micro_batch_size,
         rank=ctx.rank, world_size=ctx.world_size, seed=cfg.train.seed, mlm_probability=cfg.data.mlm_probability,
         whole_word_mask=cfg.data.whole_word_mask, vocab_size=teacher.config.vocab_size,
         expected_fingerprint=tokenizer_fingerprint(cfg.teacher_path()),
+        expected_tokenizer=f"the teacher's tokenizer {cfg.teacher_path()}",
     )
-    if stream.seq_len > teacher.config.max_position_embeddings:
+    if stream.seq_len > max_positions(teacher.config):
         raise DataError(f"{cfg.data.sources[0].path}: rows of {stream.seq_len} tokens exceed the teacher's "
-                          f"max_position_embeddings={teacher.config.max_position_embeddings}")
+                        f"{max_positions(teacher.config)} positions (max_position_embeddings="
+                        f"{teacher.config.max_position_embeddings})")
     return stream
 
 
@@ -195,7 +203,9 @@ def flops_and_peak(cfg: RunConfig, teacher: Teacher, student: MiniAlbertForMaske
 
     per_step = flops.distillation_step_flops(
         teacher.config, student.config, cfg.train.global_batch_size, seq_len, cfg.data.mlm_probability,
-        teacher_layers_run=len(teacher.layers) if teacher.has_mlm_head else teacher.layer_map[-1],
+        # The model's own forward (DeBERTa, generic encoders) runs every layer; the others stop at the last mapped.
+        teacher_layers_run=(teacher.num_layers if teacher.has_mlm_head or teacher.family.runner == "outputs"
+                            else teacher.layer_map[-1]),
         attention_kl=cfg.loss.attention_kl,
     )
     peak = cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops else flops.measure_peak_flops(
@@ -237,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
         dist.destroy()
         return EXIT_CONFIG
+    dist.print0(describe_family(teacher.family, teacher.config.model_type))
     if not teacher.has_mlm_head:
         dist.print0("teacher has no MLM head: output-logit distillation is off")
     dist.print0(f"teacher layers {teacher.layer_map} -> student recursions 1..{len(teacher.layer_map)}; "

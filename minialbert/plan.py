@@ -23,15 +23,20 @@ GiB = 2**30
 
 def student_config(cfg: RunConfig, teacher_config) -> MiniAlbertConfig:
     """The student's architecture: the run config's ``student`` section, the teacher's sizes where it says None."""
+    from .teacher_families import layer_norm_eps, max_positions
+
     t, s = teacher_config, cfg.student
+    # The student's own positions 0..L-1 cover the teacher's usable rows (RoBERTa: 514 - 2); its single token type
+    # when the teacher has none (ModernBERT, DeBERTa-v3): the data's all-zero token_type_ids.
     return MiniAlbertConfig(
         vocab_size=t.vocab_size, embedding_size=s.embedding_size, hidden_size=s.hidden_size or t.hidden_size,
         num_attention_heads=s.num_attention_heads or t.num_attention_heads,
         intermediate_size=s.intermediate_size or t.intermediate_size, num_recursions=s.num_recursions,
         use_adapters=s.use_adapters, adapter_reduction_factor=s.adapter_reduction_factor,
         hidden_dropout_prob=s.hidden_dropout_prob, attention_probs_dropout_prob=s.attention_probs_dropout_prob,
-        max_position_embeddings=t.max_position_embeddings, type_vocab_size=t.type_vocab_size,
-        layer_norm_eps=t.layer_norm_eps, pad_token_id=t.pad_token_id or 0, hidden_act=t.hidden_act,
+        max_position_embeddings=max_positions(t), type_vocab_size=max(getattr(t, "type_vocab_size", 0) or 0, 1),
+        layer_norm_eps=layer_norm_eps(t), pad_token_id=t.pad_token_id or 0,
+        hidden_act=getattr(t, "hidden_act", None) or "gelu",
     )
 
 
@@ -59,6 +64,8 @@ class Plan:
     loss_mode: str
     seq_len: int | None = None
     layer_map: list[int] | None = None
+    teacher_family: str | None = None
+    """The teacher's family and its attention path (``teacher.describe_family``)."""
     flops_per_step: float | None = None
     student_params: int | None = None
     teacher_params: int | None = None
@@ -88,6 +95,8 @@ class Plan:
             out.append(f"FLOPs per step {self.flops_per_step:.3e}; in all {self.flops_per_step * self.max_steps:.3e}")
         else:
             out.append("FLOPs per step unknown")
+        if self.teacher_family is not None:
+            out.append(self.teacher_family)
         if self.layer_map is not None:
             out.append("layer map (teacher layer -> recursion): "
                        + ", ".join(f"{t}->{i + 1}" for i, t in enumerate(self.layer_map)))
@@ -143,18 +152,24 @@ def make_plan(cfg: RunConfig, ds_config: dict, world_size: int, accumulation: in
         plan.unknown.append(f"layer map, parameters, FLOPs and memory: no teacher config at {teacher_dir}/config.json")
         return plan
     import torch
-    from transformers import AutoConfig, AutoModelForMaskedLM
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
     from . import flops
     from .modeling_minialbert import MiniAlbertForMaskedLM
-    from .teacher import uniform_layer_map
+    from .teacher import describe_family, uniform_layer_map
+    from .teacher_families import family_of, is_encoder_only
 
     teacher = AutoConfig.from_pretrained(teacher_dir)
+    if not is_encoder_only(teacher):
+        plan.unknown.append(f"everything of the teacher: model_type={teacher.model_type!r} is not an encoder")
+        return plan
+    plan.teacher_family = describe_family(family_of(teacher), teacher.model_type)
     student = student_config(cfg, teacher)
     plan.layer_map = cfg.teacher.layer_map or uniform_layer_map(teacher.num_hidden_layers, cfg.student.num_recursions)
     with torch.device("meta"):  # shapes only, no memory
         plan.student_params = sum(p.numel() for p in MiniAlbertForMaskedLM(student).parameters())
-        plan.teacher_params = sum(p.numel() for p in AutoModelForMaskedLM.from_config(teacher).parameters())
+        auto = AutoModelForMaskedLM if family_of(teacher).logits else AutoModel
+        plan.teacher_params = sum(p.numel() for p in auto.from_config(teacher).parameters())
     plan.memory = model_state_bytes(plan.student_params, plan.precision, plan.zero_stage, plan.offload, world_size)
     plan.memory["teacher"] = plan.teacher_params * (4 if plan.precision == "fp32" else 2)
     if plan.seq_len is not None:

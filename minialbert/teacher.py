@@ -1,11 +1,14 @@
-"""The frozen teacher: load a local BERT-family folder, choose its layers, run only what distillation needs.
+"""The frozen teacher: load a local encoder folder of any family, choose its layers, run only what distillation
+needs.
 
-The teacher lives outside the DeepSpeed engine: frozen, eval mode, ``no_grad``, in bf16 when the run is. Its
-forward reuses the Hugging Face modules' weights but computes only what the losses read: hidden states of the
-mapped layers, what the attention term needs of the mapped layers — their attention probabilities (the
-materialised reference) or only their query and key heads (``attention_kl.TeacherAttention``, the maps-free
-path; every layer then runs through SDPA) — and MLM logits at the masked positions only. Layers after the last
-mapped one are skipped when no logits are needed.
+The teacher lives outside the DeepSpeed engine: frozen, eval mode, ``no_grad``, in bf16 when the run is. How a
+family is reached (its layers, attention, MLM head) is one entry of ``teacher_families.FAMILIES``. Families with
+BERT-shaped or ModernBERT layers run layer by layer over the Hugging Face modules' weights and compute only what
+the losses read: hidden states of the mapped layers, what the attention term needs of the mapped layers — their
+attention probabilities (the materialised reference) or only their query and key heads
+(``attention_kl.TeacherAttention``, the maps-free path; every layer then runs through SDPA) — and MLM logits at
+the masked positions only; layers after the last mapped one are skipped when no logits are needed. Other
+families (DeBERTa, any other encoder) run the model's own forward and hand over its attention probabilities.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention_kl import TeacherAttention
+from .teacher_families import GENERIC, Family, accepted, family_of, is_encoder_only, uses_token_types
 
 
 class TeacherError(ValueError):
@@ -43,20 +47,50 @@ class TeacherOutput:
     logits: torch.Tensor | None
     """(M, V) at the requested positions, or None (no MLM head / not asked)."""
     query_keys: list[TeacherAttention] = field(default_factory=list)
-    """One per recursion when asked for (``output_query_key=True``): the mapped layer's query and key heads."""
+    """One per recursion when asked for (``output_query_key=True``): the mapped layer's query and key heads (or,
+    for a family whose attention is no QKᵀ softmax, its probabilities)."""
+
+
+def _heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    b, l, h = t.shape
+    return t.view(b, l, num_heads, h // num_heads).transpose(1, 2)  # (B, heads, L, d)
+
+
+def _attend(q, k, v, allowed: torch.Tensor, want_probs: bool):
+    """softmax(q kᵀ/√d) v over the ``allowed`` keys ((B, 1, 1|L, L) bool); the probabilities too when asked."""
+    if not want_probs:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed), None
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, heads, L, L)
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    probs = scores.softmax(-1)
+    return probs @ v, probs
+
+
+def window_mask(seq: int, window: int, device) -> torch.Tensor:
+    """(L, L) bool: |i - j| <= window, ModernBERT's local attention (window = local_attention // 2)."""
+    pos = torch.arange(seq, device=device)
+    return (pos[:, None] - pos[None, :]).abs() <= window
 
 
 class Teacher(nn.Module):
-    """A Hugging Face BERT model run layer by layer. ``has_mlm_head`` tells whether logits can be distilled."""
+    """A Hugging Face encoder of one of ``teacher_families.FAMILIES`` (or a generic one). ``has_mlm_head`` tells
+    whether logits can be distilled."""
 
-    def __init__(self, hf_model: nn.Module, layer_map: list[int]):
+    def __init__(self, hf_model: nn.Module, layer_map: list[int], family: Family | None = None):
         super().__init__()
         self.hf = hf_model
-        self.bert = getattr(hf_model, "bert", hf_model)
         self.config = hf_model.config
-        self.layers = self.bert.encoder.layer
-        self.mlm_head = hf_model.cls.predictions if hasattr(hf_model, "cls") else None
-        n = len(self.layers)
+        self.family = family or family_of(self.config)
+        base = self.family.base
+        self.base = getattr(hf_model, base) if base and hasattr(hf_model, base) else hf_model
+        runner = self.family.runner
+        # The layers run one by one (None where the model's own forward runs them).
+        self.layers = (self.base.encoder.layer if runner == "bert" else self.base.layers if runner == "modernbert"
+                       else None)
+        self.num_layers = self.config.num_hidden_layers
+        # A masked-LM class wraps its encoder (hf.roberta); a bare encoder (AutoModel) is its own base.
+        self.has_mlm_head = self.family.logits is not None and hf_model is not self.base
+        n = self.num_layers
         if any(not 1 <= m <= n for m in layer_map) or list(layer_map) != sorted(set(layer_map)):
             raise TeacherError(f"teacher.layer_map={layer_map}: expected increasing layers in 1..{n}")
         self.layer_map = list(layer_map)
@@ -64,34 +98,8 @@ class Teacher(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    @property
-    def has_mlm_head(self) -> bool:
-        return self.mlm_head is not None
-
     def train(self, mode: bool = True) -> "Teacher":
         return super().train(False)  # always eval: dropout off (the original left its teacher in train mode)
-
-    def _attention(self, layer: nn.Module, x: torch.Tensor, key_mask: torch.Tensor, want_probs: bool,
-                   want_query_key: bool = False):
-        sa = layer.attention.self
-        b, l, h = x.shape
-        d = h // self.num_heads
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, l, self.num_heads, d).transpose(1, 2)  # (B, heads, L, d)
-
-        q, k, v = heads(sa.query(x)), heads(sa.key(x)), heads(sa.value(x))
-        probs = None
-        if want_probs:
-            scores = q @ k.transpose(-1, -2) / math.sqrt(d)  # (B, heads, L, L)
-            scores = scores + (~key_mask).to(scores.dtype) * torch.finfo(scores.dtype).min
-            probs = scores.softmax(-1)
-            context = probs @ v
-        else:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-        context = context.transpose(1, 2).reshape(b, l, h)
-        out = layer.attention.output
-        return out.LayerNorm(out.dense(context) + x), probs, (q, k) if want_query_key else None
 
     @torch.no_grad()
     def forward(
@@ -104,54 +112,128 @@ class Teacher(nn.Module):
         output_query_key: bool = False,
     ) -> TeacherOutput:
         """``output_attentions``: the mapped layers' maps; ``output_query_key``: their ``TeacherAttention`` (query
-        and key heads) instead, and no map of any layer is made."""
-        key_mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, L)
-        x = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        and key heads) instead, and no map of any layer is made (where the family allows)."""
+        if not uses_token_types(self.config):
+            token_type_ids = None  # RoBERTa's single type, ModernBERT's none: the teacher's own default
         want_logits = logits_positions is not None and self.has_mlm_head
-        last = len(self.layers) if want_logits else self.layer_map[-1]
-        mapped = set(self.layer_map)
-        hidden, attentions, stats = [], [], []
-        for i in range(1, last + 1):
-            layer = self.layers[i - 1]
-            want_probs = output_attentions and not output_query_key and i in mapped
-            x, probs, qk = self._attention(layer, x, key_mask, want_probs, output_query_key and i in mapped)
-            x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
-            if i in mapped:
-                hidden.append(x)
-                if probs is not None:
-                    attentions.append(probs)
-                if qk is not None:
-                    stats.append(TeacherAttention(*qk))
-        logits = None
+        run = {"bert": self._run_bert, "modernbert": self._run_modernbert, "outputs": self._run_outputs}
+        x, out = run[self.family.runner](input_ids, attention_mask, token_type_ids, want_logits,
+                                         output_attentions and not output_query_key, output_query_key)
         if want_logits:
             picked = x.reshape(-1, x.shape[-1]).index_select(0, logits_positions)  # (M, H)
-            logits = self.mlm_head(picked)  # (M, V)
-        return TeacherOutput(hidden, attentions, logits, stats)
+            out.logits = self.family.logits(self.hf, picked)  # (M, V)
+        return out
+
+    def _keep(self, out: TeacherOutput, i: int, x, probs, qk: TeacherAttention | None) -> None:
+        if i in self.layer_map:
+            out.hidden_states.append(x)
+            if probs is not None:
+                out.attentions.append(probs)
+            if qk is not None:
+                out.query_keys.append(qk)
+
+    def _run_bert(self, input_ids, attention_mask, token_type_ids, want_logits, want_probs, want_qk):
+        """BERT, RoBERTa, XLM-R, ELECTRA: post-norm layers, attention softmax(QKᵀ/√d + mask)."""
+        allowed = attention_mask[:, None, None, :].bool()  # (B, 1, 1, L)
+        x = self.base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # RoBERTa: its own positions
+        if getattr(self.base, "embeddings_project", None) is not None:  # ELECTRA: embedding width E -> H
+            x = self.base.embeddings_project(x)
+        out = TeacherOutput([], [], None)
+        last = self.num_layers if want_logits else self.layer_map[-1]
+        for i in range(1, last + 1):
+            layer, mapped = self.layers[i - 1], i in self.layer_map
+            sa = layer.attention.self
+            q, k, v = (_heads(p(x), self.num_heads) for p in (sa.query, sa.key, sa.value))
+            context, probs = _attend(q, k, v, allowed, want_probs and mapped)
+            attn = layer.attention.output
+            x = attn.LayerNorm(attn.dense(context.transpose(1, 2).flatten(2)) + x)
+            x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
+            self._keep(out, i, x, probs, TeacherAttention(q, k) if want_qk and mapped else None)
+        return x, out
+
+    def _run_modernbert(self, input_ids, attention_mask, token_type_ids, want_logits, want_probs, want_qk):
+        """ModernBERT: pre-norm layers, rotary queries and keys, global or sliding-window attention by layer."""
+        from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
+
+        b, seq = input_ids.shape
+        keys = attention_mask[:, None, None, :].bool()  # (B, 1, 1, L)
+        x = self.base.embeddings(input_ids=input_ids)
+        positions = torch.arange(seq, device=input_ids.device)[None]
+        rotary = {t: self.base.rotary_emb(x, positions, t) for t in set(self.config.layer_types)}
+        window = self.config.sliding_window  # |i - j| <= local_attention // 2
+        band = window_mask(seq, window, x.device)
+        out = TeacherOutput([], [], None)
+        last = self.num_layers if want_logits else self.layer_map[-1]
+        for i in range(1, last + 1):
+            layer, mapped = self.layers[i - 1], i in self.layer_map
+            local = layer.attention_type == "sliding_attention"
+            qkv = layer.attn.Wqkv(layer.attn_norm(x)).view(b, seq, 3, self.num_heads, -1)
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B, heads, L, d)
+            q, k = apply_rotary_pos_emb(q, k, *rotary[layer.attention_type])
+            context, probs = _attend(q, k, v, keys & band if local else keys, want_probs and mapped)
+            x = x + layer.attn.Wo(context.transpose(1, 2).flatten(2))
+            x = x + layer.mlp(layer.mlp_norm(x))
+            qk = TeacherAttention(q, k, window=window if local else None) if want_qk and mapped else None
+            # The last layer's output as Hugging Face reports it (last_hidden_state): after the final norm.
+            self._keep(out, i, self.base.final_norm(x) if i == self.num_layers else x, probs, qk)
+        return self.base.final_norm(x), out
+
+    def _run_outputs(self, input_ids, attention_mask, token_type_ids, want_logits, want_probs, want_qk):
+        """DeBERTa and generic encoders: the model's own forward, its hidden states and attention probabilities."""
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        res = self.base(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                        output_attentions=want_probs or want_qk, return_dict=True, **extra)
+        out = TeacherOutput([], [], None)
+        for i in self.layer_map:
+            probs = res.attentions[i - 1] if want_probs or want_qk else None  # (B, heads, L, L)
+            self._keep(out, i, res.hidden_states[i], probs if want_probs else None,
+                       TeacherAttention(probs=probs) if want_qk else None)
+        return res.last_hidden_state, out
+
+
+def _has_mlm_head(path: Path, config, family: Family) -> bool:
+    from safetensors import safe_open
+
+    st = path / "model.safetensors"
+    if st.is_file() and family.head_prefixes:
+        with safe_open(str(st), "pt") as f:
+            return any(k.startswith(family.head_prefixes) for k in f.keys())
+    # Without safetensors, the saved class tells (BertForPreTraining has the head, ElectraForPreTraining none).
+    kinds = ("ForMaskedLM", "BertForPreTraining")
+    return family.logits is not None and any(a.endswith(kinds) for a in (config.architectures or []))
 
 
 def load_teacher(path: str | Path, num_recursions: int, layer_map: list[int] | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Teacher:
-    """Load a local Hugging Face BERT-family folder, with its MLM head when it has one."""
-    from safetensors import safe_open
+    """Load a local Hugging Face encoder folder, with its MLM head when it has one."""
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise TeacherError(f"teacher.path={str(path)!r}: no config.json there (expected a Hugging Face model folder)")
-    config = AutoConfig.from_pretrained(path)
-    if config.model_type not in ("bert",):
-        raise TeacherError(f"{path / 'config.json'}: model_type={config.model_type!r}, expected a BERT-family model ('bert')")
-    has_head = False
-    st = path / "model.safetensors"
-    if st.is_file():
-        with safe_open(str(st), "pt") as f:
-            has_head = any(k.startswith("cls.predictions.") for k in f.keys())
-    else:
-        has_head = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in (config.architectures or []))
-    auto = AutoModelForMaskedLM if has_head else AutoModel
-    hf = auto.from_pretrained(path, dtype=torch.float32)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (ValueError, KeyError, OSError) as e:
+        raise TeacherError(f"{path / 'config.json'}: not a config transformers knows ({str(e).splitlines()[0]})") from e
+    if not is_encoder_only(config):
+        raise TeacherError(f"{path / 'config.json'}: model_type={config.model_type!r} is not an encoder "
+                           f"(decoder-only or encoder-decoder); accepted families: {accepted()} or another encoder")
+    family = family_of(config)
+    head = _has_mlm_head(path, config, family)
+    # The generic path reads attention probabilities from the model's outputs: eager attention makes them.
+    kw = {"attn_implementation": "eager"} if family.runner == "outputs" else {}
+    try:
+        hf = (AutoModelForMaskedLM if head else AutoModel).from_pretrained(path, dtype=torch.float32, **kw)
+    except (ValueError, KeyError, OSError) as e:
+        raise TeacherError(f"{path}: cannot load model_type={config.model_type!r} ({str(e).splitlines()[0]})") from e
     if layer_map is None:
         layer_map = uniform_layer_map(config.num_hidden_layers, num_recursions)
     elif len(layer_map) != num_recursions:
         raise TeacherError(f"teacher.layer_map has {len(layer_map)} entries, expected {num_recursions}")
-    return Teacher(hf, layer_map).to(device=device, dtype=dtype)
+    return Teacher(hf, layer_map, family).to(device=device, dtype=dtype)
+
+
+def describe_family(family: Family, model_type: str) -> str:
+    """One line for start-up and ``--check``: the family and its attention path."""
+    generic = " (generic path: hidden states and attention maps from the model's outputs)" if family is GENERIC else ""
+    return f"teacher family {family.name} (model_type={model_type!r}){generic}; attention term: {family.attention_path}"

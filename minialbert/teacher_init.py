@@ -22,7 +22,11 @@ What is copied, and how (the teacher is a BERT-shaped encoder: ``embeddings`` + 
   difference from the mean, as relaxed recursive transformers do with LoRA) has no place in a bottleneck
   adapter that acts on activations, so none is made.
 - **The MLM head** is the teacher's (transform, LayerNorm, decoder and bias; the decoder is H wide in both
-  models) when the teacher has one, else it stays random.
+  models) when the teacher has one (BERT's ``cls.predictions``, RoBERTa's ``lm_head``), else it stays random.
+- **Families.** BERT, RoBERTa, XLM-R and ELECTRA share BERT's module names; RoBERTa's positions are read from
+  row padding_idx + 1 on; ELECTRA's embeddings, already factorised, are copied as they are (same E). DeBERTa and
+  ModernBERT layers have other shapes: ``distill.build_student`` says so in one line and starts those students
+  from a random init.
 
 Widths that forbid a copy (hidden size, heads, vocabulary, E > H, a wider student feed-forward) raise
 ``TeacherInitError`` naming the fields. Model code: no DeepSpeed, no ranks.
@@ -67,14 +71,22 @@ def _check_shapes(student: MiniAlbertForMaskedLM, teacher_config) -> None:
 
 @torch.no_grad()
 def init_from_teacher(student: MiniAlbertForMaskedLM, teacher_encoder: nn.Module, layer_map: list[int],
-                      mlm_head: nn.Module | None = None, token_counts: torch.Tensor | None = None) -> None:
-    """Overwrite ``student``'s weights from a BERT-shaped ``teacher_encoder`` (``embeddings``, ``encoder.layer``)
-    whose layers ``layer_map`` (1-based) the recursions imitate; ``mlm_head``: the teacher's
-    ``cls.predictions`` or None; ``token_counts``: (V,) how often each token occurs in the training text (the
-    embedding directions then favour the words the student will read; None: every word alike)."""
+                      teacher_model: nn.Module | None = None, token_counts: torch.Tensor | None = None,
+                      position_offset: int = 0) -> None:
+    """Overwrite ``student``'s weights from a BERT-shaped ``teacher_encoder`` (``embeddings``, ``encoder.layer``:
+    BERT, RoBERTa, XLM-R, ELECTRA) whose layers ``layer_map`` (1-based) the recursions imitate.
+    ``teacher_model``: the whole teacher, whose MLM head is copied where it has one (BERT's ``cls.predictions``,
+    RoBERTa's ``lm_head``); ``token_counts``: (V,) how often each token occurs in the training text (the
+    embedding directions then favour the words the student will read; None: every word alike);
+    ``position_offset``: the teacher's position row of the first token (RoBERTa: padding_idx + 1)."""
     _check_shapes(student, teacher_encoder.config)
     base = student.minialbert
-    _init_embeddings(base, teacher_encoder.embeddings, token_counts)
+    source = teacher_encoder.embeddings
+    projection = getattr(teacher_encoder, "embeddings_project", None)  # ELECTRA: E-wide embeddings, then E -> H
+    if projection is not None:
+        _copy_projected_embeddings(base, source, projection, position_offset)
+    else:
+        _init_embeddings(base, source, token_counts, position_offset)
     layers = [teacher_encoder.encoder.layer[i - 1] for i in layer_map]
     _init_shared_layer(base.layer, layers)
     if base.adapters is not None:
@@ -83,23 +95,57 @@ def init_from_teacher(student: MiniAlbertForMaskedLM, teacher_encoder: nn.Module
         for i, adapters in enumerate(base.adapters):
             _init_identity_adapter(adapters.attention, embeddings_ln if i == 0 else base.layer.ffn.LayerNorm)
             _init_identity_adapter(adapters.ffn, base.layer.attention.LayerNorm)
-    if mlm_head is not None:
+    parts = _mlm_head_parts(teacher_model)
+    if parts is not None:
+        dense, norm, decoder, bias = parts
         head = student.mlm_head
-        head.transform.load_state_dict(mlm_head.transform.dense.state_dict())
-        head.LayerNorm.load_state_dict(mlm_head.transform.LayerNorm.state_dict())
-        head.decoder.weight.copy_(mlm_head.decoder.weight)
-        head.decoder.bias.copy_(mlm_head.bias if getattr(mlm_head, "bias", None) is not None else mlm_head.decoder.bias)
+        head.transform.load_state_dict(dense.state_dict())
+        head.LayerNorm.load_state_dict(norm.state_dict())
+        head.decoder.weight.copy_(decoder.weight)
+        head.decoder.bias.copy_(bias)
+
+
+def _mlm_head_parts(model: nn.Module | None):
+    """(dense, LayerNorm, decoder, bias) of a BERT (``cls.predictions``) or RoBERTa (``lm_head``) MLM head, both
+    dense -> GELU -> LayerNorm -> decoder like the student's; None for a model without one."""
+    bert = getattr(getattr(model, "cls", None), "predictions", None)
+    if bert is not None:
+        return bert.transform.dense, bert.transform.LayerNorm, bert.decoder, bert.bias
+    roberta = getattr(model, "lm_head", None)
+    if roberta is not None and hasattr(roberta, "layer_norm"):
+        return roberta.dense, roberta.layer_norm, roberta.decoder, roberta.bias
+    return None
+
+
+def _copy_projected_embeddings(base: nn.Module, source: nn.Module, projection: nn.Linear, offset: int) -> None:
+    """A teacher whose embeddings are already factorised (ELECTRA): copied as they are when E is the same."""
+    e_teacher = source.word_embeddings.embedding_dim
+    if base.embedding_projection is None or base.embeddings.word_embeddings.embedding_dim != e_teacher:
+        raise TeacherInitError(f"student.init=teacher: student.embedding_size="
+                               f"{base.embeddings.word_embeddings.embedding_dim} but the teacher's factorised "
+                               f"embeddings are {e_teacher} wide; set student.embedding_size={e_teacher} or "
+                               f"student.init=random")
+    target = base.embeddings
+    target.word_embeddings.weight.copy_(source.word_embeddings.weight)
+    rows = target.position_embeddings.num_embeddings
+    target.position_embeddings.weight.copy_(source.position_embeddings.weight[offset:offset + rows])
+    types = target.token_type_embeddings.num_embeddings
+    target.token_type_embeddings.weight.copy_(source.token_type_embeddings.weight[:types])
+    target.LayerNorm.load_state_dict(source.LayerNorm.state_dict())
+    base.embedding_projection.load_state_dict(projection.state_dict())
 
 
 def _fp32(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.float32)
 
 
-def _init_embeddings(base: nn.Module, source: nn.Module, token_counts: torch.Tensor | None) -> None:
+def _init_embeddings(base: nn.Module, source: nn.Module, token_counts: torch.Tensor | None, offset: int) -> None:
     """The factorised embeddings from the teacher's (see the module docstring)."""
     target = base.embeddings
-    word, pos, typ = (_fp32(m.weight) for m in (source.word_embeddings, source.position_embeddings,
-                                                 source.token_type_embeddings))
+    rows = target.position_embeddings.num_embeddings
+    word = _fp32(source.word_embeddings.weight)
+    pos = _fp32(source.position_embeddings.weight)[offset:offset + rows]  # the rows the student's positions use
+    typ = _fp32(source.token_type_embeddings.weight)[: target.token_type_embeddings.num_embeddings]
     gamma, beta = _fp32(source.LayerNorm.weight), _fp32(source.LayerNorm.bias)
     h, e = word.shape[1], target.word_embeddings.embedding_dim
     if base.embedding_projection is None:  # E = H: the teacher's embeddings as they are
@@ -129,8 +175,8 @@ def _init_embeddings(base: nn.Module, source: nn.Module, token_counts: torch.Ten
         return (table - table.mean(dim=1, keepdim=True)) @ basis.T @ reflect  # (rows, E)
 
     target.word_embeddings.weight.copy_(coords(word))
-    target.position_embeddings.weight.copy_(coords(pos)[: target.position_embeddings.num_embeddings])
-    target.token_type_embeddings.weight.copy_(coords(typ)[: target.token_type_embeddings.num_embeddings])
+    target.position_embeddings.weight.copy_(coords(pos))
+    target.token_type_embeddings.weight.copy_(coords(typ))
     target.LayerNorm.weight.fill_(1.0)
     target.LayerNorm.bias.zero_()
     # LN_E(c) = c·√E/‖c‖ for coordinates c with no weight on the all-ones axis; the teacher's LN gives

@@ -213,7 +213,7 @@ def test_clear_errors(packed, tmp_path):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(ValueError, match="manifest.json: missing"):
         ShardStream([(str(tmp_path / "empty"), 1.0)])
-    with pytest.raises(ValueError, match=r"general/manifest.json: tokenizer fingerprint .* does not match"):
+    with pytest.raises(ValueError, match=r"general/manifest.json: packed with tokenizer .* fingerprint .*, not with the teacher.s"):
         ShardStream([(general, 1.0)], expected_fingerprint="0" * 64)
     with pytest.raises(ValueError, match=r"ids up to \d+ do not fit vocab_size 20"):
         ShardStream([(general, 1.0)], vocab_size=20)

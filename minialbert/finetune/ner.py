@@ -8,7 +8,9 @@ line, a blank line between sentences (``-DOCSTART-`` lines also end a sentence).
 never shows is an error naming its file and line (the head could never predict it). A train file whose
 labels are all ``O`` gets a warning (no entity tags: F1 can only be 0), an error with ``--strict``.
 
-Each word is labelled on its first word piece (later pieces and special tokens get -100). A sentence longer
+Each word is labelled on its first word piece (later pieces and special tokens get -100); a byte-level BPE
+tokenizer (RoBERTa, ModernBERT) gets ``add_prefix_space`` so that each word is cut as after a space, as in
+running text, and SentencePiece's ``▁`` pieces start words by themselves. A sentence longer
 than the model's limit is cut at word boundaries into windows of at most ``max_length - 2`` pieces, each
 sharing up to ``--window-overlap`` pieces of context with the next; every word is then predicted from the
 window where it sits farthest from a cut. The learning rate is chosen on devel F1; test P/R/F1 are reported.
@@ -133,6 +135,23 @@ def plan_windows(piece_counts: list[int], limit: int, overlap: int) -> list[tupl
         start = nxt
 
 
+def for_split_words(tokenizer):
+    """The tokenizer, or a copy that cuts words given one by one as it cuts them in running text: byte-level BPE
+    marks a word start with its leading space (Ġ), which words handed over separately lack unless the
+    pre-tokenizer adds it (each word but a sentence's first would otherwise be cut as a continuation)."""
+    import copy
+
+    pre = tokenizer.backend_tokenizer.pre_tokenizer
+    if type(pre).__name__ != "ByteLevel" or pre.add_prefix_space:
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    pre = tokenizer.backend_tokenizer.pre_tokenizer
+    pre.add_prefix_space = True
+    tokenizer.backend_tokenizer.pre_tokenizer = pre
+    tokenizer.add_prefix_space = True  # RobertaTokenizer refuses split words without it
+    return tokenizer
+
+
 def encode_ner(sentences: list[Sentence], tokenizer, label2id: dict[str, int], max_length: int, overlap: int
                ) -> tuple[dict[str, list], list[Window]]:
     """Features (one per window) with labels on first pieces only, and the windows to rejoin predictions."""
@@ -194,7 +213,7 @@ def run_ner(args) -> dict:
     folder = Path(args.data)
     spec = make_spec(args, "ner", folder.resolve().name, ["test_precision", "test_recall", "test_f1"])
     splits, labels = load_ner(folder, strict=args.strict)
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    tokenizer = for_split_words(load_tokenizer(args.tokenizer or args.model))
     max_length = max_sequence_length(args.model, tokenizer, args.max_length)
     if max_length < 3:
         raise InputError(f"--max-length {max_length}: too short for [CLS] word [SEP]")

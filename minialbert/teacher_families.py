@@ -1,0 +1,132 @@
+"""The teacher families: per Hugging Face ``model_type``, how to reach its encoder, layers, attention and MLM head.
+
+One entry per family; a new family is one more entry in ``FAMILIES``. ``teacher.py`` runs a teacher by its entry's
+``runner``:
+  ``bert``        BERT-shaped layers (``encoder.layer[i].attention.self.query`` ...), run layer by layer with
+                  softmax(QKᵀ/√d + mask) attention: the maps-free attention term gets its queries and keys;
+  ``modernbert``  pre-norm layers with fused ``Wqkv``, rotary positions and alternating global / local (sliding
+                  window) attention: softmax(QKᵀ/√d + mask) after rotary, the window part of the mask — the
+                  maps-free term gets the rotated queries and keys and the window;
+  ``outputs``     the model's own forward with ``output_hidden_states`` / ``output_attentions``: its attention
+                  probabilities are the teacher side of the attention term (DeBERTa's disentangled attention
+                  adds content→position and position→content scores that are no QKᵀ of any one query and key,
+                  and any other encoder ``AutoModel`` loads runs this way too).
+``bert_layers`` says whether the layers and embeddings carry BERT's module names and shapes, which a
+weight-copying student initialisation needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    """What start-up and ``--check`` print ("RoBERTa")."""
+    base: str | None
+    """Attribute of the *ForMaskedLM model holding the encoder (``roberta``); None: the generic path."""
+    runner: str
+    """``bert``, ``modernbert`` or ``outputs`` (see the module docstring)."""
+    head_prefixes: tuple[str, ...] = ()
+    """Checkpoint key prefixes of its MLM head; a checkpoint without any has no logit term (an ELECTRA
+    discriminator, a bare encoder)."""
+    logits: Callable | None = None
+    """(masked-LM model, (M, H) final hidden states) -> (M, V) logits."""
+    bert_layers: bool = False
+    """Embeddings and layers under BERT's module names and shapes (a weight-copying init can read them)."""
+    token_types: bool = True
+    """The model takes ``token_type_ids`` (when its ``type_vocab_size`` > 0)."""
+    position_offset: Callable = field(default=lambda config: 0)
+    """config -> index of the position-embedding row of the first token (RoBERTa: padding_idx + 1)."""
+
+    @property
+    def fused_attention(self) -> bool:
+        """Whether the maps-free attention term gets this family's own queries and keys (else its maps)."""
+        return self.runner in ("bert", "modernbert")
+
+    @property
+    def attention_path(self) -> str:
+        return {"bert": "fused: teacher queries and keys, softmax(QKᵀ/√d + mask)",
+                "modernbert": "fused: teacher queries and keys after rotary, local window in the mask",
+                "outputs": "the teacher's own attention probabilities (student side maps-free)"}[self.runner]
+
+
+def _roberta_offset(config) -> int:
+    return config.pad_token_id + 1  # create_position_ids_from_input_ids: positions start at padding_idx + 1
+
+
+def _deberta_logits(model, x):
+    if hasattr(model, "lm_predictions"):
+        return model.lm_predictions(x, model.deberta.embeddings.word_embeddings)
+    return model.cls(x)
+
+
+_ROBERTA = dict(base="roberta", runner="bert", head_prefixes=("lm_head.",), logits=lambda m, x: m.lm_head(x),
+                bert_layers=True, position_offset=_roberta_offset)
+
+FAMILIES: dict[str, Family] = {
+    "bert": Family("BERT", base="bert", runner="bert", head_prefixes=("cls.predictions.",),
+                   logits=lambda m, x: m.cls.predictions(x), bert_layers=True),
+    "roberta": Family("RoBERTa", **_ROBERTA),
+    "xlm-roberta": Family("XLM-RoBERTa", **_ROBERTA),
+    "electra": Family("ELECTRA", base="electra", runner="bert", head_prefixes=("generator_lm_head.",),
+                      logits=lambda m, x: m.generator_lm_head(m.generator_predictions(x)), bert_layers=True),
+    "deberta-v2": Family("DeBERTa-v2/v3", base="deberta", runner="outputs",
+                         head_prefixes=("cls.predictions.", "lm_predictions."), logits=_deberta_logits),
+    "modernbert": Family("ModernBERT", base="model", runner="modernbert", head_prefixes=("head.", "decoder."),
+                         logits=lambda m, x: m.decoder(m.head(x)), token_types=False),
+}
+GENERIC = Family("generic encoder", base=None, runner="outputs")
+
+
+def accepted() -> str:
+    """The families, for error messages: 'bert, roberta, ...'."""
+    return ", ".join(FAMILIES)
+
+
+def family_of(config) -> Family:
+    """The entry for a teacher config (GENERIC for another encoder; the caller rejects decoders first)."""
+    return FAMILIES.get(config.model_type, GENERIC)
+
+
+def is_encoder_only(config) -> bool:
+    """False for decoder-only (GPT-2, Llama) and encoder-decoder (T5) models: nothing here can distil them."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
+        return False
+    # BERT and RoBERTa also have causal-LM classes; a model type with a causal LM and no masked LM is a decoder.
+    return not (config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+                and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+def uses_token_types(config) -> bool:
+    return family_of(config).token_types and (getattr(config, "type_vocab_size", 0) or 0) > 0
+
+
+def position_offset(config) -> int:
+    """Row of the teacher's position embeddings that its first token uses (0; RoBERTa/XLM-R padding_idx + 1)."""
+    return family_of(config).position_offset(config)
+
+
+def max_positions(config) -> int:
+    """The longest row the teacher takes: its position table less the offset (RoBERTa: 514 - 2 = 512)."""
+    return config.max_position_embeddings - position_offset(config)
+
+
+def layer_norm_eps(config) -> float:
+    return getattr(config, "layer_norm_eps", None) or getattr(config, "norm_eps", None) or 1e-12
+
+
+def copy_init_refusal(config) -> str | None:
+    """None where a weight-copying student initialisation can read the teacher by BERT's module names (under
+    ``family.base``; positions from row ``position_offset``); else the one-line reason it cannot."""
+    family = family_of(config)
+    if family.bert_layers:
+        return None
+    return (f"teacher init is not available for family {family.name} (model_type={config.model_type!r}): its layers "
+            f"are not BERT-shaped; families with BERT-shaped layers: "
+            + ", ".join(k for k, f in FAMILIES.items() if f.bert_layers))
