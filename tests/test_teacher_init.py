@@ -37,7 +37,7 @@ def _config(world, *overrides):
 def _student(world, *overrides):
     cfg = _config(world, *overrides)
     teacher = load_teacher(cfg.teacher_path(), cfg.student.num_recursions, cfg.teacher.layer_map)
-    torch.manual_seed(0)
+    torch.manual_seed(cfg.train.seed)  # as distill.py does: the random parts (adapters' down) match the run's
     return build_student(cfg, teacher), teacher
 
 
