@@ -157,8 +157,29 @@ def initialize(model: nn.Module, ds_config: dict, optim: OptimConfig, max_steps:
     )
     if lamb is not None:
         lamb.set_layout(*lamb_layout(engine, model))
+    _keep_grad_norm_without_zero(engine)
     _unlink_shared_memory_segment()
     return engine
+
+
+def _keep_grad_norm_without_zero(engine) -> None:
+    """fp32 without ZeRO (stage 0): DeepSpeed clips the full gradients itself and keeps no norm; keep the norm before
+    clipping, as the ZeRO optimizers report it, so that every stage logs ``train/grad_norm``."""
+    if engine.zero_optimization() or engine.fp16_enabled() or engine.bfloat16_enabled():
+        return
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    params = [p for p in engine.module.parameters() if p.requires_grad]
+    max_norm = engine.gradient_clipping()
+
+    def keep(norm) -> None:
+        engine._global_grad_norm = float(norm)
+
+    if max_norm > 0:
+        engine.clip_fp32_gradients = lambda: keep(clip_grad_norm_(parameters=params, max_norm=max_norm, mpu=engine.mpu))
+    else:
+        engine.basic_optimizer.register_step_pre_hook(
+            lambda *_: keep(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])))
 
 
 def lamb_layout(engine, model: nn.Module):
@@ -272,11 +293,38 @@ def convert_to_universal(checkpoint_root: Path, tag: str) -> str:
     return out_tag
 
 
-def consolidated_state_dict(checkpoint_root: Path, tag: str) -> dict[str, torch.Tensor]:
-    """The full fp32 weights of a ZeRO-1/2/3 checkpoint (no engine needed)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+def has_partitions(folder: Path) -> bool:
+    """Whether a checkpoint holds ZeRO partitions (stages 1-3, and bf16's optimizer), rather than stage 0's one
+    full copy."""
+    return any(Path(folder).glob("*optim_states.pt"))
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root), tag=tag)
+
+def consolidated_state_dict(checkpoint_root: Path, tag: str, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The full fp32 weights of a checkpoint (no engine needed): gathered from the partitions of ZeRO-1/2/3 (and of
+    bf16 runs), or, without ZeRO (stage 0), read from the one file rank 0 wrote. An fp16 run without ZeRO keeps its
+    fp32 master weights in the optimizer's state, in the order of the parameter groups: ``model`` (the student's
+    architecture) tells that order; without it the fp16 weights are returned, widened."""
+    folder = Path(checkpoint_root) / tag
+    if has_partitions(folder):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root), tag=tag)
+    path = folder / "mp_rank_00_model_states.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: neither ZeRO partitions (*optim_states.pt) nor {path.name}")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    weights = {k: v.float() for k, v in saved["module"].items()}
+    optimizer = saved.get("optimizer") or {}
+    masters = optimizer.get("fp32_groups_flat") or optimizer.get("fp32_groups")
+    if masters is None or model is None:
+        return weights
+    model.load_state_dict(weights, strict=True)
+    with torch.no_grad():
+        for group, master in zip(weight_decay_groups(model, 0.0), masters):
+            pieces = master if isinstance(master, list) else torch.split(master, [p.numel() for p in group["params"]])
+            for p, piece in zip(group["params"], pieces):
+                p.copy_(piece.view(p.shape))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def loss_scale(engine) -> float | None:
