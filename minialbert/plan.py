@@ -57,6 +57,8 @@ class Plan:
     offload: bool
     precision: str
     loss_mode: str
+    optimizer: str = ""
+    """The optimizer and its settings, as one line."""
     seq_len: int | None = None
     layer_map: list[int] | None = None
     flops_per_step: float | None = None
@@ -100,6 +102,16 @@ class Plan:
         return out
 
 
+def optimizer_line(cfg: RunConfig) -> str:
+    o = cfg.optim
+    line = (f"{o.name}: lr {o.lr:g}, warm-up {o.warmup_steps:,} steps then linear decay, betas {o.betas[0]:g}/"
+            f"{o.betas[1]:g}, eps {o.eps:g}, weight decay {o.weight_decay:g}, gradient clipping {o.max_grad_norm:g}")
+    if o.name == "lamb":
+        line += (f", trust ratio per tensor capped at {o.max_trust_ratio:g}" if o.max_trust_ratio
+                 else ", trust ratio per tensor (no cap)")
+    return line
+
+
 def model_state_bytes(params: int, precision: str, stage: int, offload: bool, world: int) -> dict[str, float]:
     """Per-GPU bytes of the trained model's states under ZeRO (Rajbhandari et al. 2020): 16-bit weights and
     gradients plus fp32 master weights and Adam moments (12 bytes) in mixed precision, partitioned by stage
@@ -133,7 +145,7 @@ def make_plan(cfg: RunConfig, ds_config: dict, world_size: int, accumulation: in
         global_batch_size=cfg.train.global_batch_size, max_steps=cfg.train.max_steps,
         zero_stage=int(zero.get("stage", 0)), precision=cfg.train.precision, loss_mode=cfg.loss.mode,
         offload=zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None),
-        seq_len=shard_seq_len(cfg),
+        seq_len=shard_seq_len(cfg), optimizer=optimizer_line(cfg),
     )
     if plan.seq_len is None:
         plan.unknown.append("sequence length, tokens and FLOPs: no manifest.json in "
