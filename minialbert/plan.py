@@ -83,6 +83,7 @@ class Plan:
             f"{self.accumulation} x {self.world_size} ranks = global batch {self.global_batch_size}",
             f"precision {self.precision}, ZeRO stage {self.zero_stage}{' + CPU optimizer offload' if self.offload else ''}, "
             f"loss mode {self.loss_mode}",
+            f"optimizer {self.optimizer}",
             f"sequence length {num(self.seq_len)}; tokens per step {num(self.tokens_per_step)}; "
             f"steps {self.max_steps:,}; tokens in all {num(total_tokens)}",
         ]
