@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -31,11 +32,15 @@ RUNS = {
 }
 
 
-def run(name: str, batch: int, extra: list[str], sequences: int, out: Path) -> dict:
+def run(name: str, batch: int, extra: list[str], sequences: int, out: Path, base: list[str]) -> dict:
     steps = sequences // batch
     run_dir = out / name
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "minialbert/distill.py",
-           "--deepspeed", "configs/ds/zero2.json", "--run-dir", str(run_dir), "--no-resume",
+    with socket.socket() as sock:  # other runs on the machine may hold DeepSpeed's default port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(port),
+           "minialbert/distill.py",
+           "--deepspeed", "configs/ds/zero2.json", "--run-dir", str(run_dir), "--no-resume", *base,
            f"train.global_batch_size={batch}", "train.micro_batch_size=16", f"train.max_steps={steps}",
            f"optim.warmup_steps={max(1, steps // 10)}", "checkpoint.every_steps=0", "train.peak_tflops=1.0", *extra]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -57,10 +62,13 @@ def main() -> None:
     p.add_argument("--sequences", type=int, default=4096, help="sequences per run (a multiple of 512)")
     p.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of " + ", ".join(RUNS))
     p.add_argument("--out", default="runs/large_batch_study")
+    p.add_argument("--config", help="a run config instead of the embedded default (e.g. configs/distill/tiny.yaml)")
+    p.add_argument("overrides", nargs="*", help="section.key=value for every run (e.g. teacher.path=...)")
     args = p.parse_args()
+    base = (["--config", args.config] if args.config else []) + args.overrides
     out = REPO / args.out
     out.mkdir(parents=True, exist_ok=True)
-    rows = [run(name, *RUNS[name], args.sequences, out) for name in args.runs.split(",")]
+    rows = [run(name, *RUNS[name], args.sequences, out, base) for name in args.runs.split(",")]
     print(f"{'run':<20} {'batch':>5} {'steps':>5} {'tokens':>9} {'loss (last 1/8)':>16} {'wall s':>7} {'load':>5}")
     for r in rows:
         print(f"{r['run']:<20} {r['batch']:>5} {r['steps']:>5} {r['tokens']:>9,} {r['loss_last_eighth']:>16.4f} "
