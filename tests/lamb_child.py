@@ -4,8 +4,6 @@ and (rank 0) the full weights after it, saved to OUT.
 
     python tests/lamb_child.py OUT STEPS STAGE[:per-partition][@LR] ...   (RANK, WORLD_SIZE, MASTER_* set)
 
-STAGE names configs/ds/zeroSTAGE.json: 0, 1, 2, 2_offload (optimizer on the CPU), 3.
-
 ``:per-partition`` swaps the engine's layout for one that treats every flat partition as a tensor of its own, the
 trust ratio of DeepSpeed issue #490, so that the tests can show they catch it."""
 
@@ -47,7 +45,7 @@ def per_partition(engine) -> None:
     lamb.set_layout([(t, [Piece(i, 0, t.numel())]) for i, t in enumerate(flats)], len(flats), None)
 
 
-def run(stage: str, partition_ratios: bool, lr: str, steps: int, ctx) -> dict:
+def run(stage: int, partition_ratios: bool, lr: str, steps: int, ctx) -> dict:
     cfg = load_run_config("configs/distill/tiny.yaml", OVERRIDES + ([f"optim.lr={lr}"] if lr else []))
     torch.manual_seed(0)
     model = MiniAlbertForMaskedLM(tiny_config())
@@ -78,7 +76,7 @@ def main() -> None:
     for name in runs:
         spec, _, lr = name.partition("@")
         stage, _, mode = spec.partition(":")
-        results[name] = run(stage, mode == "per-partition", lr, steps, ctx)
+        results[name] = run(int(stage), mode == "per-partition", lr, steps, ctx)
     if ctx.is_rank0:
         torch.save(results, out)
     dist.destroy()
