@@ -277,7 +277,8 @@ def prepare_resume(run_dir: str | Path, cfg: RunConfig, restart: bool = False) -
     tag = tag_for(step)
     meta = read_meta(run_dir, tag)
     _check_unchanged(run_config_from_yaml(meta["config"]), cfg, checkpoint_root(run_dir) / tag)
-    universal = meta["world_size"] != dist.world_size()
+    # Without ZeRO (stage 0) every rank loads the one full copy, on any rank count: nothing to convert.
+    universal = meta["world_size"] != dist.world_size() and ds.has_partitions(checkpoint_root(run_dir) / tag)
     if universal:
         failed = ""
         if dist.rank() == 0:

@@ -108,13 +108,18 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "adamw"
+    """'adamw' or 'lamb' (layer-wise trust ratios for large batches, right under every ZeRO stage:
+    minialbert/lamb.py)."""
     lr: float = 5e-4
     warmup_steps: int = 5000
     weight_decay: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     max_grad_norm: float = 1.0
-    """Gradient clipping (0 = off)."""
+    """Gradient clipping (0 = off): the global norm, before the optimizer (AdamW and LAMB alike)."""
+    max_trust_ratio: float = 10.0
+    """LAMB only: the cap on each tensor's trust ratio ||w|| / ||update|| (0 = no cap)."""
 
 
 @dataclass
@@ -178,7 +183,10 @@ class RunConfig:
         need(len(self.data.sources) > 0, "data.sources", "at least one shard folder", self.data.sources)
         for i, s in enumerate(self.data.sources):
             need(s.weight > 0, f"data.sources[{i}].weight", "a positive number", s.weight)
+        need(self.optim.name in ("adamw", "lamb"), "optim.name", "'adamw' or 'lamb'", self.optim.name)
         need(self.optim.lr > 0, "optim.lr", "a positive number", self.optim.lr)
+        need(self.optim.max_trust_ratio >= 0, "optim.max_trust_ratio", "a number >= 0 (0 = no cap)",
+             self.optim.max_trust_ratio)
         need(self.optim.warmup_steps >= 0, "optim.warmup_steps", "an integer >= 0", self.optim.warmup_steps)
         need(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", "an integer >= 1", self.checkpoint.keep_last)
         need(self.loss.temperature > 0, "loss.temperature", "a positive number", self.loss.temperature)

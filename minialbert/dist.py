@@ -112,6 +112,15 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return t / tdist.get_world_size()
 
 
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks of a small tensor, as a float64 CPU tensor (gloo on every backend; e.g. LAMB's per-tensor
+    squared norms, whose pieces lie on different ranks)."""
+    t = values.detach().double().cpu().clone()
+    if tdist.is_initialized() and tdist.get_world_size() > 1:
+        tdist.all_reduce(t, group=_cpu_group)
+    return t
+
+
 def from_rank0(value: int) -> int:
     """Rank 0's integer, on every rank (a decision only rank 0 can take, e.g. after reading files)."""
     t = torch.tensor([value if rank() == 0 else 0], dtype=torch.int64)

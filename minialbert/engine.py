@@ -19,6 +19,7 @@ from torch import nn
 
 from . import dist
 from .config import ConfigError, OptimConfig, RunConfig
+from .lamb import Lamb, Piece
 from .param_groups import weight_decay_groups
 
 # Keys the run config owns: (DeepSpeed key, how to describe the run-config source).
@@ -80,6 +81,10 @@ def build_ds_config(cfg: RunConfig, ds_json: str | Path, world_size: int, on_cud
             raise ConfigError(f"{ds_json}: {prec}.enabled={enabled} contradicts train.precision={cfg.train.precision!r}")
     zero = base.get("zero_optimization", {})
     offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
+    if int(zero.get("stage", 0)) == 0 and cfg.train.precision == "bf16":
+        # Without ZeRO, DeepSpeed's bf16 path keeps bf16 gradients (it rejects fp32 accumulation at stage 0).
+        raise ConfigError(f"{ds_json}: ZeRO stage 0 with train.precision='bf16': DeepSpeed would sum micro-batch "
+                          f"gradients in bf16; use train.precision=fp32 (or fp16), or configs/ds/zero1.json")
     config = dict(base)
     config.update(owned)
     config["bf16"] = {**base.get("bf16", {}), "enabled": cfg.train.precision == "bf16"}
@@ -88,6 +93,16 @@ def build_ds_config(cfg: RunConfig, ds_json: str | Path, world_size: int, on_cud
         # Micro-batch gradients summed in fp32: ZeRO-1 through DeepSpeed's BF16 optimizer, ZeRO-2 in a separate
         # fp32 buffer, ZeRO-3 always does (DeepSpeed's stage-3 partitions accumulate in fp32).
         config["data_types"] = {**base.get("data_types", {}), "grad_accum_dtype": "fp32"}
+    if cfg.optim.name == "lamb":
+        # LAMB is our own torch optimizer (initialize), stepped by ZeRO over its flat partitions; it is right under
+        # every stage because it is told how they map onto the model's tensors (minialbert/lamb.py).
+        config["zero_allow_untested_optimizer"] = True
+        config["zero_force_ds_cpu_optimizer"] = False  # CPU offload steps it on the CPU copies
+        config.setdefault("steps_per_print", 10**9)
+        config.setdefault("wall_clock_breakdown", False)
+        if load_universal:
+            config["checkpoint"] = {**base.get("checkpoint", {}), "load_universal": True}
+        return config
     opt_params = {
         "lr": cfg.optim.lr,
         "betas": list(cfg.optim.betas),
@@ -121,19 +136,113 @@ def lr_multiplier(warmup_steps: int, total_steps: int):
 
 
 def initialize(model: nn.Module, ds_config: dict, optim: OptimConfig, max_steps: int):
-    """Wrap the student in a DeepSpeed engine: AdamW over two parameter groups (no weight decay on biases and
-    LayerNorm weights) and the warm-up/decay schedule, both saved in and restored from its checkpoints."""
+    """Wrap the student in a DeepSpeed engine: AdamW or LAMB over two parameter groups (no weight decay, and for
+    LAMB no trust ratio, on biases and LayerNorm weights) and the warm-up/decay schedule, both saved in and
+    restored from its checkpoints."""
     import deepspeed
 
     # Lets a checkpoint be converted to DeepSpeed's universal format and resumed on another rank count.
     model.universal_checkpoint_info = {"universal_checkpoint_version": 0.4}
+    groups = weight_decay_groups(model, optim.weight_decay)
+    lamb = None
+    if optim.name == "lamb":
+        for group, matrices in zip(groups, (True, False)):
+            group["trust_ratio"] = matrices
+        lamb = Lamb(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay,
+                    max_trust_ratio=optim.max_trust_ratio, await_layout=True)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=weight_decay_groups(model, optim.weight_decay), config=ds_config,
+        model=model, model_parameters=groups, optimizer=lamb, config=ds_config,
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_multiplier(optim.warmup_steps, max_steps)),
     )
+    if lamb is not None:
+        lamb.set_layout(*lamb_layout(engine, model))
+    _keep_grad_norm_without_zero(engine)
     _unlink_shared_memory_segment()
     return engine
+
+
+def _keep_grad_norm_without_zero(engine) -> None:
+    """fp32 without ZeRO (stage 0): DeepSpeed clips the full gradients itself and keeps no norm; keep the norm before
+    clipping, as the ZeRO optimizers report it, so that every stage logs ``train/grad_norm``."""
+    if engine.zero_optimization() or engine.fp16_enabled() or engine.bfloat16_enabled():
+        return
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    params = [p for p in engine.module.parameters() if p.requires_grad]
+    max_norm = engine.gradient_clipping()
+
+    def keep(norm) -> None:
+        engine._global_grad_norm = float(norm)
+
+    if max_norm > 0:
+        engine.clip_fp32_gradients = lambda: keep(clip_grad_norm_(parameters=params, max_norm=max_norm, mpu=engine.mpu))
+    else:
+        engine.basic_optimizer.register_step_pre_hook(
+            lambda *_: keep(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])))
+
+
+def lamb_layout(engine, model: nn.Module):
+    """(layout, number of tensors, all-reduce or None) for ``Lamb.set_layout``: for every tensor the optimizer
+    steps, which pieces of which of the model's trainable tensors it holds, read from the DeepSpeed wrapper that
+    owns the fp32 master weights."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+    from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    index = {id(p): t for t, p in enumerate(p for p in model.parameters() if p.requires_grad)}
+    opt, rank = engine.optimizer, dist.rank()
+
+    def whole(pairs):  # (stepped tensor, model tensor) of the same shape
+        return [(stepped, [Piece(index[id(p)], 0, p.numel())]) for stepped, p in pairs]
+
+    def flat_partition(fp32, params, flat, partition_size, part):
+        # ``params`` are views into ``flat`` (DeepSpeed re-points them there); ``fp32`` is the fp32 copy of
+        # flat[part * partition_size : (part + 1) * partition_size], the share this rank steps.
+        lo = part * partition_size
+        pieces = []
+        for p in params:
+            start = (p.data_ptr() - flat.data_ptr()) // flat.element_size()
+            a, b = max(start, lo), min(start + p.numel(), lo + partition_size)
+            if a < b:
+                pieces.append(Piece(index[id(p)], a - lo, b - a))
+        return fp32, pieces
+
+    if isinstance(opt, Lamb):  # fp32 without ZeRO: every rank steps the whole model
+        return whole((p, p) for g in opt.param_groups for p in g["params"]), len(index), None
+    if isinstance(opt, FP16_UnfusedOptimizer):  # fp16 without ZeRO: whole fp32 copies
+        return whole((c, p) for cs, ps in zip(opt.fp32_groups, opt.fp16_groups) for c, p in zip(cs, ps)), len(index), None
+    if isinstance(opt, FP16_Optimizer):  # fp16 without ZeRO: one fp32 flat per group, whole on every rank
+        layout = [flat_partition(fp32, params, flat, flat.numel(), 0)
+                  for fp32, params, flat in zip(opt.fp32_groups_flat, opt.fp16_groups, opt.fp16_groups_flat)]
+        return layout, len(index), None
+    if isinstance(opt, BF16_Optimizer):  # bf16 ZeRO-1
+        layout = [flat_partition(fp32, params, flat, flat.numel() // dist.world_size(), rank)
+                  for fp32, params, flat in zip(opt.fp32_groups_flat_partition, opt.bf16_groups, opt.bf16_groups_flat)]
+        return layout, len(index), dist.all_reduce_sum
+    if isinstance(opt, DeepSpeedZeroOptimizer):  # ZeRO-1/2, offload included
+        layout = [flat_partition(fp32, params, flat, size, rank) for fp32, params, flat, size in zip(
+            opt.single_partition_of_fp32_groups, opt.round_robin_bit16_groups, opt.bit16_groups_flat,
+            opt.partition_size)]
+        return layout, len(index), dist.all_reduce_sum
+    if isinstance(opt, DeepSpeedZeroOptimizer_Stage3):
+        # Each sub-group's fp32 flat holds every parameter's partition in turn: ``partition_numel`` elements,
+        # this rank's being elements [rank * partition_numel, ...) of the parameter (the last one padded).
+        layout = []
+        for fp32, params in zip(opt.fp32_partitioned_groups_flat, opt.fp16_groups):
+            offset, pieces = 0, []
+            for p in params:
+                size = p.partition_numel()
+                length = min(size, p.ds_numel - rank * size)
+                if length > 0:
+                    pieces.append(Piece(index[id(p)], offset, length))
+                offset += size
+            layout.append((fp32, pieces))
+        return layout, len(index), dist.all_reduce_sum
+    raise ConfigError(f"optim.name='lamb': DeepSpeed chose {type(opt).__name__}, whose partitions LAMB cannot map "
+                      f"onto the model's tensors; use one of configs/ds/zero[0-3].json")
 
 
 def _unlink_shared_memory_segment() -> None:
@@ -184,11 +293,38 @@ def convert_to_universal(checkpoint_root: Path, tag: str) -> str:
     return out_tag
 
 
-def consolidated_state_dict(checkpoint_root: Path, tag: str) -> dict[str, torch.Tensor]:
-    """The full fp32 weights of a ZeRO-1/2/3 checkpoint (no engine needed)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+def has_partitions(folder: Path) -> bool:
+    """Whether a checkpoint holds ZeRO partitions (stages 1-3, and bf16's optimizer), rather than stage 0's one
+    full copy."""
+    return any(Path(folder).glob("*optim_states.pt"))
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root), tag=tag)
+
+def consolidated_state_dict(checkpoint_root: Path, tag: str, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The full fp32 weights of a checkpoint (no engine needed): gathered from the partitions of ZeRO-1/2/3 (and of
+    bf16 runs), or, without ZeRO (stage 0), read from the one file rank 0 wrote. An fp16 run without ZeRO keeps its
+    fp32 master weights in the optimizer's state, in the order of the parameter groups: ``model`` (the student's
+    architecture) tells that order; without it the fp16 weights are returned, widened."""
+    folder = Path(checkpoint_root) / tag
+    if has_partitions(folder):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root), tag=tag)
+    path = folder / "mp_rank_00_model_states.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: neither ZeRO partitions (*optim_states.pt) nor {path.name}")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    weights = {k: v.float() for k, v in saved["module"].items()}
+    optimizer = saved.get("optimizer") or {}
+    masters = optimizer.get("fp32_groups_flat") or optimizer.get("fp32_groups")
+    if masters is None or model is None:
+        return weights
+    model.load_state_dict(weights, strict=True)
+    with torch.no_grad():
+        for group, master in zip(weight_decay_groups(model, 0.0), masters):
+            pieces = master if isinstance(master, list) else torch.split(master, [p.numel() for p in group["params"]])
+            for p, piece in zip(group["params"], pieces):
+                p.copy_(piece.view(p.shape))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def loss_scale(engine) -> float | None:

@@ -210,7 +210,7 @@ def export_checkpoint(run_dir: str | Path, tag: str | None, out: str | Path, rep
     cfg = run_config_from_yaml(meta["config"])
     config = MiniAlbertConfig.from_pretrained(run_dir / "student_config")
     model = MiniAlbertForMaskedLM(config)
-    state = ds.consolidated_state_dict(ckpt.checkpoint_root(run_dir), tag)
+    state = ds.consolidated_state_dict(ckpt.checkpoint_root(run_dir), tag, model)
     model.load_state_dict(state, strict=True)
     teacher = cfg.teacher_path()
     check_standalone_code()  # before anything is written: the folder must be loadable without minialbert

@@ -62,6 +62,8 @@ class Plan:
     offload: bool
     precision: str
     loss_mode: str
+    optimizer: str = ""
+    """The optimizer and its settings, as one line."""
     seq_len: int | None = None
     layer_map: list[int] | None = None
     teacher_family: str | None = None
@@ -88,6 +90,7 @@ class Plan:
             f"{self.accumulation} x {self.world_size} ranks = global batch {self.global_batch_size}",
             f"precision {self.precision}, ZeRO stage {self.zero_stage}{' + CPU optimizer offload' if self.offload else ''}, "
             f"loss mode {self.loss_mode}",
+            f"optimizer {self.optimizer}",
             f"sequence length {num(self.seq_len)}; tokens per step {num(self.tokens_per_step)}; "
             f"steps {self.max_steps:,}; tokens in all {num(total_tokens)}",
         ]
@@ -107,6 +110,16 @@ class Plan:
             out.append(f"memory per GPU (estimate, GiB): {sum(self.memory.values()) / GiB:.2f} = {parts}")
         out += [f"unknown: {u}" for u in self.unknown]
         return out
+
+
+def optimizer_line(cfg: RunConfig) -> str:
+    o = cfg.optim
+    line = (f"{o.name}: lr {o.lr:g}, warm-up {o.warmup_steps:,} steps then linear decay, betas {o.betas[0]:g}/"
+            f"{o.betas[1]:g}, eps {o.eps:g}, weight decay {o.weight_decay:g}, gradient clipping {o.max_grad_norm:g}")
+    if o.name == "lamb":
+        line += (f", trust ratio per tensor capped at {o.max_trust_ratio:g}" if o.max_trust_ratio
+                 else ", trust ratio per tensor (no cap)")
+    return line
 
 
 def model_state_bytes(params: int, precision: str, stage: int, offload: bool, world: int) -> dict[str, float]:
@@ -142,7 +155,7 @@ def make_plan(cfg: RunConfig, ds_config: dict, world_size: int, accumulation: in
         global_batch_size=cfg.train.global_batch_size, max_steps=cfg.train.max_steps,
         zero_stage=int(zero.get("stage", 0)), precision=cfg.train.precision, loss_mode=cfg.loss.mode,
         offload=zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None),
-        seq_len=shard_seq_len(cfg),
+        seq_len=shard_seq_len(cfg), optimizer=optimizer_line(cfg),
     )
     if plan.seq_len is None:
         plan.unknown.append("sequence length, tokens and FLOPs: no manifest.json in "

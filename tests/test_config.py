@@ -36,14 +36,35 @@ def test_paper_recipes_hold_the_paper_numbers():
 @pytest.mark.parametrize("path", JSONS, ids=[p.name for p in JSONS])
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_shipped_deepspeed_configs_build(path, world):
-    cfg = load_run_config(REPO / "configs" / "distill" / "general.yaml", ["train.micro_batch_size=24"])
+    stage0 = path.name == "zero0.json"  # no ZeRO: fp32 or fp16 (DeepSpeed keeps bf16 gradients there)
+    cfg = load_run_config(REPO / "configs" / "distill" / "general.yaml",
+                          ["train.micro_batch_size=24"] + (["train.precision=fp32"] if stage0 else []))
     ds = build_ds_config(cfg, path, world_size=world, on_cuda=True)
     assert ds["train_batch_size"] == 192
     assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * world == 192
-    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     assert ds["optimizer"]["params"]["lr"] == 5e-4 and ds["optimizer"]["params"]["weight_decay"] == 1e-4
+    if stage0:
+        assert ds["zero_optimization"]["stage"] == 0 and not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+        return
+    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     assert ds["data_types"]["grad_accum_dtype"] == "fp32"  # bf16 micro-batches summed in fp32
     assert ds["zero_optimization"]["stage"] in (1, 2, 3)
+
+
+def test_stage0_refuses_bf16_and_names_the_way_out():
+    cfg = load_run_config(REPO / "configs" / "distill" / "general.yaml")
+    with pytest.raises(ConfigError, match=r"zero0.json: ZeRO stage 0 with train.precision='bf16'.*zero1.json"):
+        build_ds_config(cfg, REPO / "configs/ds/zero0.json", world_size=2, on_cuda=True)
+
+
+@pytest.mark.parametrize("path", JSONS, ids=[p.name for p in JSONS])
+def test_lamb_is_our_optimizer_under_every_stage(path):
+    cfg = load_run_config(None, ["optim.name=lamb", "train.precision=fp32"])
+    ds = build_ds_config(cfg, path, world_size=2, on_cuda=True)
+    assert "optimizer" not in ds  # minialbert.lamb.Lamb, handed to deepspeed.initialize
+    assert ds["zero_allow_untested_optimizer"] is True and ds["zero_force_ds_cpu_optimizer"] is False
+    with pytest.raises(ConfigError, match="optim.name='sgd': expected 'adamw' or 'lamb'"):
+        load_run_config(None, ["optim.name=sgd"])
 
 
 def test_cpu_without_offload_uses_torch_adamw_and_offload_keeps_deepspeeds():

@@ -20,9 +20,9 @@ from minialbert.config import load_run_config
 from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
 from tiny_models import tiny_config
 
-stage, warmup = int(sys.argv[1]), int(sys.argv[2])
+stage, warmup, extra = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 cfg = load_run_config("configs/distill/tiny.yaml", [f"optim.warmup_steps={warmup}", "train.max_steps=10",
-                                                    "train.global_batch_size=4", "train.micro_batch_size=2"])
+                                                    "train.global_batch_size=4", "train.micro_batch_size=2", *extra])
 ctx = dist.init_distributed()
 torch.manual_seed(0)
 model = MiniAlbertForMaskedLM(tiny_config())
@@ -46,13 +46,15 @@ print(json.dumps({
     "decayed": expected[True], "not_decayed": expected[False],
     "group_numel": [sum(p.numel() for p in g["params"]) for g in opt.param_groups],
     "lrs": lrs,
+    "state_dtypes": sorted({str(t.dtype) for st in engine.basic_optimizer.state.values() for t in st.values()
+                            if torch.is_tensor(t)}),
 }))
 """
 
 
-def engine_facts(stage: int, warmup: int) -> dict:
+def engine_facts(stage: int, warmup: int, *extra: str) -> dict:
     env = {**distill_env(), "MASTER_PORT": str(free_port()), "PYTHONPATH": str(REPO / "tests")}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(stage), str(warmup)], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(stage), str(warmup), *extra], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -69,6 +71,24 @@ def test_no_weight_decay_on_biases_and_layernorms_and_fp32_gradient_accumulation
     else:
         assert facts["accum_dtype"] == "torch.float32"
     # Warm-up 2 of 10 steps: 0, half, then the full rate.
+    assert facts["lrs"] == pytest.approx([0.0, 5e-4, 1e-3])
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "lamb"])
+def test_stage0_steps_the_model_itself_with_the_same_groups_and_schedule(optimizer):
+    # No ZeRO (fp32: DeepSpeed keeps bf16 gradients without it): the optimizer holds the model's own tensors.
+    facts = engine_facts(0, 2, "train.precision=fp32", f"optim.name={optimizer}")
+    assert facts["optimizer"] == {"adamw": "AdamW", "lamb": "Lamb"}[optimizer]
+    assert facts["weight_decay"] == [1e-4, 0.0]
+    assert facts["group_numel"] == [facts["decayed"], facts["not_decayed"]]
+    assert facts["lrs"] == pytest.approx([0.0, 5e-4, 1e-3])
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_lamb_runs_under_zero_with_the_same_groups_and_schedule(stage):
+    facts = engine_facts(stage, 2, "optim.name=lamb")  # bf16 training
+    assert facts["state_dtypes"] == ["torch.float32"]  # the moments, beside DeepSpeed's fp32 master partitions
+    assert facts["weight_decay"] == [1e-4, 0.0]
     assert facts["lrs"] == pytest.approx([0.0, 5e-4, 1e-3])
 
 

@@ -109,6 +109,25 @@ def test_paper_recipes_keep_the_papers_batch_on_4_8_and_16_gpus(recipe, world):
     assert "loss mode paper" in done.stdout  # recipes named after the paper reproduce its objective
 
 
+@pytest.mark.parametrize("world, accumulation", [(64, 4), (128, 2)])
+def test_large_batch_recipe_resolves_on_64_and_128_gpus_with_lamb(world, accumulation):
+    done = check("--config", "configs/distill/general-large-batch.yaml", "--world-size", str(world))
+    assert done.returncode == 0, done.stderr
+    assert (f"micro-batch 16 per rank x accumulation {accumulation} x {world} ranks = global batch 4096"
+            in done.stdout)
+    assert ("optimizer lamb: lr 0.00177, warm-up 117 steps then linear decay, betas 0.9/0.999, eps 1e-06, weight "
+            "decay 0.01, gradient clipping 1, trust ratio per tensor capped at 10") in done.stdout
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_check_plans_every_zero_stage(stage):
+    done = check("--config", "configs/distill/general.yaml", "--world-size", "8", "--deepspeed",
+                 f"configs/ds/zero{stage}.json", "train.precision=fp32")
+    assert done.returncode == 0, done.stderr
+    assert f"precision fp32, ZeRO stage {stage}, loss mode paper" in done.stdout
+    assert "optimizer adamw: lr 0.0005, warm-up 5,000 steps" in done.stdout
+
+
 def test_a_world_size_that_does_not_fit_names_the_fields_and_what_works():
     done = check("--config", "configs/distill/general.yaml", "--world-size", "6")
     assert done.returncode == 2

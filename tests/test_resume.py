@@ -159,6 +159,67 @@ def test_checkpoint_holds_step_tokens_stream_rng_and_config_not_the_teacher(worl
     assert sum(v.numel() for v in weights.values()) < sum(p.numel() for p in teacher.parameters())
 
 
+# ----------------------------------------------------------------------------- LAMB: exact resume too
+
+LAMB = "optim.name=lamb"
+LAMB_DROPOUT = DROPOUT[:2]  # dropout on; tiny.yaml's peak FLOP/s (measuring bf16 matmuls is slow on a busy CPU)
+
+
+@pytest.fixture(scope="module")
+def lamb_straight(world):
+    run_dir = world[0] / "lamb_straight"
+    assert finish(start_distill(run_dir, world, EVERY_2, *LAMB_DROPOUT, LAMB, "--no-resume")) == 0, log_tail(run_dir)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_lamb_sigkill_then_resume_equals_the_straight_run(world, lamb_straight):
+    run_dir = world[0] / "lamb_killed"
+    proc = start_distill(run_dir, world, EVERY_2, *LAMB_DROPOUT, LAMB)
+    try:
+        wait_for_step(proc, run_dir, 5)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        finish(proc)
+    assert latest(run_dir) in ("step_00000004", "step_00000006")
+    assert finish(start_distill(run_dir, world, EVERY_2, *LAMB_DROPOUT, LAMB)) == 0, log_tail(run_dir)
+    assert f"resumed from {run_dir / 'checkpoints'}" in log_tail(run_dir)
+    assert "name: lamb" in (run_dir / "config.yaml").read_text()
+    assert_same_records(read_metrics(run_dir), read_metrics(lamb_straight))
+    assert_same_weights(engine_weights(run_dir), engine_weights(lamb_straight))
+
+
+# ----------------------------------------------------------------------------- ZeRO stage 0 (no partitioning)
+
+
+@pytest.mark.slow
+def test_zero0_runs_checkpoints_resumes_on_one_rank_and_exports(world, tmp_path):
+    _, teacher, shards = world
+    run_dir = world[0] / "zero0"
+    stage0 = dict(ds_config="configs/ds/zero0.json")
+    done = run_distill(run_dir, teacher, shards, "--max-steps", "4", EVERY_2, "train.precision=fp32", **stage0)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    files = sorted(p.name for p in (run_dir / "checkpoints" / "step_00000004").iterdir())
+    assert "mp_rank_00_model_states.pt" in files and not any("optim_states" in f for f in files)  # one full copy
+    records = read_metrics(run_dir)
+    assert all(r["grad_norm"] == r["grad_norm"] < float("inf") for r in records)  # logged without ZeRO too
+    # Continued on 1 rank: the full copy loads as it is (no universal conversion), the stream goes on.
+    done = run_distill(run_dir, teacher, shards, "--max-steps", "6", EVERY_2, "train.precision=fp32", ranks=1,
+                       **stage0)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_00000004'} at step 4" in done.stdout
+    assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, 7))
+    assert not (run_dir / "checkpoints" / "step_00000004_universal").exists()
+    out = tmp_path / "export"
+    cli = subprocess.run([sys.executable, "-m", "minialbert.export", str(run_dir), "--tag", "step_00000004",
+                          "--out", str(out)], cwd=REPO, env=distill_env(), capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    engine = engine_weights(run_dir, "step_00000004")
+    exported = AutoModelForMaskedLM.from_pretrained(out).state_dict()
+    assert_same_weights({k: exported[k] for k in engine}, engine)
+    AutoModelForMaskedLM.from_pretrained(run_dir / "export")  # the end-of-run export (step 6)
+
+
 # ----------------------------------------------------------------------------- a crash during a save
 
 
