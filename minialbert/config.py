@@ -58,7 +58,7 @@ class StudentConfig:
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     init: str = "teacher"
-    """'teacher': start from the teacher's weights (SVD embeddings, the mean of the mapped layers as the shared
+    """'teacher': start from the teacher's weights (SVD embeddings, the mean of the layers it replaces as the shared
     layer, identity adapters, its MLM head; minialbert/teacher_init.py), the default because a student that starts
     where its teacher is needs far fewer steps to follow it; 'random': Hugging Face's initialisation (the
     original code's). ``init_from`` and ``init_embeddings_from`` win over it where given."""

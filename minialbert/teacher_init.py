@@ -12,8 +12,9 @@ What is copied, and how (the teacher is a BERT-shaped encoder: ``embeddings`` + 
   teacher's LayerNorm gives. One catch: LayerNorm also subtracts the mean over the E coordinates. A Householder
   reflection puts the weakest of the E directions on the all-ones axis, so that subtraction removes only that
   direction. With E = H there is no projection: the tables and the LayerNorm are copied.
-- **The shared layer** is the element-wise mean of the teacher layers mapped to the recursions
-  (``teacher.layer_map``), every tensor (attention, feed-forward, both LayerNorms). A narrower student
+- **The shared layer** is the element-wise mean of the teacher layers the recursions replace (1 … the last one in
+  ``teacher.layer_map``), every tensor (attention, feed-forward, both LayerNorms), as relaxed recursive
+  transformers (Bae et al., 2025) initialise theirs. A narrower student
   feed-forward (``student.intermediate_size`` < the teacher's) keeps the units with the largest mean
   ‖w_in‖·‖w_out‖ over those layers.
 - **Adapters** start as the identity, as closely as their LayerNorm allows: the up-projection is zero, and the
@@ -87,7 +88,9 @@ def init_from_teacher(student: MiniAlbertForMaskedLM, teacher_encoder: nn.Module
         _copy_projected_embeddings(base, source, projection, position_offset)
     else:
         _init_embeddings(base, source, token_counts, position_offset)
-    layers = [teacher_encoder.encoder.layer[i - 1] for i in layer_map]
+    # The layers the recursions replace: every teacher layer up to the last mapped one (measured a little closer
+    # than the mean of the mapped layers alone; docs/results.md).
+    layers = list(teacher_encoder.encoder.layer[: max(layer_map)])
     _init_shared_layer(base.layer, layers)
     if base.adapters is not None:
         # What each adapter's input left: the embeddings' LayerNorm (recursion 1) or the shared layer's.
