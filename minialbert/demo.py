@@ -186,7 +186,7 @@ def plot_losses(run_dir: Path, resumed_at: int | None) -> Path:
 
 
 def summary_table(before: dict, after: dict, accuracy: dict) -> str:
-    rows = ["| measure (held-out text) | student before | student after | teacher |", "|---|---|---|---|"]
+    rows = ["| measure (held-out text) | student at step 0 (teacher init) | student after | teacher |", "|---|---|---|---|"]
     for i, layer in enumerate(after["teacher_layers"]):
         rows.append(f"| hidden cosine, recursion {i + 1} vs teacher layer {layer} | "
                     f"{before['hidden_cosine'][i]:.3f} | {after['hidden_cosine'][i]:.3f} | 1 |")
