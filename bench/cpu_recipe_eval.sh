@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The CPU recipe's students on the real NER sets, fine-tuned with the same command and budget as the teacher
-# (python -m minialbert.finetune ner --epochs 3, defaults otherwise) on seeded subsets of 2,000 training / 500
-# devel / 1,000 test sentences of ../shared/data (bench/real_subsets.py; 940 test sentences for NCBI-disease).
-#   bash bench/cpu_recipe_eval.sh [ROWS...]        rows: teacher student adapters init   (default: all four)
-# Writes runs/eval/<row>-<set>/ (summary.json per sweep); a finished sweep is skipped. Then:
-#   python -m minialbert.finetune report runs/eval
+# (python -m minialbert.finetune ner --epochs 3, defaults otherwise) on seeded subsets of TRAIN training / DEVEL
+# devel / TEST test sentences of ../shared/data (bench/real_subsets.py; default 2,000 / 500 / 1,000, the issue's;
+# NCBI-disease has 940 test sentences).
+#   [TRAIN=500 DEVEL=200 TEST=500] bash bench/cpu_recipe_eval.sh [ROWS...]   rows: teacher student adapters init
+# Writes runs/eval/<train>/<row>-<set>/ (summary.json per sweep); a finished sweep is skipped. Then:
+#   python -m minialbert.finetune report runs/eval/<train>
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SETS=${SETS:-"NCBI-disease BC5CDR-disease BC5CDR-chem"}
 THREADS=${THREADS:-2}
-DATA=runs/ner2k
-[ -f $DATA/sizes.json ] || $PY bench/real_subsets.py subsets --data ../shared/data --out $DATA --train 2000 --devel 500 --eval 1000
+TRAIN=${TRAIN:-2000} DEVEL=${DEVEL:-500} TEST=${TEST:-1000}
+DATA=runs/ner-$TRAIN-$DEVEL-$TEST
+[ -f $DATA/sizes.json ] || \
+    $PY bench/real_subsets.py subsets --data ../shared/data --out $DATA --train $TRAIN --devel $DEVEL --eval $TEST
 TEACHER=$($PY -c 'from minialbert.config import installed_minilm_teacher as t; print(t())')
 [ -f runs/bench/teacher-init/model.safetensors ] || \
     $PY bench/real_subsets.py step-zero --config configs/distill/cpu.yaml --out runs/bench/teacher-init
@@ -24,7 +27,7 @@ for row in ${@:-teacher student adapters init}; do
         *) echo "unknown row $row (teacher student adapters init)" >&2; exit 2 ;;
     esac
     for set in $SETS; do
-        out=runs/eval/$row-$set
+        out=runs/eval/$TRAIN/$row-$set
         [ -f $out/summary.json ] && continue
         echo "== $row $set"
         $PY -m minialbert.finetune ner --data $DATA/ner/$set --model $model --name $name --epochs 3 $flags \

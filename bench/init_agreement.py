@@ -23,6 +23,7 @@ from minialbert.agreement import measure_agreement  # noqa: E402
 from minialbert.config import load_run_config  # noqa: E402
 from minialbert.data import ShardStream, iterate_split  # noqa: E402
 from minialbert.distill import build_student  # noqa: E402
+from minialbert.modeling_minialbert import MiniAlbertForMaskedLM  # noqa: E402
 from minialbert.teacher import load_teacher  # noqa: E402
 
 
@@ -43,15 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="configs/distill/cpu.yaml")
     p.add_argument("--batches", type=int, default=4, help="held-out batches of 16 per shard folder")
+    p.add_argument("--after", nargs="*", default=[], metavar="EXPORT",
+                   help="also measure these exported students (e.g. the run's export: after distillation)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     rows = ["| init | hidden cosine per recursion | attention KL per recursion | sentence cosine | MLM accuracy |",
             "|---|---|---|---|---|"]
-    for init in ("random", "teacher"):
-        cfg = load_run_config(args.config, [*args.overrides, f"student.init={init}"])
+    for init in ("random", "teacher", *args.after):
+        cfg = load_run_config(args.config, [*args.overrides, f"student.init={init if init == 'random' else 'teacher'}"])
         teacher = load_teacher(cfg.teacher_path(), cfg.student.num_recursions, cfg.teacher.layer_map)
         torch.manual_seed(cfg.train.seed)  # the student distill.py starts from
-        student = build_student(cfg, teacher).eval()
+        student = (build_student(cfg, teacher) if init in ("random", "teacher")
+                   else MiniAlbertForMaskedLM.from_pretrained(init)).eval()
         folders = [s.path for s in cfg.data.sources]
         held_out = [b for f in folders for b in iterate_split(f, "validation", batch_size=16, max_batches=args.batches)]
         agreement = measure_agreement(student, teacher, held_out)
