@@ -3,7 +3,8 @@
 # (python -m minialbert.finetune ner --epochs 3, defaults otherwise) on seeded subsets of TRAIN training / DEVEL
 # devel / TEST test sentences of ../shared/data (bench/real_subsets.py; default 2,000 / 500 / 1,000, the issue's;
 # NCBI-disease has 940 test sentences).
-#   [TRAIN=500 DEVEL=200 TEST=500] bash bench/cpu_recipe_eval.sh [ROWS...]   rows: teacher student adapters init
+#   [TRAIN=500 DEVEL=200 TEST=500] [FLAGS="--lr 1e-4 --batch-size 16"] bash bench/cpu_recipe_eval.sh [ROWS...]
+#   rows: teacher student adapters init; FLAGS go to every fine-tune (the same for every row)
 # Writes runs/eval/<train>/<row>-<set>/ (summary.json per sweep); a finished sweep is skipped. Then:
 #   python -m minialbert.finetune report runs/eval/<train>
 set -euo pipefail
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SETS=${SETS:-"NCBI-disease BC5CDR-disease BC5CDR-chem"}
 THREADS=${THREADS:-2}
+FLAGS=${FLAGS:-}
 TRAIN=${TRAIN:-2000} DEVEL=${DEVEL:-500} TEST=${TEST:-1000}
 DATA=runs/ner-$TRAIN-$DEVEL-$TEST
 [ -f $DATA/sizes.json ] || \
@@ -27,10 +29,10 @@ for row in ${@:-teacher student adapters init}; do
         *) echo "unknown row $row (teacher student adapters init)" >&2; exit 2 ;;
     esac
     for set in $SETS; do
-        out=runs/eval/$TRAIN/$row-$set
+        out=runs/eval/$TRAIN${FLAGS:+-tuned}/$row-$set
         [ -f $out/summary.json ] && continue
         echo "== $row $set"
-        $PY -m minialbert.finetune ner --data $DATA/ner/$set --model $model --name $name --epochs 3 $flags \
+        $PY -m minialbert.finetune ner --data $DATA/ner/$set --model $model --name $name --epochs 3 $flags $FLAGS \
             --out $out --save none --no-progress --threads $THREADS
     done
 done
