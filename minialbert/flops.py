@@ -101,37 +101,60 @@ def distillation_step_flops(teacher_config, student_config, batch: int, seq: int
     return teacher + student + attention_kl_flops(student_config, batch, seq, attention_kl)
 
 
-def _default_size(device: torch.device) -> int:
-    return 8192 if device.type == "cuda" else 2048
+_PROBE = 256  # side of the small product that estimates a slow dtype's rate before the real size is chosen
+
+
+def _fitted_size(largest: int, probe_seconds: float, window: float) -> int:
+    """The side of a square product that takes about an eighth of a measuring ``window``, at most ``largest``.
+
+    A dtype the hardware only emulates (bf16 on an AVX2 CPU: ~0.25 GFLOP/s) would spend a minute on one 2048
+    product; the measurement must stay a fraction of a second wherever it runs."""
+    rate = 2 * _PROBE**3 / max(probe_seconds, 1e-9)
+    side = int((rate * window / 8 / 2) ** (1 / 3)) // 64 * 64
+    return max(64, min(largest, side))
 
 
 def measure_peak_flops(dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
                        size: int | None = None, seconds: float = 1.0, repeats: int = 3) -> float:
     """The best matmul rate (FLOP/s) of square ``size``×``size`` products of ``dtype`` on ``device``:
     the best of ``repeats`` windows of about ``seconds`` each (a machine-measured peak, not a datasheet one).
+    Without ``size``: 8192 on CUDA; on a CPU the largest side up to 2048 whose product fits an eighth of a window.
 
     The operands come from a generator of its own: measuring never moves the global RNG streams (a resumed run
     restores them and must draw exactly what the uninterrupted run drew)."""
     device = torch.device(device)
-    n = size or _default_size(device)
     gen = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, generator=gen).to(dtype)
-    b = torch.randn(n, n, device=device, generator=gen).to(dtype)
+
+    def operands(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.randn(n, n, device=device, generator=gen).to(dtype),
+                torch.randn(n, n, device=device, generator=gen).to(dtype))
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for _ in range(3):
+    n = size
+    if n is None and device.type == "cuda":
+        n = 8192
+    elif n is None:
+        a, b = operands(_PROBE)
+        a @ b
+        start = time.perf_counter()
+        a @ b
+        n = _fitted_size(2048, time.perf_counter() - start, seconds)
+    a, b = operands(n)
+    for _ in range(3 if device.type == "cuda" else 1):
         a @ b
     sync()
+    # CUDA queues products asynchronously: synchronise every 4; a CPU product has finished when it returns.
+    every = 4 if device.type == "cuda" else 1
     best = 0.0
     for _ in range(repeats):
         count, start = 0, time.perf_counter()
         while True:
             a @ b
             count += 1
-            if count % 4 == 0:
+            if count % every == 0:
                 sync()
                 elapsed = time.perf_counter() - start
                 if elapsed >= seconds:

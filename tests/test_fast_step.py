@@ -102,6 +102,15 @@ def test_measure_peak_flops_is_positive_on_cpu():
     assert 1e6 < rate < 1e15
 
 
+def test_peak_measurement_shrinks_its_products_for_a_dtype_the_cpu_only_emulates():
+    # A run with train.peak_tflops unset measures at every start; emulated bf16 (~0.25 GFLOP/s on AVX2) must not
+    # turn that into minutes: a 256-side probe taking 0.13 s leaves a side near 128 for a 0.25 s window.
+    from minialbert.flops import _fitted_size
+    assert _fitted_size(2048, probe_seconds=0.13, window=0.25) <= 192
+    assert _fitted_size(2048, probe_seconds=1e-6, window=0.25) == 2048  # a fast unit keeps the full size
+    assert _fitted_size(2048, probe_seconds=100.0, window=0.25) == 64
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fast_step_on_cuda_matches_cpu_fp32(tiny):
