@@ -6,7 +6,7 @@ all hidden states and all 12 attention maps; the student with eager attention, f
 position and its own MLM cross-entropy over them; ``masked_select`` copies for every loss term; gradient
 clipping at 1.0 (the Trainer's default) and ``torch.optim.AdamW`` (single-tensor loop on CPU).
 
-``fast``: the project's training step: ``minialbert.step.distillation_forward`` (teacher in eval mode, in bf16,
+``fast``: the project's training step, ``minialbert.step.train_step``: ``distillation_forward`` (teacher in eval mode, in bf16,
 SDPA for unmapped layers, logits at the masked positions only; student weights in bf16 as DeepSpeed's bf16 mode
 keeps them), backward, then what DeepSpeed's bf16 optimizer does, done here without DeepSpeed: bf16 gradients
 copied into fp32 master gradients, foreach gradient clipping, fused AdamW on the fp32 master weights, master
@@ -30,7 +30,8 @@ from torch import nn
 from minialbert.config import LossConfig
 from minialbert.configuration_minialbert import MiniAlbertConfig
 from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
-from minialbert.step import distillation_forward
+from minialbert.dist import DistContext
+from minialbert.step import distillation_forward, train_step
 from minialbert.teacher import Teacher, uniform_layer_map
 
 LR, WEIGHT_DECAY, MAX_GRAD_NORM = 5e-4, 1e-4, 1.0
@@ -142,13 +143,49 @@ class OriginalRecipe:
 
 
 # ----- fast -------------------------------------------------------------------------------------------------------
+class PlainEngine:
+    """What ``minialbert.step.train_step`` asks of a DeepSpeed engine, in plain torch: the student's forward,
+    ``backward``, and a ``step`` that does what DeepSpeed's bf16 optimizer does (bf16 gradients into fp32 master
+    gradients, foreach clipping, fused AdamW on the master weights, master weights copied back)."""
+
+    def __init__(self, student: MiniAlbertForMaskedLM, master: list[torch.Tensor], optimizer: torch.optim.Optimizer):
+        self.student, self.master, self.optimizer = student, master, optimizer
+        self.norm = None
+
+    def __call__(self, **inputs):
+        return self.student(**inputs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        separate_master = self.master[0] is not params[0]
+        if separate_master:
+            for m, p in zip(self.master, params):
+                m.grad = p.grad.float()
+        self.norm = torch.nn.utils.clip_grad_norm_(self.master, MAX_GRAD_NORM, foreach=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if separate_master:
+            with torch.no_grad():
+                torch._foreach_copy_(params, self.master)
+            for p in params:
+                p.grad = None
+
+    def get_global_grad_norm(self):
+        return self.norm
+
+    def fp16_enabled(self) -> bool:
+        return False
+
+
 @dataclass
 class FastRecipe:
     teacher: Teacher
     student: MiniAlbertForMaskedLM
-    master: list[torch.Tensor]
-    """fp32 master weights (the student's own parameters when it is fp32)."""
-    optimizer: torch.optim.Optimizer
+    engine: PlainEngine
+    device: torch.device
     mode: str = "default"
     attention_kl: str = "fused"
 
@@ -161,29 +198,26 @@ class FastRecipe:
         t = Teacher(hf, layer_map).to(device, dtype)
         s = copy.deepcopy(student).to(device, dtype).train()
         params = [p for p in s.parameters() if p.requires_grad]
+        # fp32 master weights: the student's own parameters when it is fp32
         master = params if dtype == torch.float32 else [p.detach().float().requires_grad_() for p in params]
         optimizer = torch.optim.AdamW(master, lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
-        return cls(t, s, master, optimizer, mode, attention_kl)
+        return cls(t, s, PlainEngine(s, master, optimizer), torch.device(device), mode, attention_kl)
+
+    @property
+    def master(self) -> list[torch.Tensor]:
+        """fp32 master weights (the student's own parameters when it is fp32)."""
+        return self.engine.master
+
+    @property
+    def loss_config(self) -> LossConfig:
+        # LossConfig's defaults are the paper's weights (1, 3, 3, 5) and temperature 1.
+        return LossConfig(mode=self.mode, attention_kl=self.attention_kl)
 
     def losses(self, batch: dict[str, torch.Tensor]):
-        # LossConfig's defaults are the paper's weights (1, 3, 3, 5) and temperature 1.
-        return distillation_forward(self.student, self.teacher, batch,
-                                    LossConfig(mode=self.mode, attention_kl=self.attention_kl))
+        return distillation_forward(self.student, self.teacher, batch, self.loss_config)
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
-        terms = self.losses(batch)
-        terms.total.backward()
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        separate_master = self.master[0] is not params[0]
-        if separate_master:
-            for m, p in zip(self.master, params):
-                m.grad = p.grad.float()
-        torch.nn.utils.clip_grad_norm_(self.master, MAX_GRAD_NORM, foreach=True)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if separate_master:
-            with torch.no_grad():
-                torch._foreach_copy_(params, self.master)
-            for p in params:
-                p.grad = None
-        return terms.total.item()
+        """The training loop's own step (``minialbert.step.train_step``) on one batch, one process."""
+        one_process = DistContext(rank=0, world_size=1, local_rank=0, device=self.device)
+        batch = {k: v.cpu() for k, v in batch.items()}  # train_step moves micro-batches to the device itself
+        return train_step(self.engine, self.teacher, iter([batch]), 1, self.loss_config, one_process).record["loss"]

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from minialbert.run_dir import RunDir
+
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {
     "adamw-b32": (32, ["optim.lr=1e-3"]),
@@ -50,7 +52,7 @@ def run(name: str, batch: int, extra: list[str], sequences: int, out: Path, base
     wall = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(f"{name}: exit {done.returncode}, see {run_dir}.log")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = RunDir(run_dir).read_metrics()
     tail = [r for r in records if r["step"] * batch > sequences * 7 // 8]
     return {"run": name, "batch": batch, "steps": steps, "tokens": records[-1]["tokens"],
             "loss_last_eighth": sum(r["loss"] for r in tail) / len(tail), "loss_first": records[0]["loss"],

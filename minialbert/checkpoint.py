@@ -29,21 +29,21 @@ import os
 import re
 import shutil
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import dist, engine as ds
-from .config import ConfigError, RunConfig, run_config_from_yaml
+from .config import ConfigError, RunConfig, dump_run_config, run_config_from_yaml
+from .run_dir import RunDir
 
 LATEST = "latest"
 META = "meta.json"
 FAULT_AFTER_SHARDS = "MINIALBERT_FAULT_AFTER_SHARDS"
 STEP_FOLDER = re.compile(r"step_\d{8}")
 DAMAGED = ".damaged"
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "config.yaml", "student_config")
-"""What a run writes into its run dir (``--restart`` removes these and nothing else)."""
 # Fields that fix the student's shapes or the data it reads: a resumed run must keep them.
 RESUME_FIXED = {
     "teacher": ("path", "layer_map"),
@@ -59,7 +59,7 @@ class CheckpointError(Exception):
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return RunDir(run_dir).checkpoints
 
 
 def tag_for(step: int) -> str:
@@ -186,6 +186,41 @@ def save(engine, run_dir: str | Path, step: int, meta: dict, rank_state: dict, k
     return tag
 
 
+class Checkpointer:
+    """When the training loop saves, and what a checkpoint holds besides the engine's shards.
+
+    Saves every ``checkpoint.every_steps`` steps, every ``checkpoint.every_minutes`` minutes, at the last step, and
+    when a stop signal reached any rank; the ranks decide together (one collective per step), so they save together.
+    A checkpoint's metadata: tokens seen, the loss scale, the resolved config; each rank's resume state: the data
+    reader's position and the RNG streams."""
+
+    def __init__(self, engine, run_dir: str | Path, cfg: RunConfig, stream):
+        self.engine, self.run_dir, self.cfg, self.stream = engine, RunDir(run_dir), cfg, stream
+        self.last_save = time.monotonic()
+
+    def after_step(self, step: int, tokens: int, stop_requested: bool, log_error: OSError | None) -> tuple[bool, bool]:
+        """Collective, after every optimizer step: saves when due; returns (saved, stop now). A rank that could not
+        write the metrics stops every rank (``CheckpointError``)."""
+        every, last = self.cfg.checkpoint, self.cfg.train.max_steps
+        minutes_due = bool(every.every_minutes) and time.monotonic() - self.last_save >= 60 * every.every_minutes
+        preempted, minutes_due, log_failed = dist.any_rank(stop_requested, minutes_due, log_error is not None)
+        if log_failed:
+            raise CheckpointError(describe_write_error(self.run_dir.metrics, log_error) if log_error
+                                  else "rank 0 could not write the run's metrics")
+        due = bool(every.every_steps and step % every.every_steps == 0) or minutes_due
+        if not (preempted or due or step == last):
+            return False, False
+        self.save(step, tokens)
+        return True, preempted and step < last  # on the last step: finish (export, exit 0) instead
+
+    def save(self, step: int, tokens: int) -> str:
+        meta = {"tokens": tokens, "loss_scale": ds.loss_scale(self.engine), "config": dump_run_config(self.cfg)}
+        rank_state = {"stream": self.stream.state_dict(), "rng": dist.rng_state()}
+        tag = save(self.engine, self.run_dir.path, step, meta, rank_state, self.cfg.checkpoint.keep_last)
+        self.last_save = time.monotonic()
+        return tag
+
+
 def _agree_or_raise(error: str | None, folder: Path, others: str) -> None:
     """Collective: when any rank failed, rank 0 removes the folder and every rank raises (its own message, or
     ``others``)."""
@@ -294,7 +329,7 @@ def prepare_resume(run_dir: str | Path, cfg: RunConfig, restart: bool = False) -
 
 
 def _remove_run_outputs(run_dir: Path) -> None:
-    present = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    present = [path for path in RunDir(run_dir).outputs() if path.exists()]
     if present:
         print(f"--restart: removing {', '.join(map(str, present))}", flush=True)
     for path in present:

@@ -134,10 +134,11 @@ class TrainConfig:
     """'bf16', 'fp16' (dynamic loss scaling), 'fp32', or 'auto': bf16 where the device computes it natively (a GPU
     with bf16, a CPU with AMX or AVX512-BF16), else fp32 (said in one line at start-up)."""
     seed: int = 42
-    log_every: int = 1
-    """Optimizer steps between log lines (metrics.jsonl and TensorBoard get every step)."""
+    log_every: int = 10
+    """Optimizer steps between rank 0's one-line summaries on stdout (step, loss, lr, tokens/s, MFU: what a cluster
+    log keeps); 0 = none. metrics.jsonl and TensorBoard get every step."""
     peak_tflops: float | None = None
-    """Peak FLOP/s of one device for MFU; None = measured (CPU) or looked up (GPU)."""
+    """Peak FLOP/s of one device for MFU; None = measured at start-up (a quarter-second matmul benchmark)."""
 
 
 @dataclass
@@ -175,8 +176,9 @@ class RunConfig:
              self.loss.attention_kl)
         need(self.train.precision in ("bf16", "fp16", "fp32", "auto"), "train.precision", "'bf16', 'fp16', 'fp32' or 'auto'",
              self.train.precision)
-        for name in ("max_steps", "global_batch_size", "micro_batch_size", "log_every"):
+        for name in ("max_steps", "global_batch_size", "micro_batch_size"):
             need(getattr(self.train, name) > 0, f"train.{name}", "a positive integer", getattr(self.train, name))
+        need(self.train.log_every >= 0, "train.log_every", "0 (no log lines) or a positive integer", self.train.log_every)
         need(self.student.init in ("teacher", "random"), "student.init", "'teacher' or 'random'", self.student.init)
         need(self.student.num_recursions > 0, "student.num_recursions", "a positive integer", self.student.num_recursions)
         need(0 < self.data.mlm_probability < 1, "data.mlm_probability", "a value in (0, 1)", self.data.mlm_probability)

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from minialbert.run_dir import RunDir, read_metrics
+
 REPO = Path(__file__).resolve().parents[1]
 ROOT = Path("runs/demo")
 PY = sys.executable
@@ -96,8 +98,8 @@ def _rank_pids(pid: int) -> list[int]:
 
 def _last_step(metrics: Path) -> int:
     try:
-        lines = metrics.read_text().splitlines()
-        return json.loads(lines[-1])["step"] if lines else 0
+        records = read_metrics(metrics)
+        return records[-1]["step"] if records else 0
     except (OSError, ValueError, KeyError):
         return 0
 
@@ -115,7 +117,7 @@ def distill(run_dir: Path, steps: int, interrupt_at: int | None) -> int:
     print("$ DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 minialbert/distill.py "
           f"--deepspeed configs/ds/zero2.json --max-steps {steps}   (log: {log.name})", flush=True)
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    metrics = run_dir / "metrics.jsonl"
+    metrics = RunDir(run_dir).metrics
     bar = tqdm(total=steps, initial=_last_step(metrics), desc="distill", unit="step")
     signalled = False
     while proc.poll() is None:
@@ -165,7 +167,7 @@ def plot_losses(run_dir: Path, resumed_at: int | None) -> Path:
 
     from minialbert.losses import RECORD_KEYS
 
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = RunDir(run_dir).read_metrics()
     steps = [r["step"] for r in records]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for key, label in zip(RECORD_KEYS, ("total", "mlm", "attention KL", "hidden 1-cos", "output KL")):
@@ -222,37 +224,37 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     cfg = load_run_config(None, [f"train.max_steps={args.steps}"])
-    run_dir = Path(cfg.run_dir)
+    run_dir = RunDir(cfg.run_dir)
     teacher = load_teacher(cfg.teacher_path(), cfg.student.num_recursions, cfg.teacher.layer_map)
     torch.manual_seed(cfg.train.seed)  # exactly the student the run starts from
     before = evaluate(build_student(cfg, teacher), teacher, list(shards.values()), args.eval_batches)
 
     resumed_at = None
-    if not (run_dir / "export" / "model.safetensors").is_file():
-        first = distill(run_dir, args.steps, interrupt_at=args.steps // 2)
+    if not (run_dir.export / "model.safetensors").is_file():
+        first = distill(run_dir.path, args.steps, interrupt_at=args.steps // 2)
         if first not in (0, EXIT_PREEMPTED):
-            raise SystemExit(f"error: distillation failed (exit {first}); see {run_dir.parent / 'distill.log'}")
+            raise SystemExit(f"error: distillation failed (exit {first}); see {run_dir.path.parent / 'distill.log'}")
         if first == EXIT_PREEMPTED:
-            resumed_at = _last_step(run_dir / "metrics.jsonl")
+            resumed_at = _last_step(run_dir.metrics)
             print(f"run stopped with a checkpoint at step {resumed_at}; the same command resumes it", flush=True)
-            if distill(run_dir, args.steps, interrupt_at=None) != 0:
-                raise SystemExit(f"error: the resumed run failed; see {run_dir.parent / 'distill.log'}")
-    student = MiniAlbertForMaskedLM.from_pretrained(run_dir / "export")
+            if distill(run_dir.path, args.steps, interrupt_at=None) != 0:
+                raise SystemExit(f"error: the resumed run failed; see {run_dir.path.parent / 'distill.log'}")
+    student = MiniAlbertForMaskedLM.from_pretrained(run_dir.export)
     after = evaluate(student, teacher, list(shards.values()), args.eval_batches)
 
     task = ROOT / "wordnet" / "task"
     accuracy = {
-        "student": finetune(run_dir / "export", "student", task, ROOT / "finetune" / "student-adapters", True, args.finetune_epochs),
+        "student": finetune(run_dir.export, "student", task, ROOT / "finetune" / "student-adapters", True, args.finetune_epochs),
         "teacher": finetune(Path(cfg.teacher_path()), "teacher", task, ROOT / "finetune" / "teacher-full", False, args.finetune_epochs),
     }
     table = summary_table(before, after, accuracy)
     (ROOT / "summary.md").write_text(table)
     (ROOT / "summary.json").write_text(json.dumps({"before": before, "after": after, "accuracy": accuracy,
                                                    "resumed_at": resumed_at}, indent=2))
-    plot = plot_losses(run_dir, resumed_at)
+    plot = plot_losses(run_dir.path, resumed_at)
     print("\n" + table)
-    print(f"loss curves: {plot}\nsummary: {ROOT / 'summary.md'}\nexported student: {run_dir / 'export'}")
-    print(f"watch the run: {Path(PY).parent / 'tensorboard'} --logdir {run_dir / 'tensorboard'}")
+    print(f"loss curves: {plot}\nsummary: {ROOT / 'summary.md'}\nexported student: {run_dir.export}")
+    print(f"watch the run: {Path(PY).parent / 'tensorboard'} --logdir {run_dir.tensorboard}")
     return 0
 
 

@@ -29,25 +29,25 @@ if __name__ == "__main__":  # run as a script (``deepspeed minialbert/distill.py
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import copy
 import os
 import signal
-import time
 
 import torch
 
-from minialbert import dist
 from minialbert import checkpoint as ckpt
-from minialbert import engine as ds
-from minialbert.config import DEMO_DATA_COMMAND, ConfigError, LossConfig, RunConfig, dump_run_config, load_run_config
+from minialbert import dist, flops
+from minialbert import engine as engine_setup
+from minialbert.config import DEMO_DATA_COMMAND, ConfigError, RunConfig, dump_run_config, load_run_config
 from minialbert.data import DataError
-from minialbert.losses import LossTerms
 from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
 from minialbert.monitor import make_monitor
 from minialbert.plan import make_plan, student_config
 from minialbert.precision import resolve_precision
-from minialbert.teacher_families import copy_init_refusal, position_offset
-from minialbert.step import distillation_forward
+from minialbert.run_dir import RunDir
+from minialbert.step import train_step
 from minialbert.teacher import Teacher, TeacherError, describe_family, load_teacher
+from minialbert.teacher_families import copy_init_refusal, position_offset
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved on SIGTERM/SIGUSR1/SIGINT; run the same command to resume
 EXIT_CONFIG = 2
@@ -101,21 +101,29 @@ def print_plan(cfg: RunConfig, ds_json: str, world_size: int | None) -> int:
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     if world < 1:
         raise ConfigError(f"--world-size {world}: expected a positive integer")
+    cfg = copy.deepcopy(cfg)
     cfg.train.precision = resolve_precision(cfg.train.precision, torch.device("cuda"))  # plans are for GPUs
-    accum = ds.accumulation_steps(cfg, world)
-    plan = make_plan(cfg, ds.build_ds_config(cfg, ds_json, world, on_cuda=True), world, accum)
+    ds_config = engine_setup.build_ds_config(cfg, ds_json, world, on_cuda=True)
+    plan = make_plan(cfg, ds_config, world, ds_config["gradient_accumulation_steps"])
     if os.environ.get("RANK", "0") == "0":
         print("\n".join(plan.lines()), flush=True)
     return 0
 
 
-def prepare_run_dir(cfg: RunConfig, no_resume: bool, restart: bool) -> Path:
-    run_dir = Path(cfg.run_dir)
+def resolve_auto_precision(cfg: RunConfig, device: torch.device) -> None:
+    if cfg.train.precision == "auto":
+        cfg.train.precision = resolve_precision("auto", device)
+        dist.print0(f"train.precision=auto: {cfg.train.precision} on this {device.type} "
+                    f"({'native bf16' if cfg.train.precision == 'bf16' else 'no native bf16: emulated bf16 is slower than fp32'})")
+
+
+def prepare_run_dir(cfg: RunConfig, no_resume: bool, restart: bool) -> RunDir:
+    run_dir = RunDir(cfg.run_dir)
     if no_resume and restart:
         raise ConfigError("--no-resume and --restart: choose one")
-    if run_dir.exists() and not run_dir.is_dir():
+    if run_dir.path.exists() and not run_dir.path.is_dir():
         raise ConfigError(f"run_dir={str(run_dir)!r}: a file, expected a folder (new or holding a run)")
-    if no_resume and run_dir.exists() and any(run_dir.iterdir()):
+    if no_resume and run_dir.path.exists() and any(run_dir.path.iterdir()):
         raise ConfigError(f"--no-resume: run dir {run_dir} is not empty; choose another --run-dir or drop --no-resume")
     return run_dir
 
@@ -197,20 +205,59 @@ class StopFlag:
             signal.signal(sig, signal.SIG_IGN)
 
 
-def flops_and_peak(cfg: RunConfig, teacher: Teacher, student: MiniAlbertForMaskedLM, seq_len: int, device) -> tuple:
-    """Model FLOPs of one optimizer step, and the device's peak FLOP/s (train.peak_tflops, or measured)."""
-    from minialbert import flops
+def build_run(cfg: RunConfig, args: argparse.Namespace, ctx: dist.DistContext, run_dir: Path):
+    """Teacher, student, data stream, the checkpoint to resume from and the DeepSpeed config; errors name the field
+    or file."""
+    teacher = load_teacher(cfg.teacher_path(), cfg.student.num_recursions, cfg.teacher.layer_map,
+                           DTYPES[cfg.train.precision], ctx.device)
+    torch.manual_seed(cfg.train.seed)  # the same initial student on every rank
+    student = build_student(cfg, teacher)
+    stream = build_stream(cfg, teacher, ctx)
+    resume = ckpt.prepare_resume(run_dir, cfg, restart=args.restart)
+    if resume:
+        stream.check_state(resume.rank_state["stream"])  # other data: one line now, not a traceback later
+    ds_config = engine_setup.build_ds_config(cfg, args.deepspeed, ctx.world_size, ctx.device.type == "cuda",
+                                             load_universal=bool(resume and resume.universal))
+    return teacher, student, stream, resume, ds_config
 
-    per_step = flops.distillation_step_flops(
-        teacher.config, student.config, cfg.train.global_batch_size, seq_len, cfg.data.mlm_probability,
-        # The model's own forward (DeBERTa, generic encoders) runs every layer; the others stop at the last mapped.
-        teacher_layers_run=(teacher.num_layers if teacher.has_mlm_head or teacher.family.runner == "outputs"
-                            else teacher.layer_map[-1]),
-        attention_kl=cfg.loss.attention_kl,
-    )
+
+def announce(cfg: RunConfig, teacher: Teacher, ctx: dist.DistContext, accum: int) -> None:
+    dist.print0(describe_family(teacher.family, teacher.config.model_type))
+    if not teacher.has_mlm_head:
+        dist.print0("teacher has no MLM head: output-logit distillation is off")
+    dist.print0(f"teacher layers {teacher.layer_map} -> student recursions 1..{len(teacher.layer_map)}; "
+                f"world {ctx.world_size} x micro {cfg.train.micro_batch_size} x accumulation {accum}")
+
+
+def start_monitor(cfg: RunConfig, ctx: dist.DistContext, run_dir: RunDir, step: int, accum: int, teacher: Teacher,
+                  student: MiniAlbertForMaskedLM, seq_len: int):
+    """Rank 0 writes the resolved config and the student's config, and gets the monitor (MFU: the run's FLOPs per
+    step over the peak, train.peak_tflops or measured); the other ranks get one that does nothing."""
+    flops_per_step = flops.run_step_flops(cfg, teacher.config, student.config, seq_len, teacher.has_mlm_head)
     peak = cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops else flops.measure_peak_flops(
-        DTYPES[cfg.train.precision], device, seconds=0.25, repeats=2)
-    return per_step, peak
+        DTYPES[cfg.train.precision], ctx.device, seconds=0.25, repeats=2)
+    if ctx.is_rank0:
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        run_dir.config.write_text(dump_run_config(cfg))
+        student.config.save_pretrained(run_dir.student_config)
+    return make_monitor(ctx.is_rank0, run_dir.path, step, _hparams(cfg, ctx, accum), flops_per_step, peak,
+                        ctx.world_size, ctx.device, max_steps=cfg.train.max_steps, log_every=cfg.train.log_every)
+
+
+def export_student(ctx: dist.DistContext, run_dir: RunDir, step: int) -> int:
+    """Rank 0 writes the Hugging Face folder of the last checkpoint to RUN_DIR/export; returns the exit code."""
+    code = 0
+    if ctx.is_rank0:
+        from minialbert.export import export_checkpoint
+
+        try:
+            out = export_checkpoint(run_dir.path, ckpt.tag_for(step), run_dir.export, replace=True)
+            print(f"exported the student to {out}", flush=True)
+        except OSError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            code = EXIT_IO
+    dist.barrier()
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,104 +273,44 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     ctx = dist.init_distributed()
     stop = StopFlag()
-    if cfg.train.precision == "auto":
-        cfg.train.precision = resolve_precision("auto", ctx.device)
-        dist.print0(f"train.precision=auto: {cfg.train.precision} on this {ctx.device.type} "
-                    f"({'native bf16' if cfg.train.precision == 'bf16' else 'no native bf16: emulated bf16 is slower than fp32'})")
+    resolve_auto_precision(cfg, ctx.device)
     try:
-        teacher = load_teacher(cfg.teacher_path(), cfg.student.num_recursions, cfg.teacher.layer_map,
-                               DTYPES[cfg.train.precision], ctx.device)
-        torch.manual_seed(cfg.train.seed)  # the same initial student on every rank
-        student = build_student(cfg, teacher)
-        stream = build_stream(cfg, teacher, ctx)
-        accum = ds.accumulation_steps(cfg, ctx.world_size)
-        resume = ckpt.prepare_resume(run_dir, cfg, restart=args.restart)
-        if resume:
-            stream.check_state(resume.rank_state["stream"])  # other data: one line now, not a traceback later
-        ds_config = ds.build_ds_config(cfg, args.deepspeed, ctx.world_size, ctx.device.type == "cuda",
-                                       load_universal=bool(resume and resume.universal))
+        teacher, student, stream, resume, ds_config = build_run(cfg, args, ctx, run_dir.path)
     except (ConfigError, TeacherError, DataError, ckpt.CheckpointError) as err:
         if ctx.is_rank0:
             print(f"error: {err}", file=sys.stderr)
         dist.destroy()
         return EXIT_CONFIG
-    dist.print0(describe_family(teacher.family, teacher.config.model_type))
-    if not teacher.has_mlm_head:
-        dist.print0("teacher has no MLM head: output-logit distillation is off")
-    dist.print0(f"teacher layers {teacher.layer_map} -> student recursions 1..{len(teacher.layer_map)}; "
-                f"world {ctx.world_size} x micro {cfg.train.micro_batch_size} x accumulation {accum}")
-
-    engine = ds.initialize(student, ds_config, cfg.optim, cfg.train.max_steps)
-    flops_per_step, peak = flops_and_peak(cfg, teacher, student, stream.seq_len, ctx.device)
-    step, tokens = ckpt.restore(engine, run_dir, resume, stream, cfg.train.seed)  # the last RNG use before step 1
-    if ctx.is_rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_run_config(cfg))
-        student.config.save_pretrained(run_dir / "student_config")
-
-    monitor = make_monitor(ctx.is_rank0, run_dir, step, _hparams(cfg, ctx, accum), flops_per_step, peak,
-                           ctx.world_size, ctx.device)
-    progress = _progress(ctx.is_rank0, step, cfg.train.max_steps)
-    last_save = time.monotonic()
+    accum = ds_config["gradient_accumulation_steps"]
+    announce(cfg, teacher, ctx, accum)
+    engine = engine_setup.initialize(student, ds_config, cfg.optim, cfg.train.max_steps)
+    step, tokens = ckpt.restore(engine, run_dir.path, resume, stream, cfg.train.seed)  # the last RNG use before step 1
+    monitor = start_monitor(cfg, ctx, run_dir, step, accum, teacher, student, stream.seq_len)
+    checkpointer = ckpt.Checkpointer(engine, run_dir.path, cfg, stream)
     batches = iter(stream)
     try:
         while step < cfg.train.max_steps:
-            lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step applies
-            record, per_recursion, step_tokens = train_step(engine, teacher, batches, accum, cfg.loss, ctx)
-            step += 1
-            tokens += step_tokens
-            record.update(tokens=tokens, step_tokens=step_tokens, lr=lr, grad_norm=ds.grad_norm(engine),
-                          loss_scale=ds.loss_scale(engine))
-            log_error = None
-            try:
-                monitor.log_step(step, record, per_recursion, cfg.train.global_batch_size, stream.epoch)
-            except OSError as err:
-                log_error = ckpt.describe_write_error(run_dir / "metrics.jsonl", err)
-            progress.update(1)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-
-            every = cfg.checkpoint
-            minutes_due = bool(every.every_minutes) and time.monotonic() - last_save >= 60 * every.every_minutes
-            # One collective: the ranks decide together.
-            preempted, minutes_due, log_failed = dist.any_rank(stop.set, minutes_due, log_error is not None)
-            if log_failed:
-                raise ckpt.CheckpointError(log_error or "rank 0 could not write the run's metrics")
-            due = (every.every_steps and step % every.every_steps == 0) or minutes_due
-            if preempted or due or step == cfg.train.max_steps:
-                meta = {"tokens": tokens, "loss_scale": ds.loss_scale(engine), "config": dump_run_config(cfg)}
-                rank_state = {"stream": stream.state_dict(), "rng": dist.rng_state()}
-                ckpt.save(engine, run_dir, step, meta, rank_state, every.keep_last)
-                last_save = time.monotonic()
-                monitor.flush()
-                monitor.restart_clock()
-            if preempted and step < cfg.train.max_steps:  # on the last step: finish (export, exit 0) instead
+            result = train_step(engine, teacher, batches, accum, cfg.loss, ctx)
+            step, tokens = step + 1, tokens + result.tokens
+            record = {**result.record, "tokens": tokens, "step_tokens": result.tokens}
+            log_error = monitor.log_step(step, record, result.per_recursion, cfg.train.global_batch_size, stream.epoch)
+            saved, stopping = checkpointer.after_step(step, tokens, stop.set, log_error)
+            if saved:
+                monitor.restart_clock()  # the save's time is not the next step's
+            if stopping:
                 dist.print0(f"stopped by signal at step {step}; checkpoint saved; exit {EXIT_PREEMPTED} "
                             f"(run again to resume)")
-                return _finish(stop, progress, monitor, EXIT_PREEMPTED)
+                return _finish(stop, monitor, EXIT_PREEMPTED)
     except ckpt.CheckpointError as err:
         if ctx.is_rank0:
             print(f"\nerror: {err}", file=sys.stderr, flush=True)
-        return _finish(stop, progress, monitor, EXIT_IO)
-    progress.close()
+        return _finish(stop, monitor, EXIT_IO)
     monitor.close()
-    code = 0
-    if ctx.is_rank0:
-        from minialbert.export import export_checkpoint
-
-        try:
-            out = export_checkpoint(run_dir, ckpt.tag_for(step), run_dir / "export", replace=True)
-            print(f"exported the student to {out}", flush=True)
-        except OSError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            code = EXIT_IO
-    dist.barrier()
-    return _finish(stop, None, None, code)
+    return _finish(stop, None, export_student(ctx, run_dir, step))
 
 
-def _finish(stop: StopFlag, progress, monitor, code: int) -> int:
+def _finish(stop: StopFlag, monitor, code: int) -> int:
     stop.ignore_from_now()
-    if progress is not None:
-        progress.close()
     if monitor is not None:
         try:
             monitor.close()
@@ -333,28 +320,6 @@ def _finish(stop: StopFlag, progress, monitor, code: int) -> int:
     return code
 
 
-def train_step(engine, teacher: Teacher, batches, accum: int, loss: LossConfig, ctx: dist.DistContext):
-    """One optimizer step over ``accum`` micro-batches per rank. Returns the global batch's mean loss terms (the
-    same on every rank: {record key: value}, {term: per recursion}) and its real-token count."""
-    micro = [next(batches) for _ in range(accum)]
-    # Means over the whole global batch, however it is split into micro-batches and ranks: each micro-batch
-    # divides by the global counts over (accumulation x world), the engine averages the rest.
-    counts = torch.tensor([float(sum(int(b["attention_mask"].sum()) for b in micro)),
-                           float(sum(int((b["labels"] != -100).sum()) for b in micro))])
-    global_tokens, global_masked = (dist.all_reduce_mean(counts) * ctx.world_size).tolist()
-    share = accum * ctx.world_size
-    sums = None
-    for batch in micro:
-        batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
-        terms = distillation_forward(engine, teacher, batch, loss, num_tokens=global_tokens / share,
-                                     num_masked=max(global_masked, 1) / share)
-        engine.backward(terms.total)
-        engine.step()
-        sums = terms.scalars() if sums is None else sums + terms.scalars()
-    record, per_recursion = LossTerms.unpack(dist.all_reduce_mean(sums / accum).tolist())
-    return record, per_recursion, int(global_tokens)
-
-
 def _hparams(cfg: RunConfig, ctx: dist.DistContext, accum: int) -> dict:
     flat = {}
     for section in ("student", "loss", "optim", "train"):
@@ -362,12 +327,6 @@ def _hparams(cfg: RunConfig, ctx: dist.DistContext, accum: int) -> dict:
             flat[f"{section}.{k}"] = v
     flat.update({"teacher.path": cfg.teacher_path(), "world_size": ctx.world_size, "accumulation": accum})
     return flat
-
-
-def _progress(enabled: bool, start: int, total: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=start, desc="distill", unit="step", disable=not enabled, dynamic_ncols=True)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from . import checkpoint as ckpt
 from .config import run_config_from_yaml
 from .losses import RECORD_KEYS
 from .remote_code import add_remote_code, check_standalone_code
+from .run_dir import RunDir
 
 
 # The Hub's convention for a custom architecture: config.json's auto_map names classes in modules shipped in the
@@ -35,11 +36,7 @@ INSTALLED_TEACHER_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # the model t
 # ----- the model card ---------------------------------------------------------------------------------------------
 
 def _final_losses(run_dir: Path, step: int) -> dict:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    for line in reversed(path.read_text().splitlines()):
-        record = json.loads(line)
+    for record in reversed(RunDir(run_dir).read_metrics()):
         if record["step"] == step:
             return {k: record[k] for k in RECORD_KEYS}
     return {}
@@ -98,7 +95,7 @@ def _source_lines(cfg) -> tuple[list[str], list[str]]:
 def select_results(paths: list[str], out: Path, model_name: str | None) -> list[dict]:
     """The fine-tuning summaries (``minialbert.finetune`` sweeps) under ``paths`` that belong to this model:
     those whose report row is ``model_name`` when given, else those fine-tuned from the folder ``out``."""
-    from .finetune.report import collect
+    from .results_table import collect
 
     def same_folder(model: str) -> bool:
         return Path(model).resolve() == out.resolve()
@@ -109,13 +106,14 @@ def select_results(paths: list[str], out: Path, model_name: str | None) -> list[
 def model_card(run_dir: Path, tag: str, meta: dict, cfg, config, counts: dict, results: list[dict] = (),
                license: str | None = None) -> str:
     """README.md of an export: Hub metadata, the distillation recipe, losses, parameters, evaluation."""
-    from .finetune.report import render
-    from .teacher import uniform_layer_map
+    from .results_table import render
+    from .teacher_families import layer_map_for
 
     teacher, teacher_dir = teacher_name(cfg), cfg.teacher_path()
     teacher_config = Path(teacher_dir) / "config.json"
     teacher_layers = json.loads(teacher_config.read_text()).get("num_hidden_layers") if teacher_config.is_file() else None
-    layer_map = cfg.teacher.layer_map or (uniform_layer_map(teacher_layers, config.num_recursions) if teacher_layers else None)
+    layer_map = (layer_map_for(cfg.teacher.layer_map, teacher_layers, config.num_recursions) if teacher_layers
+                 else cfg.teacher.layer_map)
     sources, datasets = _source_lines(cfg)
     license = license or _teacher_card_license(teacher_dir) or "apache-2.0"
     header = {"library_name": "transformers", "license": license, "pipeline_tag": "fill-mask",
@@ -190,7 +188,7 @@ def export_checkpoint(run_dir: str | Path, tag: str | None, out: str | Path, rep
     fine-tuning sweeps) add the evaluation table of the sweeps run on ``out`` (or on the row ``results_name``)."""
     from transformers import AutoTokenizer
 
-    from . import engine as ds
+    from .engine import consolidated_state_dict
     from .configuration_minialbert import MiniAlbertConfig
     from .modeling_minialbert import MiniAlbertForMaskedLM
     from .params import count_parameters
@@ -208,9 +206,9 @@ def export_checkpoint(run_dir: str | Path, tag: str | None, out: str | Path, rep
     if problem:
         raise ckpt.CheckpointError(f"checkpoint {tag} is damaged ({problem})")
     cfg = run_config_from_yaml(meta["config"])
-    config = MiniAlbertConfig.from_pretrained(run_dir / "student_config")
+    config = MiniAlbertConfig.from_pretrained(RunDir(run_dir).student_config)
     model = MiniAlbertForMaskedLM(config)
-    state = ds.consolidated_state_dict(ckpt.checkpoint_root(run_dir), tag, model)
+    state = consolidated_state_dict(ckpt.checkpoint_root(run_dir), tag, model)
     model.load_state_dict(state, strict=True)
     teacher = cfg.teacher_path()
     check_standalone_code()  # before anything is written: the folder must be loadable without minialbert

@@ -1,4 +1,5 @@
-"""Run monitoring on rank 0: TensorBoard (``RUN_DIR/tensorboard``), ``metrics.jsonl``, throughput and MFU.
+"""Run monitoring on rank 0: TensorBoard (``RUN_DIR/tensorboard``), ``metrics.jsonl``, throughput and MFU, and
+the progress bar.
 
 Other ranks get a monitor that does nothing. A resumed run continues the same step axis: ``metrics.jsonl`` is cut
 back to the checkpoint's step and TensorBoard purges events after it, so no step is missing or doubled.
@@ -15,8 +16,7 @@ from pathlib import Path
 import torch
 
 from .losses import RECORD_KEYS, TERMS
-
-METRICS = "metrics.jsonl"
+from .run_dir import RunDir, read_metrics
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -31,14 +31,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     torn by a kill in the middle of its write."""
     if not path.is_file():
         return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record["step"] <= last_step:
-            keep.append(line)
+    keep = [json.dumps(record) for record in read_metrics(path) if record["step"] <= last_step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)
@@ -46,19 +39,26 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 
 class Monitor:
     def __init__(self, run_dir: str | Path, start_step: int, hparams: dict, flops_per_step: float | None,
-                 peak_flops: float | None, world_size: int, device: torch.device):
+                 peak_flops: float | None, world_size: int, device: torch.device, max_steps: int | None = None,
+                 log_every: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir = Path(run_dir)
-        self.metrics_path = self.run_dir / METRICS
+        self.run_dir = RunDir(run_dir)
+        self.metrics_path = self.run_dir.metrics
         truncate_metrics(self.metrics_path, start_step)
         self.metrics = self.metrics_path.open("a")
         # purge_step hides events at steps > start_step written by a run that crashed after its checkpoint.
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
+        self.writer = SummaryWriter(str(self.run_dir.tensorboard), purge_step=start_step + 1)
         self.flops_per_step, self.peak_flops, self.world_size, self.device = flops_per_step, peak_flops, world_size, device
         if start_step == 0:
             self._write_hparams(hparams)
         self.last_time = time.perf_counter()
+        self.max_steps, self.log_every = max_steps, log_every
+        self.progress = None
+        if max_steps is not None:
+            from tqdm import tqdm
+
+            self.progress = tqdm(total=max_steps, initial=start_step, desc="distill", unit="step", dynamic_ncols=True)
 
     def _write_hparams(self, hparams: dict) -> None:
         from torch.utils.tensorboard.summary import hparams as hparams_summary
@@ -72,8 +72,30 @@ class Monitor:
     def restart_clock(self) -> None:
         self.last_time = time.perf_counter()
 
-    def log_step(self, step: int, record: dict, per_recursion: dict[str, list[float]], samples: int, epoch: int) -> dict:
-        """Write one optimizer step. ``record`` has loss_*, lr, grad_norm, tokens (cumulative), step_tokens, loss_scale."""
+    def log_step(self, step: int, record: dict, per_recursion: dict[str, list[float]], samples: int,
+                 epoch: int) -> OSError | None:
+        """Write one optimizer step; returns the error when the metrics could not be written (a full disk), so
+        that the ranks can stop together. ``record`` has loss_*, lr, grad_norm, tokens (cumulative), step_tokens,
+        loss_scale."""
+        if self.progress is not None:
+            self.progress.update(1)
+            self.progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+        try:
+            written = self._write(step, dict(record), per_recursion, samples, epoch)
+        except OSError as err:
+            return err
+        if self.log_every and step % self.log_every == 0:
+            self._print_line(written)
+        return None
+
+    def _print_line(self, record: dict) -> None:
+        from tqdm import tqdm
+
+        mfu = f"; MFU {record['mfu']:.2f}" if "mfu" in record else ""
+        tqdm.write(f"step {record['step']}/{self.max_steps or '?'}: loss {record['loss']:.4f}; lr {record['lr']:.2e}; "
+                   f"{record['tokens_per_s']:,.0f} tokens/s{mfu}; {record['tokens']:,} tokens seen")
+
+    def _write(self, step: int, record: dict, per_recursion: dict[str, list[float]], samples: int, epoch: int) -> dict:
         now = time.perf_counter()
         dt, self.last_time = max(now - self.last_time, 1e-9), now
         tokens_per_s = record.pop("step_tokens") / dt
@@ -109,10 +131,9 @@ class Monitor:
         self.metrics.flush()
         return record
 
-    def flush(self) -> None:
-        self.writer.flush()
-
     def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
         self.writer.close()
         self.metrics.close()
 

@@ -169,8 +169,8 @@ def make_plan(cfg: RunConfig, ds_config: dict, world_size: int, accumulation: in
 
     from . import flops
     from .modeling_minialbert import MiniAlbertForMaskedLM
-    from .teacher import describe_family, uniform_layer_map
-    from .teacher_families import family_of, is_encoder_only
+    from .teacher import describe_family, has_mlm_head
+    from .teacher_families import family_of, is_encoder_only, layer_map_for
 
     teacher = AutoConfig.from_pretrained(teacher_dir)
     if not is_encoder_only(teacher):
@@ -178,7 +178,7 @@ def make_plan(cfg: RunConfig, ds_config: dict, world_size: int, accumulation: in
         return plan
     plan.teacher_family = describe_family(family_of(teacher), teacher.model_type)
     student = student_config(cfg, teacher)
-    plan.layer_map = cfg.teacher.layer_map or uniform_layer_map(teacher.num_hidden_layers, cfg.student.num_recursions)
+    plan.layer_map = layer_map_for(cfg.teacher.layer_map, teacher.num_hidden_layers, cfg.student.num_recursions)
     with torch.device("meta"):  # shapes only, no memory
         plan.student_params = sum(p.numel() for p in MiniAlbertForMaskedLM(student).parameters())
         auto = AutoModelForMaskedLM if family_of(teacher).logits else AutoModel
@@ -186,8 +186,8 @@ def make_plan(cfg: RunConfig, ds_config: dict, world_size: int, accumulation: in
     plan.memory = model_state_bytes(plan.student_params, plan.precision, plan.zero_stage, plan.offload, world_size)
     plan.memory["teacher"] = plan.teacher_params * (4 if plan.precision == "fp32" else 2)
     if plan.seq_len is not None:
-        plan.flops_per_step = flops.distillation_step_flops(
-            teacher, student, plan.global_batch_size, plan.seq_len, cfg.data.mlm_probability)
+        plan.flops_per_step = flops.run_step_flops(cfg, teacher, student, plan.seq_len,
+                                                   has_mlm_head(teacher_dir, teacher, family_of(teacher)))
         plan.memory["activations"] = activation_bytes(student, plan.micro_batch_size, plan.seq_len,
                                                       cfg.data.mlm_probability, len(plan.layer_map))
     return plan

@@ -1,6 +1,7 @@
-"""One distillation forward: teacher and student on the same batch, then every loss term.
+"""The distillation training step: ``train_step`` (forward, backward, accumulation, the optimizer step) and the
+forward it repeats, ``distillation_forward`` (teacher and student on the same batch, then every loss term).
 
-Shared by the training loop and the benchmark. Logits are computed only at the masked positions (flat
+Shared by the training loop (``minialbert/distill.py``) and the benchmark (``bench/distill_recipes.py``). Logits are computed only at the masked positions (flat
 indices into B*L, found with ``nonzero``), for teacher and student alike. The attention term is maps-free by
 default (``attention_kl="fused"``: the student's attention runs through SDPA and hands its query and key heads to
 the loss, the teacher keeps only queries, keys and per-row statistics of its mapped layers); ``"materialised"``
@@ -9,9 +10,13 @@ computes it from both models' (B, heads, L, L) maps, the reference.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from . import dist
+from .engine import grad_norm, loss_scale
 from .config import LossConfig
 from .losses import LossTerms, distillation_losses
 from .teacher import Teacher
@@ -58,3 +63,37 @@ def distillation_forward(
         num_tokens=num_tokens,
         num_masked=num_masked,
     )
+
+
+@dataclass
+class StepResult:
+    record: dict
+    """The global batch's mean loss terms (the same on every rank), and lr, grad_norm, loss_scale."""
+    per_recursion: dict[str, list[float]]
+    tokens: int
+    """Real (non-padding) tokens in the global batch."""
+
+
+def train_step(engine, teacher: Teacher, batches, accum: int, loss: LossConfig, ctx: dist.DistContext) -> StepResult:
+    """One optimizer step over ``accum`` micro-batches per rank. ``engine``: a DeepSpeed engine (or anything with
+    its ``__call__``, ``backward``, ``step``, ``optimizer``, ``get_global_grad_norm`` and ``fp16_enabled``: the
+    benchmark's plain-torch one); ``batches``: an iterator of micro-batches on the CPU."""
+    lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step applies
+    micro = [next(batches) for _ in range(accum)]
+    # Means over the whole global batch, however it is split into micro-batches and ranks: each micro-batch
+    # divides by the global counts over (accumulation x world), the engine averages the rest.
+    counts = torch.tensor([float(sum(int(b["attention_mask"].sum()) for b in micro)),
+                           float(sum(int((b["labels"] != -100).sum()) for b in micro))])
+    global_tokens, global_masked = (dist.all_reduce_mean(counts) * ctx.world_size).tolist()
+    share = accum * ctx.world_size
+    sums = None
+    for batch in micro:
+        batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
+        terms = distillation_forward(engine, teacher, batch, loss, num_tokens=global_tokens / share,
+                                     num_masked=max(global_masked, 1) / share)
+        engine.backward(terms.total)
+        engine.step()  # DeepSpeed steps the optimizer at the last micro-batch of the accumulation only
+        sums = terms.scalars() if sums is None else sums + terms.scalars()
+    record, per_recursion = LossTerms.unpack(dist.all_reduce_mean(sums / accum).tolist())
+    record.update(lr=lr, grad_norm=grad_norm(engine), loss_scale=loss_scale(engine))
+    return StepResult(record, per_recursion, int(global_tokens))

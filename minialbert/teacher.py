@@ -22,20 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention_kl import TeacherAttention
-from .teacher_families import GENERIC, Family, accepted, family_of, is_encoder_only, uses_token_types
+from .teacher_families import (GENERIC, Family, TeacherError, accepted, family_of, is_encoder_only, layer_map_for,
+                               uniform_layer_map, uses_token_types)
 
-
-class TeacherError(ValueError):
-    """The teacher folder or the layer mapping is unusable."""
-
-
-def uniform_layer_map(num_teacher_layers: int, num_recursions: int) -> list[int]:
-    """Teacher layer (1-based) for each recursion, evenly spaced and ending at the last layer (12 -> 6: 2, 4, ..., 12)."""
-    if num_recursions > num_teacher_layers:
-        raise TeacherError(
-            f"student.num_recursions={num_recursions} exceeds the teacher's {num_teacher_layers} layers"
-        )
-    return [round((i + 1) * num_teacher_layers / num_recursions) for i in range(num_recursions)]
+__all__ = ["Teacher", "TeacherError", "TeacherOutput", "describe_family", "has_mlm_head", "load_teacher", "uniform_layer_map", "window_mask"]
 
 
 @dataclass
@@ -191,7 +181,8 @@ class Teacher(nn.Module):
         return res.last_hidden_state, out
 
 
-def _has_mlm_head(path: Path, config, family: Family) -> bool:
+def has_mlm_head(path: Path, config, family: Family) -> bool:
+    """Whether the teacher folder holds its family's MLM head (read from the checkpoint's keys, loads nothing)."""
     from safetensors import safe_open
 
     st = path / "model.safetensors"
@@ -219,18 +210,14 @@ def load_teacher(path: str | Path, num_recursions: int, layer_map: list[int] | N
         raise TeacherError(f"{path / 'config.json'}: model_type={config.model_type!r} is not an encoder "
                            f"(decoder-only or encoder-decoder); accepted families: {accepted()} or another encoder")
     family = family_of(config)
-    head = _has_mlm_head(path, config, family)
+    head = has_mlm_head(path, config, family)
     # The generic path reads attention probabilities from the model's outputs: eager attention makes them.
     kw = {"attn_implementation": "eager"} if family.runner == "outputs" else {}
     try:
         hf = (AutoModelForMaskedLM if head else AutoModel).from_pretrained(path, dtype=torch.float32, **kw)
     except (ValueError, KeyError, OSError) as e:
         raise TeacherError(f"{path}: cannot load model_type={config.model_type!r} ({str(e).splitlines()[0]})") from e
-    if layer_map is None:
-        layer_map = uniform_layer_map(config.num_hidden_layers, num_recursions)
-    elif len(layer_map) != num_recursions:
-        raise TeacherError(f"teacher.layer_map has {len(layer_map)} entries, expected {num_recursions}")
-    return Teacher(hf, layer_map, family).to(device=device, dtype=dtype)
+    return Teacher(hf, layer_map_for(layer_map, config.num_hidden_layers, num_recursions), family).to(device=device, dtype=dtype)
 
 
 def describe_family(family: Family, model_type: str) -> str:

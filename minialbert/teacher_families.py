@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
+class TeacherError(ValueError):
+    """The teacher folder or the layer mapping is unusable."""
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -130,3 +134,29 @@ def copy_init_refusal(config) -> str | None:
     return (f"teacher init is not available for family {family.name} (model_type={config.model_type!r}): its layers "
             f"are not BERT-shaped; families with BERT-shaped layers: "
             + ", ".join(k for k, f in FAMILIES.items() if f.bert_layers))
+
+
+def uniform_layer_map(num_teacher_layers: int, num_recursions: int) -> list[int]:
+    """Teacher layer (1-based) for each recursion, evenly spaced and ending at the last layer (12 -> 6: 2, 4, ..., 12)."""
+    if num_recursions > num_teacher_layers:
+        raise TeacherError(
+            f"student.num_recursions={num_recursions} exceeds the teacher's {num_teacher_layers} layers"
+        )
+    return [round((i + 1) * num_teacher_layers / num_recursions) for i in range(num_recursions)]
+
+
+def layer_map_for(layer_map: list[int] | None, num_teacher_layers: int, num_recursions: int) -> list[int]:
+    """The teacher layer each recursion distils from: ``teacher.layer_map`` when given, else the uniform map."""
+    if layer_map is None:
+        return uniform_layer_map(num_teacher_layers, num_recursions)
+    if len(layer_map) != num_recursions:
+        raise TeacherError(f"teacher.layer_map has {len(layer_map)} entries, expected {num_recursions}")
+    return list(layer_map)
+
+
+def layers_run(config, layer_map: list[int], has_mlm_head: bool) -> int:
+    """Teacher layers one forward runs: all when its logits are distilled or the model's own forward runs
+    (DeBERTa, generic encoders); else up to the last mapped layer."""
+    if has_mlm_head or family_of(config).runner == "outputs":
+        return config.num_hidden_layers
+    return layer_map[-1]

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from minialbert.run_dir import RunDir
+
 from data_prep_helpers import build_wordpiece_tokenizer, make_texts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,4 +73,6 @@ def run_distill(run_dir: Path, teacher: Path, shards: list[Path], *extra: str, r
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    path = RunDir(run_dir).metrics
+    assert path.is_file(), f"{path}: the run wrote no metrics"
+    return RunDir(run_dir).read_metrics()

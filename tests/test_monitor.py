@@ -7,11 +7,14 @@ import json
 import os
 import signal
 
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from minialbert import checkpoint as ckpt
-from minialbert.monitor import METRICS, Monitor, truncate_metrics
+from minialbert.monitor import Monitor, truncate_metrics
+
+METRICS = "metrics.jsonl"
 
 
 def _record(step: int) -> dict:
@@ -100,3 +103,24 @@ def test_export_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     assert capsys.readouterr().err == f"error: {out}: exists and is not empty; choose a new --out\n"
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "out"]
+
+
+def test_the_metrics_reader_skips_a_torn_last_line_and_names_a_bad_one_elsewhere(tmp_path):
+    from minialbert.run_dir import RunDir
+
+    run = RunDir(tmp_path)
+    assert run.read_metrics() == []  # no run yet
+    run.metrics.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    assert [r["step"] for r in run.read_metrics()] == [1, 2]
+    run.metrics.write_text('{"step": 1}\ngarbage\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON record"):
+        run.read_metrics()
+
+
+def test_every_log_every_steps_rank0_prints_one_summary_line(tmp_path, capsys):
+    monitor = Monitor(tmp_path, 0, {}, 1e6, 1e12, 1, torch.device("cpu"), max_steps=6, log_every=2)
+    _log(monitor, range(1, 7))
+    monitor.close()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 2/6", "step 4/6", "step 6/6"]
+    assert "loss 8.0000; lr 1.00e-03;" in lines[0] and "MFU" in lines[0] and "600 tokens seen" in lines[2]

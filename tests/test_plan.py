@@ -168,6 +168,35 @@ def test_plan_with_the_teacher_and_shards_at_hand(tiny_world, tmp_path):
     assert not (tmp_path / "r").exists()  # nothing written
 
 
+@pytest.mark.parametrize("attention_kl", ["fused", "materialised"])
+def test_the_plans_flops_per_step_are_the_live_ones_and_count_only_what_runs(tiny_world, tmp_path, attention_kl):
+    from minialbert import flops
+    from minialbert.config import load_run_config
+    from minialbert.distill import build_student
+    from minialbert.teacher import load_teacher
+
+    _, shards = tiny_world
+    headless = build_teacher(tmp_path / "headless", mlm_head=False)
+    counts = {}
+    for name, teacher_dir, layer_map in (("head", tiny_world[0], "null"), ("headless", headless, "[1,2]")):
+        overrides = [f"teacher.path={teacher_dir}", f"data.sources=[{{path: {shards}}}]", f"teacher.layer_map={layer_map}",
+                     f"loss.attention_kl={attention_kl}", "student.init=random"]
+        done = check("--config", "configs/distill/tiny.yaml", "--world-size", "2", *overrides)
+        assert done.returncode == 0, done.stderr
+        planned = float(re.search(r"FLOPs per step ([\d.e+]+);", done.stdout).group(1))
+        cfg = load_run_config(REPO / "configs/distill/tiny.yaml", overrides)
+        teacher = load_teacher(teacher_dir, cfg.student.num_recursions, cfg.teacher.layer_map)
+        live = flops.run_step_flops(cfg, teacher.config, build_student(cfg, teacher).config, 32, teacher.has_mlm_head)
+        assert f"{planned:.3e}" == f"{live:.3e}", name  # what --check prints is what the monitor divides by
+        counts[name] = (live, teacher, cfg)
+    live, teacher, cfg = counts["headless"]
+    student = build_student(cfg, teacher).config
+    # The headless teacher runs layers 1..2 of 4 and no MLM head; the student's head still runs.
+    assert live == flops.distillation_step_flops(teacher.config, student, 8, 32, teacher_layers_run=2,
+                                                 attention_kl=attention_kl, teacher_logits=False)
+    assert live < flops.distillation_step_flops(teacher.config, student, 8, 32, attention_kl=attention_kl)
+
+
 def test_under_the_deepspeed_launcher_check_plans_for_the_launchers_world_size(tiny_world, tmp_path):
     teacher, shards = tiny_world
     cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "minialbert/distill.py",
