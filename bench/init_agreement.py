@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minialbert.agreement import measure_agreement  # noqa: E402
 from minialbert.config import load_run_config  # noqa: E402
 from minialbert.data import ShardStream, iterate_split  # noqa: E402
-from minialbert.distill import build_student  # noqa: E402
+from minialbert.student import build_student  # noqa: E402
 from minialbert.modeling_minialbert import MiniAlbertForMaskedLM  # noqa: E402
 from minialbert.teacher import load_teacher  # noqa: E402
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from minialbert.dist import free_port
 from minialbert.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,9 +37,7 @@ RUNS = {
 def run(name: str, batch: int, extra: list[str], sequences: int, out: Path, base: list[str]) -> dict:
     steps = sequences // batch
     run_dir = out / name
-    with socket.socket() as sock:  # other runs on the machine may hold DeepSpeed's default port
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # other runs on the machine may hold DeepSpeed's default port
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(port),
            "minialbert/distill.py",
            "--deepspeed", "configs/ds/zero2.json", "--run-dir", str(run_dir), "--no-resume", *base,

@@ -114,7 +114,7 @@ def step_zero(args) -> None:
     from transformers import AutoTokenizer
 
     from minialbert.config import load_run_config
-    from minialbert.distill import build_student
+    from minialbert.student import build_student
     from minialbert.remote_code import add_remote_code
     from minialbert.teacher import load_teacher
 

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -70,12 +69,6 @@ def prepare_data(root: Path, max_docs: int | None) -> dict[str, Path]:
     return shards
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_pids(pid: int) -> list[int]:
     """The training ranks under a ``deepspeed`` launcher: descendants running distill.py (not the launchers)."""
     found, todo = [], [pid]
@@ -108,9 +101,11 @@ def distill(run_dir: Path, steps: int, interrupt_at: int | None) -> int:
     """One launch of the mission's command; SIGUSR1 to every rank once ``interrupt_at`` steps are logged."""
     from tqdm import tqdm
 
+    from minialbert.dist import free_port
+
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [str(Path(PY).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(_free_port()),
+    cmd = [str(Path(PY).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
            str(REPO / "minialbert" / "distill.py"), "--deepspeed", str(REPO / "configs" / "ds" / "zero2.json"),
            "--max-steps", str(steps)]
     log = (run_dir.parent / "distill.log").open("a")
@@ -213,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from minialbert.config import installed_minilm_teacher, load_run_config
-    from minialbert.distill import EXIT_PREEMPTED, build_student
+    from minialbert.distill import EXIT_PREEMPTED
+    from minialbert.student import build_student
     from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
     from minialbert.teacher import load_teacher
 

@@ -42,12 +42,12 @@ from minialbert.config import DEMO_DATA_COMMAND, ConfigError, RunConfig, dump_ru
 from minialbert.data import DataError
 from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
 from minialbert.monitor import make_monitor
-from minialbert.plan import make_plan, student_config
+from minialbert.plan import make_plan
 from minialbert.precision import resolve_precision
 from minialbert.run_dir import RunDir
+from minialbert.student import build_student
 from minialbert.step import train_step
 from minialbert.teacher import Teacher, TeacherError, describe_family, load_teacher
-from minialbert.teacher_families import copy_init_refusal, position_offset
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved on SIGTERM/SIGUSR1/SIGINT; run the same command to resume
 EXIT_CONFIG = 2
@@ -126,43 +126,6 @@ def prepare_run_dir(cfg: RunConfig, no_resume: bool, restart: bool) -> RunDir:
     if no_resume and run_dir.path.exists() and any(run_dir.path.iterdir()):
         raise ConfigError(f"--no-resume: run dir {run_dir} is not empty; choose another --run-dir or drop --no-resume")
     return run_dir
-
-
-def build_student(cfg: RunConfig, teacher: Teacher) -> MiniAlbertForMaskedLM:
-    """The student, shaped after the teacher where the losses need it; errors name the field."""
-    s = cfg.student
-    if s.init_from:
-        model = MiniAlbertForMaskedLM.from_pretrained(s.init_from)
-    else:
-        model = MiniAlbertForMaskedLM(student_config(cfg, teacher.config))
-    t = teacher.config
-    c = model.config
-    for field, student_value, teacher_value in (
-        ("hidden_size", c.hidden_size, t.hidden_size),
-        ("num_attention_heads", c.num_attention_heads, t.num_attention_heads),
-        ("vocab_size", c.vocab_size, t.vocab_size),
-        ("num_recursions", c.num_recursions, len(teacher.layer_map)),
-    ):
-        if student_value != teacher_value:
-            raise ConfigError(f"student.{field}={student_value} but the teacher needs {teacher_value} "
-                              f"(hidden-state and attention losses compare them one to one)")
-    refusal = copy_init_refusal(t)
-    if s.init == "teacher" and not s.init_from and refusal:
-        dist.print0(f"{refusal}: the student starts from a random init")
-    elif s.init == "teacher" and not s.init_from:
-        from minialbert.data import token_counts
-        from minialbert.teacher_init import TeacherInitError, init_from_teacher
-
-        try:
-            counts = torch.from_numpy(token_counts([src.path for src in cfg.data.sources], t.vocab_size))
-            init_from_teacher(model, teacher.base, teacher.layer_map, teacher.hf, counts, position_offset(t))
-        except TeacherInitError as err:
-            raise ConfigError(str(err)) from None
-    if s.init_embeddings_from:
-        from transformers import AutoModel
-
-        model.minialbert.init_embeddings_from(AutoModel.from_pretrained(s.init_embeddings_from).embeddings)
-    return model
 
 
 def build_stream(cfg: RunConfig, teacher: Teacher, ctx: dist.DistContext):

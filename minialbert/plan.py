@@ -17,27 +17,9 @@ from pathlib import Path
 
 from .config import RunConfig
 from .configuration_minialbert import MiniAlbertConfig
+from .student import student_config
 
 GiB = 2**30
-
-
-def student_config(cfg: RunConfig, teacher_config) -> MiniAlbertConfig:
-    """The student's architecture: the run config's ``student`` section, the teacher's sizes where it says None."""
-    from .teacher_families import layer_norm_eps, max_positions
-
-    t, s = teacher_config, cfg.student
-    # The student's own positions 0..L-1 cover the teacher's usable rows (RoBERTa: 514 - 2); its single token type
-    # when the teacher has none (ModernBERT, DeBERTa-v3): the data's all-zero token_type_ids.
-    return MiniAlbertConfig(
-        vocab_size=t.vocab_size, embedding_size=s.embedding_size, hidden_size=s.hidden_size or t.hidden_size,
-        num_attention_heads=s.num_attention_heads or t.num_attention_heads,
-        intermediate_size=s.intermediate_size or t.intermediate_size, num_recursions=s.num_recursions,
-        use_adapters=s.use_adapters, adapter_reduction_factor=s.adapter_reduction_factor,
-        hidden_dropout_prob=s.hidden_dropout_prob, attention_probs_dropout_prob=s.attention_probs_dropout_prob,
-        max_position_embeddings=max_positions(t), type_vocab_size=max(getattr(t, "type_vocab_size", 0) or 0, 1),
-        layer_norm_eps=layer_norm_eps(t), pad_token_id=t.pad_token_id or 0,
-        hidden_act=getattr(t, "hidden_act", None) or "gelu",
-    )
 
 
 def shard_seq_len(cfg: RunConfig) -> int | None:

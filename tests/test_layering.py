@@ -41,3 +41,20 @@ def test_only_the_owner_imports(prefix):
 def test_the_student_loads_without_the_training_code():
     imports = _imports(REPO / "minialbert" / "modeling_minialbert.py")
     assert not {n for n in imports if n.startswith(("deepspeed", "torch.distributed", "minialbert.distill"))}
+
+
+# A run dir's names are spelled in one module; the training step is in one module.
+RUN_DIR_NAMES = ('"checkpoints"', '"metrics.jsonl"', '"tensorboard"', '"config.yaml"', '"student_config"', '"export"')
+CODE = sorted(p for d in ("minialbert", "data_prep", "launchers", "bench") for p in (REPO / d).rglob("*.py"))
+
+
+def test_only_run_dir_spells_the_names_in_a_run_dir():
+    offenders = [f"{p.relative_to(REPO)}: {name}" for p in CODE if p.name != "run_dir.py"
+                 for name in RUN_DIR_NAMES if name in p.read_text()]
+    assert not offenders, f"run-dir names outside minialbert/run_dir.py: {offenders}"
+
+
+def test_only_the_step_module_steps_an_engine():
+    offenders = [str(p.relative_to(REPO)) for p in CODE if p.name != "step.py"
+                 and any(call in p.read_text() for call in ("engine.backward(", "engine.step("))]
+    assert not offenders, f"the training step written outside minialbert/step.py: {offenders}"

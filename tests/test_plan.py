@@ -149,7 +149,7 @@ def test_plan_with_the_teacher_and_shards_at_hand(tiny_world, tmp_path):
 
     from minialbert import flops
     from minialbert.config import load_run_config
-    from minialbert.plan import student_config
+    from minialbert.student import student_config
 
     teacher, shards = tiny_world
     overrides = [f"teacher.path={teacher}", f"data.sources=[{{path: {shards}}}]", "--run-dir", str(tmp_path / "r")]
@@ -172,7 +172,7 @@ def test_plan_with_the_teacher_and_shards_at_hand(tiny_world, tmp_path):
 def test_the_plans_flops_per_step_are_the_live_ones_and_count_only_what_runs(tiny_world, tmp_path, attention_kl):
     from minialbert import flops
     from minialbert.config import load_run_config
-    from minialbert.distill import build_student
+    from minialbert.student import build_student
     from minialbert.teacher import load_teacher
 
     _, shards = tiny_world

@@ -14,7 +14,7 @@ from distill_helpers import REPO, build_teacher, distill_env, pack_shards, run_d
 from minialbert.agreement import measure_agreement
 from minialbert.config import ConfigError, load_run_config
 from minialbert.data import iterate_split
-from minialbert.distill import build_student
+from minialbert.student import build_student
 from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
 from minialbert.teacher import load_teacher
 
@@ -116,7 +116,7 @@ def test_the_cpu_recipe_plans_for_two_ranks_and_is_a_third_of_its_teacher():
     from transformers import AutoConfig, AutoModel
 
     from minialbert.params import count_parameters
-    from minialbert.plan import student_config
+    from minialbert.student import student_config
 
     done = subprocess.run([sys.executable, "-m", "minialbert.distill", "--config", "configs/distill/cpu.yaml",
                            "--check", "--world-size", "2"], cwd=REPO, capture_output=True, text=True, timeout=120)

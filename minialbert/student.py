@@ -1,0 +1,76 @@
+"""The student a run builds: its architecture from the run config and the teacher (``student_config``), and the
+model with its initialisation (``build_student``: from the teacher's weights, a saved student, or random).
+
+Shared by the run (``minialbert/distill.py``), its plan (``--check``) and the demo.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .config import ConfigError, RunConfig
+from .configuration_minialbert import MiniAlbertConfig
+from .teacher_families import copy_init_refusal, layer_norm_eps, max_positions, position_offset
+
+if TYPE_CHECKING:  # the plan (--check) reads student_config without importing torch's training stack
+    from .modeling_minialbert import MiniAlbertForMaskedLM
+    from .teacher import Teacher
+
+
+def student_config(cfg: RunConfig, teacher_config) -> MiniAlbertConfig:
+    """The student's architecture: the run config's ``student`` section, the teacher's sizes where it says None."""
+    t, s = teacher_config, cfg.student
+    # The student's own positions 0..L-1 cover the teacher's usable rows (RoBERTa: 514 - 2); its single token type
+    # when the teacher has none (ModernBERT, DeBERTa-v3): the data's all-zero token_type_ids.
+    return MiniAlbertConfig(
+        vocab_size=t.vocab_size, embedding_size=s.embedding_size, hidden_size=s.hidden_size or t.hidden_size,
+        num_attention_heads=s.num_attention_heads or t.num_attention_heads,
+        intermediate_size=s.intermediate_size or t.intermediate_size, num_recursions=s.num_recursions,
+        use_adapters=s.use_adapters, adapter_reduction_factor=s.adapter_reduction_factor,
+        hidden_dropout_prob=s.hidden_dropout_prob, attention_probs_dropout_prob=s.attention_probs_dropout_prob,
+        max_position_embeddings=max_positions(t), type_vocab_size=max(getattr(t, "type_vocab_size", 0) or 0, 1),
+        layer_norm_eps=layer_norm_eps(t), pad_token_id=t.pad_token_id or 0,
+        hidden_act=getattr(t, "hidden_act", None) or "gelu",
+    )
+
+
+def build_student(cfg: RunConfig, teacher: Teacher) -> MiniAlbertForMaskedLM:
+    """The student, shaped after the teacher where the losses need it; errors name the field."""
+    import torch
+
+    from . import dist
+    from .modeling_minialbert import MiniAlbertForMaskedLM
+
+    s = cfg.student
+    if s.init_from:
+        model = MiniAlbertForMaskedLM.from_pretrained(s.init_from)
+    else:
+        model = MiniAlbertForMaskedLM(student_config(cfg, teacher.config))
+    t = teacher.config
+    c = model.config
+    for field, student_value, teacher_value in (
+        ("hidden_size", c.hidden_size, t.hidden_size),
+        ("num_attention_heads", c.num_attention_heads, t.num_attention_heads),
+        ("vocab_size", c.vocab_size, t.vocab_size),
+        ("num_recursions", c.num_recursions, len(teacher.layer_map)),
+    ):
+        if student_value != teacher_value:
+            raise ConfigError(f"student.{field}={student_value} but the teacher needs {teacher_value} "
+                              f"(hidden-state and attention losses compare them one to one)")
+    refusal = copy_init_refusal(t)
+    if s.init == "teacher" and not s.init_from and refusal:
+        dist.print0(f"{refusal}: the student starts from a random init")
+    elif s.init == "teacher" and not s.init_from:
+        from .data import token_counts
+        from .teacher_init import TeacherInitError, init_from_teacher
+
+        try:
+            counts = torch.from_numpy(token_counts([src.path for src in cfg.data.sources], t.vocab_size))
+            init_from_teacher(model, teacher.base, teacher.layer_map, teacher.hf, counts, position_offset(t))
+        except TeacherInitError as err:
+            raise ConfigError(str(err)) from None
+    if s.init_embeddings_from:
+        from transformers import AutoModel
+
+        model.minialbert.init_embeddings_from(AutoModel.from_pretrained(s.init_embeddings_from).embeddings)
+    return model
