@@ -23,7 +23,6 @@ the worst moment for a crash. The tests use it; on a cluster it shows that a cra
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -33,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from data_prep import files
 
 from . import dist, engine as ds
 from .config import ConfigError, RunConfig, run_config_from_yaml
@@ -72,14 +73,9 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if STEP_FOLDER.fullmatch(p.name) and (p / META).is_file())
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def file_records(folder: Path) -> dict[str, dict]:
     """{relative path: {size, sha256}} of every file in a checkpoint folder but meta.json."""
-    return {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+    return {str(p.relative_to(folder)): files.file_record(p)
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != META}
 
 
@@ -95,13 +91,9 @@ def verify(folder: Path) -> str | None:
         path = folder / name
         if not path.is_file():
             return f"{path}: missing"
-        if record is None:
-            continue
-        size = path.stat().st_size
-        if size != record["size"]:
-            return f"{path}: {size} bytes, expected {record['size']} (truncated or overwritten)"
-        if _sha256(path) != record["sha256"]:
-            return f"{path}: sha256 differs from meta.json (damaged)"
+        problem = None if record is None else files.check_record(path, record, source=META)
+        if problem:
+            return problem
     return None
 
 
@@ -123,19 +115,11 @@ def is_disk_full(folder: Path) -> bool:
 
 
 def describe_write_error(path: Path, err: BaseException) -> str:
-    """One line for a failed write under ``path``: 'no space left on device' when the disk is full."""
-    if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or is_disk_full(path):
-        return f"{path}: no space left on device"
-    return f"{path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'write failed'}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
+    """One line for a failed write under ``path`` (files.describe_write_error); 'no space left on device' also
+    when torch or DeepSpeed hid the full disk behind another error (``is_disk_full``)."""
+    if not files.is_full_disk_error(err) and is_disk_full(path):
+        err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return files.describe_write_error(path, err)
 
 
 def read_meta(run_dir: str | Path, tag: str) -> dict:
@@ -164,10 +148,8 @@ def save(engine, run_dir: str | Path, step: int, meta: dict, rank_state: dict, k
     error = None
     try:
         ds.save_shards(engine, root, tag)
-        state_path = folder / f"trainer_state_rank{dist.rank()}.pt"
-        tmp = state_path.with_name(state_path.name + ".tmp")
-        torch.save(rank_state, tmp)
-        os.replace(tmp, state_path)
+        with files.atomic_write(folder / f"trainer_state_rank{dist.rank()}.pt") as tmp:
+            torch.save(rank_state, tmp)
     except Exception as err:  # torch/DeepSpeed report a full disk as RuntimeError
         error = describe_write_error(folder, err)
     if os.environ.get(FAULT_AFTER_SHARDS) == str(step):
@@ -177,8 +159,8 @@ def save(engine, run_dir: str | Path, step: int, meta: dict, rank_state: dict, k
     if dist.rank() == 0:
         try:
             record = {**meta, "step": step, "world_size": dist.world_size(), "files": file_records(folder)}
-            _atomic_write(folder / META, json.dumps(record, indent=2))
-            _atomic_write(root / LATEST, tag + "\n")
+            files.write_text_atomic(folder / META, json.dumps(record, indent=2))
+            files.write_text_atomic(root / LATEST, tag + "\n")
             _prune(root, keep_last)
         except OSError as err:
             error = describe_write_error(folder, err)

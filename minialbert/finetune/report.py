@@ -15,6 +15,8 @@ import json
 import statistics
 from pathlib import Path
 
+from data_prep.files import write_text_atomic
+
 from . import InputError
 
 GLUE_ORDER = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"]
@@ -97,8 +99,5 @@ def run_report(args) -> str:
     table = render(collect(args.paths))
     print(table, end="")
     if args.out:
-        out = Path(args.out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(table)
-        tmp.replace(out)
+        write_text_atomic(args.out, table)
     return table
