@@ -1,7 +1,8 @@
 """Checkpoints of a run dir: ``RUN_DIR/checkpoints/step_XXXXXXXX/`` plus a ``latest`` pointer.
 
 Each checkpoint holds the engine's ZeRO shards (DeepSpeed's layout, so its tools work on it), one
-``trainer_state_rank{r}.pt`` per rank (data-reader state, RNG states) and ``meta.json`` (step, tokens seen, world
+``trainer_state_rank{r}.pt`` per rank (data-reader state, RNG states: ints, lists and tensors only, read with
+``torch.load(weights_only=True)`` so that a run dir from elsewhere cannot run code through them) and ``meta.json`` (step, tokens seen, world
 size, loss scale, the resolved config, and the size and sha256 of every file of the checkpoint). Saving is
 collective: every rank writes its files, the ranks agree that all of them succeeded, then rank 0 writes
 ``meta.json`` (so a folder without it is incomplete) and moves ``latest`` atomically. A crash in the middle of a
@@ -25,12 +26,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from data_prep import files
@@ -272,7 +275,35 @@ def prepare_resume(run_dir: str | Path, cfg: RunConfig, restart: bool = False) -
             raise CheckpointError(failed or "rank 0 could not convert the checkpoint to the universal format")
     own = checkpoint_root(run_dir) / tag / f"trainer_state_rank{dist.rank()}.pt"
     state_path = own if own.is_file() else own.with_name("trainer_state_rank0.pt")
-    return Resume(tag, meta, universal, torch.load(state_path, weights_only=False))
+    state, problem = None, ""
+    try:
+        state = load_rank_state(state_path)
+    except CheckpointError as err:
+        problem = str(err)
+    if dist.any_rank(bool(problem))[0]:
+        raise CheckpointError(problem or f"{checkpoint_root(run_dir) / tag}: another rank refused its trainer state")
+    return Resume(tag, meta, universal, state)
+
+
+# Checkpoints saved before the RNG states were made plain hold numpy's state as an array; these globals rebuild
+# arrays and nothing else (an object array's items still pass the weights_only unpickler).
+_NUMPY_ARRAY = [np.empty(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_rank_state(path: Path) -> dict:
+    """A ``trainer_state_rank{r}.pt``, read without running code from it: ``CheckpointError`` (one line) for a file
+    that would need more than tensors, numbers, strings, lists, dicts and numpy arrays."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_ARRAY):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f"a reference to {found.group(1)}" if found else "objects other than tensors and plain values"
+        raise CheckpointError(f"{path}: refused: it holds {what} (loading it could run code); start over with "
+                              f"--restart or a new --run-dir") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: unreadable ({reason}); start over with --restart or a new --run-dir") from None
 
 
 def _remove_run_outputs(run_dir: Path) -> None:
