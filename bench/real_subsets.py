@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import random
 import shutil
 import sys
 from pathlib import Path
+
+from data_prep.files import write_text_atomic
 
 GLUE = {  # task: (columns in the GLUE file or None when it has a header, columns written)
     "rte": (None, ["sentence1", "sentence2", "label"]),
@@ -43,9 +44,7 @@ def read_tsv(path: Path, columns: list[str] | None) -> list[dict]:
 def write_text(path: Path, text: str) -> None:
     """Atomic: a sweep already reading the subsets never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def write_tsv(path: Path, rows: list[dict], columns: list[str]) -> None:

@@ -24,6 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from data_prep.files import atomic_write
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared" / "data"
 SEQ_LEN = 128
@@ -83,14 +85,12 @@ def ner_documents(ner: Path):
 
 
 def write_jsonl(path: Path, texts) -> int:
-    tmp = path.with_name(f".{path.name}.tmp")
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for text in texts:
             if text.strip():
                 f.write(json.dumps({"text": text}) + "\n")
                 n += 1
-    os.replace(tmp, path)
     return n
 
 

@@ -7,25 +7,25 @@ Folder layout (DIR = --out):
     DIR/validation/u00007-00000.arrow
     DIR/manifest.json             written by merge_manifests once every unit has finished
 
-A shard is written under a hidden temporary name; the unit's shards are renamed into place only when the
-whole unit is done, and the unit record is written last (atomically). A unit without its record is
-unfinished: a re-run deletes whatever it left and packs it again. A failed write (a full disk) is a one-line
-DataPrepError naming the file (write_error); the writer removes its temporaries, and a JSON file replaced
-atomically keeps its previous content. Output bytes depend only on the settings and the input, never on
-timing, worker count or which process ran which unit.
+A shard is written under a hidden temporary name (data_prep.files); the unit's shards are synced and renamed
+into place only when the whole unit is done, and the unit record is written last (atomically). A unit without
+its record is unfinished: a re-run deletes whatever it left and packs it again. A failed write (a full disk) is
+a one-line DataPrepError naming the file (write_error); the writer removes its temporaries, and a JSON file
+replaced atomically keeps its previous content. Output bytes depend only on the settings and the input, never
+on timing, worker count or which process ran which unit.
 """
 
 from __future__ import annotations
 
-import errno
 import glob
-import hashlib
 import json
 import os
 
 import numpy as np
 import pyarrow as pa
 
+from data_prep import files
+from data_prep.files import remove_quietly
 from data_prep.units import DataPrepError
 
 FORMAT_VERSION = 1
@@ -35,33 +35,15 @@ BATCH_ROWS = 1024  # rows per Arrow record batch inside a shard
 
 def write_error(path: str, err: OSError) -> DataPrepError:
     """A failed write as one line naming the file: disk full, quota, permissions, ..."""
-    if err.errno == errno.ENOSPC:
-        why = "no space left on device"
-    elif err.errno == errno.EDQUOT:
-        why = "disk quota exceeded"
-    else:
-        why = str(err.strerror or err).splitlines()[0]
-    return DataPrepError(f"{path}: cannot write: {why}")
-
-
-def remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
+    return DataPrepError(files.describe_write_error(path, err))
 
 
 def write_json_atomic(path: str, obj: dict) -> None:
-    """Write under a temporary name, then rename: a reader sees the old file or the new one, never a part.
-    On failure (a full disk) the temporary is removed and the old file is untouched."""
-    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{os.getpid()}"
+    """A reader sees the old file or the new one, never a part (files.atomic_write). On failure (a full disk) the
+    temporary is removed and the old file is untouched."""
     try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        files.write_json_atomic(path, obj, indent=1, sort_keys=True)
     except OSError as e:
-        remove_quietly(tmp)
         raise write_error(path, e) from e
 
 
@@ -72,14 +54,6 @@ def read_json(path: str) -> dict:
 
 def unit_record_path(out_dir: str, index: int) -> str:
     return os.path.join(out_dir, "units", f"u{index:05d}.json")
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def remove_unit_leftovers(out_dir: str, index: int) -> None:
@@ -126,8 +100,8 @@ class SplitWriter:
         if self._sink is None:
             number = len(self.finished)
             name = f"u{self.unit_index:05d}-{number:05d}.arrow"
-            self._tmp = os.path.join(self.dir, f".{name}.tmp-{os.getpid()}")
             self._final = os.path.join(self.dir, name)
+            self._tmp = files.temporary_path(self._final)
             self._sink = pa.OSFile(self._tmp, "wb")
             self._writer = pa.ipc.new_file(self._sink, self.schema)
         lengths = np.fromiter((len(r) for r in self._rows), np.int32, len(self._rows))
@@ -164,8 +138,8 @@ class SplitWriter:
             except OSError as e:
                 raise write_error(self._final, e) from e
         for shard in self.finished:
-            shard["bytes"] = os.path.getsize(shard["tmp"])
-            shard["sha256"] = sha256_file(shard["tmp"])
+            record = files.file_record(shard["tmp"])
+            shard["bytes"], shard["sha256"] = record["size"], record["sha256"]
         return self.finished
 
     def abort(self) -> None:
@@ -185,7 +159,7 @@ def publish_unit(out_dir: str, index: int, shards: list[dict], source: dict, tot
     """Rename a finished unit's shards into place, then write its record: from now on it counts as done.
     If the record cannot be written (a full disk), the unit's shards are removed again: it stays unfinished."""
     for shard in shards:
-        os.replace(shard.pop("tmp"), shard.pop("final"))
+        files.replace_synced(shard.pop("tmp"), shard.pop("final"))
     try:
         write_json_atomic(unit_record_path(out_dir, index), {"unit": index, "shards": shards, "source": source,
                                                              "totals": totals})

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 from pathlib import Path
+
+from data_prep.files import atomic_write, write_text_atomic
 
 DEFAULT_WORDNET = "/usr/share/wordnet"
 # Lexicographer files (wndb(5WN)): 05 noun.animal, 08 noun.body, 20 noun.plant, 26 noun.state, 27 noun.substance.
@@ -56,8 +57,8 @@ def write_corpus(out: str | Path, wordnet_dir: str = DEFAULT_WORDNET, task_size:
     out.mkdir(parents=True, exist_ok=True)
     counts = {"general": 0, "bio": 0}
     task: dict[int, list[str]] = {0: [], 1: []}
-    tmp = {name: out / f".{name}.jsonl.tmp" for name in counts}
-    with tmp["general"].open("w") as general, tmp["bio"].open("w") as bio:
+    with atomic_write(out / "general.jsonl") as general_tmp, atomic_write(out / "bio.jsonl") as bio_tmp, \
+            open(general_tmp, "w", encoding="utf-8") as general, open(bio_tmp, "w", encoding="utf-8") as bio:
         for lexfile, words, definition, examples in read_synsets(wordnet_dir):
             text = document(words, definition, examples)
             general.write(json.dumps({"text": text}) + "\n")
@@ -67,17 +68,14 @@ def write_corpus(out: str | Path, wordnet_dir: str = DEFAULT_WORDNET, task_size:
                 bio.write(json.dumps({"text": text}) + "\n")
                 counts["bio"] += 1
             task[int(is_bio)].append(definition)  # the definition alone: the words would give the answer away
-    for name, path in tmp.items():
-        os.replace(path, out / f"{name}.jsonl")
     rng = random.Random(seed)
     rows = [(s, label) for label in (0, 1) for s in rng.sample(task[label], task_size)]
     rng.shuffle(rows)
     cut = int(len(rows) * 0.75)
     (out / "task").mkdir(exist_ok=True)
     for split, part in (("train", rows[:cut]), ("validation", rows[cut:])):
-        with (out / "task" / f"{split}.jsonl").open("w") as f:
-            for sentence, label in part:
-                f.write(json.dumps({"sentence": sentence, "label": label, "idx": 0}) + "\n")
+        write_text_atomic(out / "task" / f"{split}.jsonl",
+                          "".join(json.dumps({"sentence": s, "label": label, "idx": 0}) + "\n" for s, label in part))
     return counts
 
 

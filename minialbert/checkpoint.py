@@ -1,7 +1,8 @@
 """Checkpoints of a run dir: ``RUN_DIR/checkpoints/step_XXXXXXXX/`` plus a ``latest`` pointer.
 
 Each checkpoint holds the engine's ZeRO shards (DeepSpeed's layout, so its tools work on it), one
-``trainer_state_rank{r}.pt`` per rank (data-reader state, RNG states) and ``meta.json`` (step, tokens seen, world
+``trainer_state_rank{r}.pt`` per rank (data-reader state, RNG states: ints, lists and tensors only, read with
+``torch.load(weights_only=True)`` so that a run dir from elsewhere cannot run code through them) and ``meta.json`` (step, tokens seen, world
 size, loss scale, the resolved config, and the size and sha256 of every file of the checkpoint). Saving is
 collective: every rank writes its files, the ranks agree that all of them succeeded, then rank 0 writes
 ``meta.json`` (so a folder without it is incomplete) and moves ``latest`` atomically. A crash in the middle of a
@@ -23,9 +24,9 @@ the worst moment for a crash. The tests use it; on a cluster it shows that a cra
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -33,9 +34,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from . import dist, engine as ds
+from data_prep import files
+
+from . import dist
+from .engine import convert_to_universal, has_partitions, load_shards, loss_scale, save_shards
 from .config import ConfigError, RunConfig, dump_run_config, run_config_from_yaml
 from .run_dir import RunDir
 
@@ -72,14 +77,9 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if STEP_FOLDER.fullmatch(p.name) and (p / META).is_file())
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def file_records(folder: Path) -> dict[str, dict]:
     """{relative path: {size, sha256}} of every file in a checkpoint folder but meta.json."""
-    return {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+    return {str(p.relative_to(folder)): files.file_record(p)
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != META}
 
 
@@ -95,13 +95,9 @@ def verify(folder: Path) -> str | None:
         path = folder / name
         if not path.is_file():
             return f"{path}: missing"
-        if record is None:
-            continue
-        size = path.stat().st_size
-        if size != record["size"]:
-            return f"{path}: {size} bytes, expected {record['size']} (truncated or overwritten)"
-        if _sha256(path) != record["sha256"]:
-            return f"{path}: sha256 differs from meta.json (damaged)"
+        problem = None if record is None else files.check_record(path, record, source=META)
+        if problem:
+            return problem
     return None
 
 
@@ -123,19 +119,11 @@ def is_disk_full(folder: Path) -> bool:
 
 
 def describe_write_error(path: Path, err: BaseException) -> str:
-    """One line for a failed write under ``path``: 'no space left on device' when the disk is full."""
-    if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or is_disk_full(path):
-        return f"{path}: no space left on device"
-    return f"{path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'write failed'}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
+    """One line for a failed write under ``path`` (files.describe_write_error); 'no space left on device' also
+    when torch or DeepSpeed hid the full disk behind another error (``is_disk_full``)."""
+    if not files.is_full_disk_error(err) and is_disk_full(path):
+        err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return files.describe_write_error(path, err)
 
 
 def read_meta(run_dir: str | Path, tag: str) -> dict:
@@ -163,11 +151,9 @@ def save(engine, run_dir: str | Path, step: int, meta: dict, rank_state: dict, k
     dist.barrier()
     error = None
     try:
-        ds.save_shards(engine, root, tag)
-        state_path = folder / f"trainer_state_rank{dist.rank()}.pt"
-        tmp = state_path.with_name(state_path.name + ".tmp")
-        torch.save(rank_state, tmp)
-        os.replace(tmp, state_path)
+        save_shards(engine, root, tag)
+        with files.atomic_write(folder / f"trainer_state_rank{dist.rank()}.pt") as tmp:
+            torch.save(rank_state, tmp)
     except Exception as err:  # torch/DeepSpeed report a full disk as RuntimeError
         error = describe_write_error(folder, err)
     if os.environ.get(FAULT_AFTER_SHARDS) == str(step):
@@ -177,8 +163,8 @@ def save(engine, run_dir: str | Path, step: int, meta: dict, rank_state: dict, k
     if dist.rank() == 0:
         try:
             record = {**meta, "step": step, "world_size": dist.world_size(), "files": file_records(folder)}
-            _atomic_write(folder / META, json.dumps(record, indent=2))
-            _atomic_write(root / LATEST, tag + "\n")
+            files.write_text_atomic(folder / META, json.dumps(record, indent=2))
+            files.write_text_atomic(root / LATEST, tag + "\n")
             _prune(root, keep_last)
         except OSError as err:
             error = describe_write_error(folder, err)
@@ -214,7 +200,7 @@ class Checkpointer:
         return True, preempted and step < last  # on the last step: finish (export, exit 0) instead
 
     def save(self, step: int, tokens: int) -> str:
-        meta = {"tokens": tokens, "loss_scale": ds.loss_scale(self.engine), "config": dump_run_config(self.cfg)}
+        meta = {"tokens": tokens, "loss_scale": loss_scale(self.engine), "config": dump_run_config(self.cfg)}
         rank_state = {"stream": self.stream.state_dict(), "rng": dist.rng_state()}
         tag = save(self.engine, self.run_dir.path, step, meta, rank_state, self.cfg.checkpoint.keep_last)
         self.last_save = time.monotonic()
@@ -313,19 +299,47 @@ def prepare_resume(run_dir: str | Path, cfg: RunConfig, restart: bool = False) -
     meta = read_meta(run_dir, tag)
     _check_unchanged(run_config_from_yaml(meta["config"]), cfg, checkpoint_root(run_dir) / tag)
     # Without ZeRO (stage 0) every rank loads the one full copy, on any rank count: nothing to convert.
-    universal = meta["world_size"] != dist.world_size() and ds.has_partitions(checkpoint_root(run_dir) / tag)
+    universal = meta["world_size"] != dist.world_size() and has_partitions(checkpoint_root(run_dir) / tag)
     if universal:
         failed = ""
         if dist.rank() == 0:
             try:
-                ds.convert_to_universal(checkpoint_root(run_dir), tag)
+                convert_to_universal(checkpoint_root(run_dir), tag)
             except (OSError, RuntimeError) as err:
                 failed = str(err)
         if dist.any_rank(bool(failed))[0]:
             raise CheckpointError(failed or "rank 0 could not convert the checkpoint to the universal format")
     own = checkpoint_root(run_dir) / tag / f"trainer_state_rank{dist.rank()}.pt"
     state_path = own if own.is_file() else own.with_name("trainer_state_rank0.pt")
-    return Resume(tag, meta, universal, torch.load(state_path, weights_only=False))
+    state, problem = None, ""
+    try:
+        state = load_rank_state(state_path)
+    except CheckpointError as err:
+        problem = str(err)
+    if dist.any_rank(bool(problem))[0]:
+        raise CheckpointError(problem or f"{checkpoint_root(run_dir) / tag}: another rank refused its trainer state")
+    return Resume(tag, meta, universal, state)
+
+
+# Checkpoints saved before the RNG states were made plain hold numpy's state as an array; these globals rebuild
+# arrays and nothing else (an object array's items still pass the weights_only unpickler).
+_NUMPY_ARRAY = [np.empty(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_rank_state(path: Path) -> dict:
+    """A ``trainer_state_rank{r}.pt``, read without running code from it: ``CheckpointError`` (one line) for a file
+    that would need more than tensors, numbers, strings, lists, dicts and numpy arrays."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_ARRAY):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f"a reference to {found.group(1)}" if found else "objects other than tensors and plain values"
+        raise CheckpointError(f"{path}: refused: it holds {what} (loading it could run code); start over with "
+                              f"--restart or a new --run-dir") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: unreadable ({reason}); start over with --restart or a new --run-dir") from None
 
 
 def _remove_run_outputs(run_dir: Path) -> None:
@@ -374,7 +388,7 @@ def restore(engine, run_dir: str | Path, resume: Resume | None, stream, seed: in
         dist.seed_everything(seed, dist.rank())
         return 0, 0
     root = checkpoint_root(run_dir)
-    ds.load_shards(engine, root, f"{resume.tag}_universal" if resume.universal else resume.tag)
+    load_shards(engine, root, f"{resume.tag}_universal" if resume.universal else resume.tag)
     state = resume.rank_state
     stream.load_state_dict(state["stream"])
     if resume.universal or "rng" not in state:

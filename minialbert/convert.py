@@ -17,10 +17,11 @@ import json
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from data_prep.files import atomic_folder
 
 from .configuration_minialbert import MiniAlbertConfig
 from .modeling_minialbert import (
@@ -178,16 +179,12 @@ def convert_reference(src: str | Path, out: str | Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise ConversionError(f"{out}: exists and is not empty; choose a new output folder")
     model = load_reference_checkpoint(src)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    model.save_pretrained(tmp)
-    add_remote_code(tmp)  # loads where only torch and transformers are installed (trust_remote_code=True)
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, tmp / name)
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        model.save_pretrained(tmp)
+        add_remote_code(tmp)  # loads where only torch and transformers are installed (trust_remote_code=True)
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
     return out
 
 

@@ -37,8 +37,8 @@ import pyarrow as pa
 import torch
 
 # Shared with data_prep: both sides hash a tokenizer folder, and a shard, the same way.
+from data_prep.files import sha256_file
 from data_prep.fingerprint import tokenizer_fingerprint
-from data_prep.shards import sha256_file
 from data_prep.units import mix64  # the same hash keys data prep's document sampling
 
 IGNORE_INDEX = -100

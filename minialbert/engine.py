@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from data_prep.files import atomic_folder, stale_temporaries
+
 from . import dist
 from .config import ConfigError, OptimConfig, RunConfig
 from .lamb import Lamb, Piece
@@ -274,22 +276,24 @@ def convert_to_universal(checkpoint_root: Path, tag: str) -> str:
     out_tag = f"{tag}_universal"
     out = checkpoint_root / out_tag
     if not (out / "zero").is_dir():
-        tmp = checkpoint_root / f".{out_tag}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a conversion that was killed
-        done = subprocess.run(
-            [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(checkpoint_root / tag),
-             "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")},
-        )
-        if done.returncode:
-            shutil.rmtree(tmp, ignore_errors=True)
+        for stale in stale_temporaries(out):  # left by a conversion that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            with atomic_folder(out, replace=True) as tmp:
+                done = subprocess.run(
+                    [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                     str(checkpoint_root / tag), "--output_folder", str(tmp), "--num_extract_workers", "1",
+                     "--num_merge_workers", "1"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                    env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")},
+                )
+                if done.returncode:
+                    reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                    raise RuntimeError(f"{checkpoint_root / tag}: conversion to DeepSpeed's universal format failed "
+                                       f"({reason})")
+        finally:
+            # The converter also writes a `latest_universal` pointer beside its output, naming the temporary folder.
             (checkpoint_root / "latest_universal").unlink(missing_ok=True)
-            reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"{checkpoint_root / tag}: conversion to DeepSpeed's universal format failed ({reason})")
-        tmp.rename(out)
-        # The converter also writes a `latest_universal` pointer beside its output, naming the temporary folder.
-        (checkpoint_root / "latest_universal").unlink(missing_ok=True)
     return out_tag
 
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
+
+from data_prep.files import atomic_folder
 
 from . import checkpoint as ckpt
 from .config import run_config_from_yaml
@@ -216,25 +215,15 @@ def export_checkpoint(run_dir: str | Path, tag: str | None, out: str | Path, rep
     if results and not chosen:
         raise ValueError(f"no fine-tuning summary under {' '.join(map(str, results))} is for "
                          f"{results_name or out} (summary.json 'model' / 'model_name')")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        add_remote_code(tmp)
-        AutoTokenizer.from_pretrained(teacher).save_pretrained(tmp)
-        card = model_card(run_dir, tag, meta, cfg, config, count_parameters(model), chosen, license)
-        (tmp / "README.md").write_text(card)
-    except Exception as err:  # nothing half-written is left behind; a full disk is named as such
-        message = ckpt.describe_write_error(out, err)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(message) from err
-    if out.exists():
-        old = out.with_name(f".{out.name}.old{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    try:  # built beside ``out`` and renamed into place: nothing half-written is ever left at ``out``
+        with atomic_folder(out, replace=True) as tmp:
+            model.save_pretrained(tmp)
+            add_remote_code(tmp)
+            AutoTokenizer.from_pretrained(teacher).save_pretrained(tmp)
+            card = model_card(run_dir, tag, meta, cfg, config, count_parameters(model), chosen, license)
+            (tmp / "README.md").write_text(card)
+    except Exception as err:  # a full disk is named as such
+        raise OSError(ckpt.describe_write_error(out, err)) from err
     return out
 
 

@@ -292,6 +292,7 @@ class MiniAlbertPreTrainedModel(PreTrainedModel):
             "id2label": {str(k): v for k, v in self.config.id2label.items()},
             "problem_type": self.config.problem_type,
         }
+        # Its own small rename, not data_prep.files: this file ships as remote code and imports no training code.
         tmp = directory / (ADAPTER_WEIGHTS_NAME + ".tmp")
         save_file(tensors, str(tmp))
         tmp.replace(directory / ADAPTER_WEIGHTS_NAME)

@@ -8,12 +8,13 @@ back to the checkpoint's step and TensorBoard purges events after it, so no step
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from pathlib import Path
 
 import torch
+
+from data_prep.files import write_text_atomic
 
 from .losses import RECORD_KEYS, TERMS
 from .run_dir import RunDir, read_metrics
@@ -32,9 +33,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     keep = [json.dumps(record) for record in read_metrics(path) if record["step"] <= last_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 class Monitor:

@@ -88,7 +88,7 @@ def latest(run_dir: Path) -> str:
 
 
 def trainer_state(run_dir: Path, tag: str, rank: int) -> dict:
-    return torch.load(run_dir / "checkpoints" / tag / f"trainer_state_rank{rank}.pt", weights_only=False)
+    return torch.load(run_dir / "checkpoints" / tag / f"trainer_state_rank{rank}.pt", weights_only=True)
 
 
 def engine_weights(run_dir: Path, tag: str = "step_00000008") -> dict[str, torch.Tensor]:

@@ -4,11 +4,17 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import signal
 
+import numpy as np
 import pytest
+import torch
 
 from minialbert import checkpoint as ckpt
+from minialbert import dist
+from minialbert.config import dump_run_config, load_run_config
 
 
 def write_checkpoint(run_dir, step, world_size=2, files=None, record=True):
@@ -95,3 +101,75 @@ def test_a_second_ctrl_c_aborts_at_once():
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------- trainer state: no code on load
+
+
+class RunsCode:
+    """What a hostile trainer_state file can hold: unpickling it calls os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def write_resumable(run_dir, rank_state, cfg):
+    """A complete, verifying checkpoint of one rank whose trainer state is ``rank_state`` (saved as save() does)."""
+    folder = ckpt.checkpoint_root(run_dir) / ckpt.tag_for(2)
+    folder.mkdir(parents=True)
+    torch.save(rank_state, folder / "trainer_state_rank0.pt")
+    meta = {"step": 2, "world_size": 1, "tokens": 20, "config": dump_run_config(cfg),
+            "files": ckpt.file_records(folder)}
+    (folder / ckpt.META).write_text(json.dumps(meta))
+    return folder
+
+
+STREAM = {"samples_consumed": 16, "epoch": 0, "seed": 1, "samples_per_epoch": 40, "quota": [30, 10]}
+
+
+def draws() -> tuple:
+    return random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist(), torch.randn(2).tolist()
+
+
+def test_a_trainer_state_that_would_run_code_is_refused(tmp_path):
+    cfg = load_run_config()
+    marker = tmp_path / "MARKER"
+    state_path = write_resumable(tmp_path / "run", {"stream": STREAM, "rng": RunsCode(marker)}, cfg) / \
+        "trainer_state_rank0.pt"
+    assert b"system" in state_path.read_bytes()  # the file really holds the call
+    with pytest.raises(ckpt.CheckpointError) as err:
+        ckpt.prepare_resume(tmp_path / "run", cfg)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{state_path}: refused: it holds a reference to ")
+    assert "system" in message and "--restart" in message
+    assert not marker.exists()
+
+
+def test_rng_and_stream_state_survive_save_and_a_weights_only_load_bit_for_bit(tmp_path):
+    cfg = load_run_config()
+    dist.seed_everything(7, 0)
+    draws()  # mid-stream, not at a fresh seed
+    random.gauss(0, 1), np.random.standard_normal()  # cached Gaussians are part of the state too
+    state = {"stream": STREAM, "rng": dist.rng_state()}
+    expected = draws()
+    write_resumable(tmp_path / "run", state, cfg)
+    resume = ckpt.prepare_resume(tmp_path / "run", cfg)
+    assert resume.step == 2 and resume.rank_state["stream"] == STREAM
+    dist.seed_everything(123, 0)
+    dist.set_rng_state(resume.rank_state["rng"])
+    assert draws() == expected
+
+
+def test_trainer_states_of_older_runs_still_resume(tmp_path):
+    """Saved before the RNG states were plain: numpy's state is a (name, uint32 array, ...) tuple."""
+    dist.seed_everything(3, 0)
+    old = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    expected = draws()
+    path = tmp_path / "trainer_state_rank0.pt"
+    torch.save({"stream": STREAM, "rng": old}, path)
+    state = ckpt.load_rank_state(path)
+    dist.set_rng_state(state["rng"])
+    assert state["stream"] == STREAM and draws() == expected

@@ -8,7 +8,8 @@ The table itself (what a cell shows, how rows and the average are made): ``minia
 
 from __future__ import annotations
 
-from pathlib import Path
+
+from data_prep.files import write_text_atomic
 
 from ..results_table import SummaryError, collect, render
 from . import InputError
@@ -21,8 +22,5 @@ def run_report(args) -> str:
         raise InputError(str(err)) from None
     print(table, end="")
     if args.out:
-        out = Path(args.out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(table)
-        tmp.replace(out)
+        write_text_atomic(args.out, table)
     return table

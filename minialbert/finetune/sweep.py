@@ -13,12 +13,13 @@ the selection split: GLUE validation, NER devel).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from data_prep.files import write_json_atomic
 
 from . import InputError
 
@@ -51,9 +52,7 @@ class RunResult:
 def write_json(path: Path, obj: dict) -> None:
     """Atomic: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, indent=2)
 
 
 def _std(values: list[float]) -> float:
