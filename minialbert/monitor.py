@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -91,8 +92,14 @@ class Monitor:
         from tqdm import tqdm
 
         mfu = f"; MFU {record['mfu']:.2f}" if "mfu" in record else ""
-        tqdm.write(f"step {record['step']}/{self.max_steps or '?'}: loss {record['loss']:.4f}; lr {record['lr']:.2e}; "
-                   f"{record['tokens_per_s']:,.0f} tokens/s{mfu}; {record['tokens']:,} tokens seen")
+        line = (f"step {record['step']}/{self.max_steps or '?'}: loss {record['loss']:.4f}; lr {record['lr']:.2e}; "
+                f"{record['tokens_per_s']:,.0f} tokens/s{mfu}; {record['tokens']:,} tokens seen")
+        try:
+            # On the progress bar's stream: a job log that merges stdout and stderr gets whole lines, never a bar
+            # character cut in two.
+            tqdm.write(line, file=sys.stderr)
+        except OSError:  # the log's disk is full: the line is lost, metrics.jsonl has the step
+            pass
 
     def _write(self, step: int, record: dict, per_recursion: dict[str, list[float]], samples: int, epoch: int) -> dict:
         now = time.perf_counter()

@@ -121,6 +121,6 @@ def test_every_log_every_steps_rank0_prints_one_summary_line(tmp_path, capsys):
     monitor = Monitor(tmp_path, 0, {}, 1e6, 1e12, 1, torch.device("cpu"), max_steps=6, log_every=2)
     _log(monitor, range(1, 7))
     monitor.close()
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
     assert [line.split(":")[0] for line in lines] == ["step 2/6", "step 4/6", "step 6/6"]
     assert "loss 8.0000; lr 1.00e-03;" in lines[0] and "MFU" in lines[0] and "600 tokens seen" in lines[2]
