@@ -217,7 +217,7 @@ def export_student(ctx: dist.DistContext, run_dir: RunDir, step: int) -> int:
             out = export_checkpoint(run_dir.path, ckpt.tag_for(step), run_dir.export, replace=True)
             print(f"exported the student to {out}", flush=True)
         except OSError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+            report_error(f"error: {err}")
             code = EXIT_IO
     dist.barrier()
     return code
@@ -266,10 +266,19 @@ def main(argv: list[str] | None = None) -> int:
                 return _finish(stop, monitor, EXIT_PREEMPTED)
     except ckpt.CheckpointError as err:
         if ctx.is_rank0:
-            print(f"\nerror: {err}", file=sys.stderr, flush=True)
+            report_error(f"\nerror: {err}")
         return _finish(stop, monitor, EXIT_IO)
     monitor.close()
     return _finish(stop, None, export_student(ctx, run_dir, step))
+
+
+def report_error(line: str) -> None:
+    """The run's last word on a failed write. When the log itself is on the full disk it cannot be written: the
+    exit code (74) still tells."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _finish(stop: StopFlag, monitor, code: int) -> int:

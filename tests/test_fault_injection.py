@@ -164,10 +164,10 @@ def _mount_tmpfs(path: Path, size: str) -> None:
 
 
 def test_a_full_disk_stops_the_run_with_one_line_and_the_checkpoint_resumes(world, straight, tmp_path):
-    disk = tmp_path / "disk"
+    # The run dir is the small disk; its log (RUN_DIR.log) is beside it, so that the error line can be read.
+    run_dir = disk = tmp_path / "run"
     _mount_tmpfs(disk, "16m")
     try:
-        run_dir = disk / "run"
         proc = start_distill(run_dir, world, *ARGS)
         try:
             wait_for_step(proc, run_dir, 3)
