@@ -2,13 +2,13 @@
 
 Each checkpoint holds the engine's ZeRO shards (DeepSpeed's layout, so its tools work on it), one
 ``trainer_state_rank{r}.pt`` per rank (data-reader state, RNG states: ints, lists and tensors only, read with
-``torch.load(weights_only=True)`` so that a run dir from elsewhere cannot run code through them) and ``meta.json`` (step, tokens seen, world
-size, loss scale, the resolved config, and the size and sha256 of every file of the checkpoint). Saving is
-collective: every rank writes its files, the ranks agree that all of them succeeded, then rank 0 writes
-``meta.json`` (so a folder without it is incomplete) and moves ``latest`` atomically. A crash in the middle of a
-save therefore leaves the previous checkpoint loadable; the incomplete folder is deleted by the next save. A save
-that fails (a full disk) removes its folder and raises ``CheckpointError`` on every rank. The last k complete
-checkpoints are kept. The teacher is never in a checkpoint (it is not in the engine). docs/checkpoints.md
+``torch.load(weights_only=True)`` so that a run dir from elsewhere cannot run code through them) and ``meta.json``
+(step, tokens seen, world size, loss scale, the resolved config, and the size and sha256 of every file of the
+checkpoint). Saving is collective: every rank writes its files, the ranks agree that all of them succeeded, then
+rank 0 writes ``meta.json`` (so a folder without it is incomplete) and moves ``latest`` atomically. A crash in the
+middle of a save therefore leaves the previous checkpoint loadable; the incomplete folder is deleted by the next
+save. A save that fails (a full disk) removes its folder and raises ``CheckpointError`` on every rank. The last k
+complete checkpoints are kept. The teacher is never in a checkpoint (it is not in the engine). docs/checkpoints.md
 describes the layout.
 
 Resume never trusts ``latest`` alone: it takes the newest complete checkpoint whose files match ``meta.json``
@@ -40,8 +40,8 @@ import torch
 from data_prep import files
 
 from . import dist
-from .engine import convert_to_universal, has_partitions, load_shards, loss_scale, save_shards
 from .config import ConfigError, RunConfig, dump_run_config, run_config_from_yaml
+from .engine import convert_to_universal, has_partitions, load_shards, loss_scale, save_shards
 from .run_dir import RunDir
 
 LATEST = "latest"

@@ -1,11 +1,11 @@
 """The distillation training step: ``train_step`` (forward, backward, accumulation, the optimizer step) and the
 forward it repeats, ``distillation_forward`` (teacher and student on the same batch, then every loss term).
 
-Shared by the training loop (``minialbert/distill.py``) and the benchmark (``bench/distill_recipes.py``). Logits are computed only at the masked positions (flat
-indices into B*L, found with ``nonzero``), for teacher and student alike. The attention term is maps-free by
-default (``attention_kl="fused"``: the student's attention runs through SDPA and hands its query and key heads to
-the loss, the teacher keeps only queries, keys and per-row statistics of its mapped layers); ``"materialised"``
-computes it from both models' (B, heads, L, L) maps, the reference.
+Shared by the training loop (``minialbert/distill.py``) and the benchmark (``bench/distill_recipes.py``). Logits are
+computed only at the masked positions (flat indices into B*L, found with ``nonzero``), for teacher and student
+alike. The attention term is maps-free by default (``attention_kl="fused"``: the student's attention runs through
+SDPA and hands its query and key heads to the loss, the teacher keeps only queries, keys and per-row statistics of
+its mapped layers); ``"materialised"`` computes it from both models' (B, heads, L, L) maps, the reference.
 """
 
 from __future__ import annotations
