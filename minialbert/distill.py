@@ -45,8 +45,8 @@ from minialbert.monitor import make_monitor
 from minialbert.plan import make_plan
 from minialbert.precision import resolve_precision
 from minialbert.run_dir import RunDir
-from minialbert.student import build_student
 from minialbert.step import train_step
+from minialbert.student import build_student
 from minialbert.teacher import Teacher, TeacherError, describe_family, load_teacher
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved on SIGTERM/SIGUSR1/SIGINT; run the same command to resume
@@ -113,8 +113,8 @@ def print_plan(cfg: RunConfig, ds_json: str, world_size: int | None) -> int:
 def resolve_auto_precision(cfg: RunConfig, device: torch.device) -> None:
     if cfg.train.precision == "auto":
         cfg.train.precision = resolve_precision("auto", device)
-        dist.print0(f"train.precision=auto: {cfg.train.precision} on this {device.type} "
-                    f"({'native bf16' if cfg.train.precision == 'bf16' else 'no native bf16: emulated bf16 is slower than fp32'})")
+        why = "native bf16" if cfg.train.precision == "bf16" else "no native bf16: emulated bf16 is slower than fp32"
+        dist.print0(f"train.precision=auto: {cfg.train.precision} on this {device.type} ({why})")
 
 
 def prepare_run_dir(cfg: RunConfig, no_resume: bool, restart: bool) -> RunDir:
