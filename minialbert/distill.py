@@ -302,4 +302,14 @@ def _hparams(cfg: RunConfig, ctx: dist.DistContext, accum: int) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == EXIT_IO:
+        # After a full disk the interpreter's teardown of the communication threads can abort (SIGABRT), which
+        # would hide exit 74: leave at once, what could be written is written.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except OSError:
+                pass
+        os._exit(code)
+    sys.exit(code)
