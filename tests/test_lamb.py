@@ -4,6 +4,7 @@ issue #490) fails the same checks."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -88,7 +89,8 @@ def reference():
 
 @pytest.fixture(scope="module")
 def one_rank(tmp_path_factory):
-    return run_ranks(1, tmp_path_factory.mktemp("lamb") / "one.pt", "1", "2", "3", "2:per-partition")
+    return run_ranks(1, tmp_path_factory.mktemp("lamb") / "one.pt", "1", "2", "3", "2+offload", "1+bf16",
+                     "2:per-partition")
 
 
 # The loss comparison at 10x the rate (1e-2), where five steps of per-partition ratios move the loss by more than
@@ -99,7 +101,7 @@ LOSS_LR = "@0.01"
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    runs = ["0", "1", "2", "3", "2:per-partition"]
+    runs = ["0", "1", "2", "3", "2+offload", "1+bf16", "2:per-partition"]
     runs += [f"{stage}{LOSS_LR}" for stage in ("0", "1", "2", "3", "1:per-partition", "2:per-partition",
                                                "3:per-partition")]
     return run_ranks(2, tmp_path_factory.mktemp("lamb") / "two.pt", *runs)
@@ -122,6 +124,46 @@ def test_one_rank_applies_the_whole_tensor_update(one_rank, reference, stage):
 @pytest.mark.parametrize("stage", ["0", "1", "2", "3"])
 def test_two_ranks_apply_the_whole_tensor_update(two_ranks, reference, stage):
     assert_applies_the_reference(two_ranks[stage], reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_cpu_offload_applies_the_whole_tensor_update(one_rank, two_ranks, reference, ranks):
+    run = (one_rank if ranks == 1 else two_ranks)["2+offload"]
+    assert run["optimizer"] == "DeepSpeedZeroOptimizer"
+    assert_applies_the_reference(run, reference)
+
+
+def assert_layout_covers_every_tensor(run: dict) -> None:
+    """The pieces LAMB's trust ratios add up, over all ranks, hold every model tensor exactly once: the same
+    element counts and squared norms (before the first step the fp32 masters equal the model's weights; bf16 ones
+    are exact upcasts)."""
+    sums = run["layout_sums"]
+    torch.testing.assert_close(sums["layout"][1], sums["model"][1], rtol=0, atol=0)
+    torch.testing.assert_close(sums["layout"][0], sums["model"][0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks,run", [(1, r) for r in ("1", "2", "3", "2+offload", "1+bf16")]
+                         + [(2, r) for r in ("0", "1", "2", "3", "2+offload", "1+bf16")])
+def test_the_layout_holds_every_tensor_once(one_rank, two_ranks, ranks, run):
+    assert_layout_covers_every_tensor((one_rank if ranks == 1 else two_ranks)[run])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_bf16_zero1_steps_through_the_bf16_optimizer_layout(one_rank, two_ranks, ranks):
+    run = (one_rank if ranks == 1 else two_ranks)["1+bf16"]
+    assert run["optimizer"] == "BF16_Optimizer"
+    assert_layout_covers_every_tensor(run)
+    assert all(math.isfinite(loss) for loss in run["losses"]) and run["losses"][-1] < run["losses"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_per_partition_layouts_fail_the_layout_check(one_rank, two_ranks, ranks):
+    with pytest.raises(AssertionError):
+        assert_layout_covers_every_tensor((one_rank if ranks == 1 else two_ranks)["2:per-partition"])
 
 
 @pytest.mark.slow
