@@ -5,6 +5,8 @@
 # NCBI-disease has 940 test sentences).
 #   [TRAIN=500 DEVEL=200 TEST=500] [FLAGS="--lr 1e-4 --batch-size 16"] bash bench/cpu_recipe_eval.sh [ROWS...]
 #   rows: teacher student adapters init; FLAGS go to every fine-tune (the same for every row)
+#   or NAME=FOLDER: any model folder, fully fine-tuned and reported as NAME (e.g. the teacher variants of
+#   bench/init_ablation.py, or a step-0 student of bench/real_subsets.py step-zero with overrides)
 # Writes runs/eval/<train>/<row>-<set>/ (summary.json per sweep); a finished sweep is skipped. Then:
 #   python -m minialbert.finetune report runs/eval/<train>
 set -euo pipefail
@@ -26,10 +28,11 @@ for row in ${@:-teacher student adapters init}; do
         student)  model=runs/cpu/distill/export; name=minialbert-cpu; flags="" ;;
         adapters) model=runs/cpu/distill/export; name=minialbert-cpu; flags="--adapters-only" ;;
         init)     model=runs/bench/teacher-init; name=minialbert-cpu-init-only; flags="" ;;
-        *) echo "unknown row $row (teacher student adapters init)" >&2; exit 2 ;;
+        *=*)      model=${row#*=}; name=${row%%=*}; flags="" ;;
+        *) echo "unknown row $row (teacher student adapters init NAME=FOLDER)" >&2; exit 2 ;;
     esac
     for set in $SETS; do
-        out=runs/eval/$TRAIN${FLAGS:+-tuned}/$row-$set
+        out=runs/eval/$TRAIN${FLAGS:+-tuned}/${row%%=*}-$set
         [ -f $out/summary.json ] && continue
         echo "== $row $set"
         $PY -m minialbert.finetune ner --data $DATA/ner/$set --model $model --name $name --epochs 3 $flags $FLAGS \

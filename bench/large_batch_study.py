@@ -4,12 +4,12 @@ AdamW with its learning rate scaled against LAMB. Each run is a real 2-rank ``de
     python -m minialbert.demo --only data                                  # the demo shards, once
     .venv/bin/python bench/large_batch_study.py --sequences 4096          # -> runs/large_batch_study/*
 
-Runs (the embedded default otherwise: MiniLM teacher, 3 recursions, bf16, ZeRO-2, micro-batch 16 per rank):
-``adamw-b32`` (lr 1e-3, the default's), ``adamw-b512`` (lr scaled by sqrt(16): 4e-3), ``lamb-b512`` (lr 4e-3 and
-the LAMB paper's decay 0.01, eps 1e-6), ``adamw-b512-linear`` (lr x16 = 1.6e-2, the linear rule). Warm-up: the
-first 10 % of the tokens in every run. Prints a table: the training loss over the last eighth of the sequences
-(the same sequences in every run: the stream's order does not depend on the batch) and the wall time; one JSON
-line with everything.
+Runs (the embedded default otherwise: MiniLM teacher, 3 recursions, precision auto, ZeRO-2, micro-batch 16 per
+rank): ``adamw-b32`` (lr 1e-3, the default's), ``adamw-b512`` (lr scaled by sqrt(16): 4e-3), ``lamb-b512`` (lr
+4e-3 and the LAMB paper's decay 0.01, eps 1e-6), ``adamw-b512-linear`` and ``lamb-b512-linear`` (lr x16 = 1.6e-2,
+the linear rule). Warm-up: the first 10 % of the tokens in every run. Prints a table: the training loss over the
+last eighth of the sequences (the same sequences in every run: the stream's order does not depend on the batch) and
+the wall time; one JSON line with everything.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ RUNS = {
     "adamw-b512": (512, ["optim.lr=4e-3"]),
     "lamb-b512": (512, ["optim.name=lamb", "optim.lr=4e-3", "optim.weight_decay=0.01", "optim.eps=1e-6"]),
     "adamw-b512-linear": (512, ["optim.lr=1.6e-2"]),
+    "lamb-b512-linear": (512, ["optim.name=lamb", "optim.lr=1.6e-2", "optim.weight_decay=0.01", "optim.eps=1e-6"]),
 }
 
 

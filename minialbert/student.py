@@ -66,7 +66,8 @@ def build_student(cfg: RunConfig, teacher: Teacher) -> MiniAlbertForMaskedLM:
 
         try:
             counts = torch.from_numpy(token_counts([src.path for src in cfg.data.sources], t.vocab_size))
-            init_from_teacher(model, teacher.base, teacher.layer_map, teacher.hf, counts, position_offset(t))
+            init_from_teacher(model, teacher.base, teacher.layer_map, teacher.hf, counts, position_offset(t),
+                              cfg.student.shared_layer_from)
         except TeacherInitError as err:
             raise ConfigError(str(err)) from None
     if s.init_embeddings_from:

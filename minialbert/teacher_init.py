@@ -14,7 +14,8 @@ What is copied, and how (the teacher is a BERT-shaped encoder: ``embeddings`` + 
   direction. With E = H there is no projection: the tables and the LayerNorm are copied.
 - **The shared layer** is the element-wise mean of the teacher layers the recursions replace (1 … the last one in
   ``teacher.layer_map``), every tensor (attention, feed-forward, both LayerNorms), as relaxed recursive
-  transformers (Bae et al., 2025) initialise theirs. A narrower student
+  transformers (Bae et al., 2025) initialise theirs; or of the layers ``student.shared_layer_from`` names — one
+  layer copies it, which fine-tunes far better than a mean of distinct layers (docs/results.md). A narrower student
   feed-forward (``student.intermediate_size`` < the teacher's) keeps the units with the largest mean
   ‖w_in‖·‖w_out‖ over those layers.
 - **Adapters** start as the identity, as closely as their LayerNorm allows: the up-projection is zero, and the
@@ -73,13 +74,15 @@ def _check_shapes(student: MiniAlbertForMaskedLM, teacher_config) -> None:
 @torch.no_grad()
 def init_from_teacher(student: MiniAlbertForMaskedLM, teacher_encoder: nn.Module, layer_map: list[int],
                       teacher_model: nn.Module | None = None, token_counts: torch.Tensor | None = None,
-                      position_offset: int = 0) -> None:
+                      position_offset: int = 0, shared_layer_from: list[int] | None = None) -> None:
     """Overwrite ``student``'s weights from a BERT-shaped ``teacher_encoder`` (``embeddings``, ``encoder.layer``:
     BERT, RoBERTa, XLM-R, ELECTRA) whose layers ``layer_map`` (1-based) the recursions imitate.
     ``teacher_model``: the whole teacher, whose MLM head is copied where it has one (BERT's ``cls.predictions``,
     RoBERTa's ``lm_head``); ``token_counts``: (V,) how often each token occurs in the training text (the
     embedding directions then favour the words the student will read; None: every word alike);
-    ``position_offset``: the teacher's position row of the first token (RoBERTa: padding_idx + 1)."""
+    ``position_offset``: the teacher's position row of the first token (RoBERTa: padding_idx + 1);
+    ``shared_layer_from``: the teacher layers (1-based) whose mean starts the shared layer (None: 1 … the last
+    mapped one)."""
     _check_shapes(student, teacher_encoder.config)
     base = student.minialbert
     source = teacher_encoder.embeddings
@@ -89,8 +92,15 @@ def init_from_teacher(student: MiniAlbertForMaskedLM, teacher_encoder: nn.Module
     else:
         _init_embeddings(base, source, token_counts, position_offset)
     # The layers the recursions replace: every teacher layer up to the last mapped one (measured a little closer
-    # than the mean of the mapped layers alone; docs/results.md).
-    layers = list(teacher_encoder.encoder.layer[: max(layer_map)])
+    # than the mean of the mapped layers alone; docs/results.md), or the ones asked for.
+    teacher_layers = teacher_encoder.encoder.layer
+    if shared_layer_from is None:
+        layers = list(teacher_layers[: max(layer_map)])
+    else:
+        if max(shared_layer_from) > len(teacher_layers):
+            raise TeacherInitError(f"student.shared_layer_from={shared_layer_from}: the teacher has "
+                                   f"{len(teacher_layers)} layers (numbered from 1)")
+        layers = [teacher_layers[i - 1] for i in shared_layer_from]
     _init_shared_layer(base.layer, layers)
     if base.adapters is not None:
         # What each adapter's input left: the embeddings' LayerNorm (recursion 1) or the shared layer's.
@@ -157,21 +167,7 @@ def _init_embeddings(base: nn.Module, source: nn.Module, token_counts: torch.Ten
         target.LayerNorm.weight.copy_(gamma)
         target.LayerNorm.bias.copy_(beta)
         return
-    # The E directions that carry most of what the teacher's LayerNorm sees: the top eigenvectors of the second
-    # moment of a centred sum word + position + token type, the three drawn independently (uniform rows). Words
-    # alone would do for words but lose the positions, which live in other directions.
-    tables = [t - t.mean(dim=1, keepdim=True) for t in (word, pos, typ)]  # centred rows, (rows, H) each
-    row_weights = [torch.full((len(t),), 1.0 / len(t)) for t in tables]
-    if token_counts is not None:  # add-one smoothing: words absent from the text still count a little
-        counts = token_counts.to(torch.float64)[: len(word)] + 1.0
-        row_weights[0] = (counts / counts.sum()).to(torch.float32)
-    means = [w @ t for w, t in zip(row_weights, tables)]
-    moment = sum(t.T @ (w[:, None] * t) for w, t in zip(row_weights, tables))  # (H, H)
-    for i, a in enumerate(means):
-        for b in means[i + 1:]:
-            moment = moment + torch.outer(a, b) + torch.outer(b, a)
-    _, vectors = torch.linalg.eigh(moment)  # ascending
-    basis = vectors[:, -e:].flip(1).T  # (E, H), strongest first
+    basis = embedding_basis(word, pos, typ, token_counts, e)
     reflect = _householder_to_ones(e)  # (E, E), symmetric: the weakest direction onto the all-ones axis
 
     def coords(table: torch.Tensor) -> torch.Tensor:
@@ -187,6 +183,26 @@ def _init_embeddings(base: nn.Module, source: nn.Module, token_counts: torch.Ten
     weight = (gamma[:, None] * (basis.T @ reflect)) * math.sqrt(h / e)  # (H, E)
     base.embedding_projection.weight.copy_(weight)
     base.embedding_projection.bias.copy_(beta)
+
+
+def embedding_basis(word: torch.Tensor, pos: torch.Tensor, typ: torch.Tensor, token_counts: torch.Tensor | None,
+                    e: int) -> torch.Tensor:
+    """(E, H), strongest first: the E directions that carry most of what the teacher's embedding LayerNorm sees,
+    the top eigenvectors of the second moment of a centred sum word + position + token type, the three drawn
+    independently (positions and types uniformly, words by ``token_counts`` with add-one smoothing, or uniformly
+    without). Words alone would do for words but lose the positions, which live in other directions."""
+    tables = [t - t.mean(dim=1, keepdim=True) for t in (word, pos, typ)]  # centred rows, (rows, H) each
+    row_weights = [torch.full((len(t),), 1.0 / len(t)) for t in tables]
+    if token_counts is not None:  # add-one smoothing: words absent from the text still count a little
+        counts = token_counts.to(torch.float64)[: len(word)] + 1.0
+        row_weights[0] = (counts / counts.sum()).to(torch.float32)
+    means = [w @ t for w, t in zip(row_weights, tables)]
+    moment = sum(t.T @ (w[:, None] * t) for w, t in zip(row_weights, tables))  # (H, H)
+    for i, a in enumerate(means):
+        for b in means[i + 1:]:
+            moment = moment + torch.outer(a, b) + torch.outer(b, a)
+    _, vectors = torch.linalg.eigh(moment)  # ascending
+    return vectors[:, -e:].flip(1).T
 
 
 def _householder_to_ones(e: int) -> torch.Tensor:

@@ -88,6 +88,24 @@ def test_a_narrower_feed_forward_keeps_the_teacher_units_that_carry_most(world):
     torch.testing.assert_close(kept, w_in[rows])
 
 
+def test_shared_layer_from_one_teacher_layer_copies_it(world):
+    student, teacher = _student(world, "student.shared_layer_from=[3]")
+    shared, source = student.minialbert.layer, teacher.layers[2]
+    for mine, theirs in ((shared.attention.query, source.attention.self.query),
+                         (shared.attention.LayerNorm, source.attention.output.LayerNorm),
+                         (shared.ffn.ffn, source.intermediate.dense), (shared.ffn.ffn_output, source.output.dense)):
+        torch.testing.assert_close(mine.weight, theirs.weight, rtol=0, atol=0)
+        torch.testing.assert_close(mine.bias, theirs.bias, rtol=0, atol=0)
+    mean, _ = _student(world)
+    assert not torch.equal(mean.minialbert.layer.attention.query.weight, shared.attention.query.weight)
+
+
+@pytest.mark.parametrize("layers, message", [("[5]", "the teacher has 4 layers"), ("[0]", "numbered from 1")])
+def test_shared_layer_from_outside_the_teacher_is_a_one_line_error(world, layers, message):
+    with pytest.raises(ConfigError, match=rf"student.shared_layer_from=\[\d\].*{message}"):
+        _student(world, f"student.shared_layer_from={layers}")
+
+
 @pytest.mark.parametrize("override, field", [
     ("student.intermediate_size=128", "intermediate_size"),
     ("student.embedding_size=64", "embedding_size"),
