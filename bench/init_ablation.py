@@ -72,6 +72,20 @@ def relax_layers(model, teacher, rank: int) -> None:
                 p.add_(u[:, :rank] @ torch.diag(s[:rank]) @ vh[:rank])
 
 
+def print_delta_energy(layers, ranks: list[int]) -> None:
+    """Per weight matrix: how much of the layers' energy is their difference from the mean, and how much of that
+    difference a rank-R SVD per layer keeps."""
+    for name, p in layers[0].named_parameters():
+        if p.ndim < 2:
+            continue
+        weights = torch.stack([layer.get_parameter(name).detach().float() for layer in layers])
+        deltas = weights - weights.mean(dim=0)
+        spectra = [torch.linalg.svdvals(d).square() for d in deltas]
+        total = sum(float(s.sum()) for s in spectra)
+        kept = " ".join(f"rank {r}: {sum(float(s[:r].sum()) for s in spectra) / total:.2f}" for r in ranks)
+        print(f"{name}: |W - mean|^2 / |W|^2 = {total / float(weights.square().sum()):.2f}; kept of it by {kept}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True)
@@ -100,6 +114,10 @@ def main() -> None:
             cut_layers(teacher, last)
             relax_layers(model, teacher, int(name.split("-")[1]))
         save(model, tokenizer, Path(args.out) / name)
+    if args.ranks:
+        teacher = AutoModel.from_pretrained(path)
+        print_delta_energy(teacher.encoder.layer[:max(layer_map) if layer_map else len(teacher.encoder.layer)],
+                           args.ranks)
     for n in args.cuts:
         model = AutoModel.from_pretrained(path)
         cut_layers(model, n)
