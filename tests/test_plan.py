@@ -18,7 +18,7 @@ DISTILL_ARGS = ("distill.py", "slurm/pretrain.sh", "minialbert.distill")
 
 def check(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "minialbert.distill", "--check", *args], cwd=cwd,
-                          env=distill_env(), capture_output=True, text=True, timeout=120)
+                          env=distill_env(), capture_output=True, text=True, timeout=600)
 
 
 def code_blocks(text: str) -> list[str]:
