@@ -38,13 +38,14 @@ def code_blocks(text: str) -> list[str]:
 
 
 def documented_commands() -> list[tuple[str, str]]:
-    """(where, command) for every shell command in a document's code blocks that passes --config."""
+    """(where, command) for every shell command in a document's code blocks that passes --config to distillation
+    (other tools that take a run config, such as bench/ scripts, are not plans)."""
     found = []
     for doc in DOCUMENTS:
         for block in code_blocks(doc.read_text()):
             for line in re.sub(r"\\\n\s*", " ", block).splitlines():
                 line = line.split("  #")[0].strip()
-                if "--config" in line:
+                if "--config" in line and any(entry in line for entry in (*DISTILL_ARGS, "submit_distill")):
                     found.append((doc.name, line))
     return found
 
