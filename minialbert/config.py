@@ -58,10 +58,11 @@ class StudentConfig:
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     init: str = "teacher"
-    """'teacher': start from the teacher's weights (SVD embeddings, the mean of the layers it replaces as the shared
-    layer or those of ``shared_layer_from``, identity adapters, its MLM head; minialbert/teacher_init.py), the default because a student that starts
-    where its teacher is needs far fewer steps to follow it; 'random': Hugging Face's initialisation (the
-    original code's). ``init_from`` and ``init_embeddings_from`` win over it where given."""
+    """'teacher': start from the teacher's weights (SVD embeddings, the mean of the layers it replaces or of
+    ``shared_layer_from`` as the shared layer, identity adapters, its MLM head; minialbert/teacher_init.py), the
+    default because a student that starts where its teacher is needs far fewer steps to follow it; 'random':
+    Hugging Face's initialisation (the original code's). ``init_from`` and ``init_embeddings_from`` win over it
+    where given."""
     shared_layer_from: list[int] | None = None
     """With init 'teacher': the teacher layers (1-based) whose element-wise mean starts the shared layer; None =
     every layer up to the last mapped one. One layer ([2]) copies it: a real layer applied N times fine-tunes far
@@ -185,9 +186,10 @@ class RunConfig:
         need(self.train.log_every >= 0, "train.log_every", "0 (no log lines) or a positive integer", self.train.log_every)
         need(self.student.init in ("teacher", "random"), "student.init", "'teacher' or 'random'", self.student.init)
         need(self.student.num_recursions > 0, "student.num_recursions", "a positive integer", self.student.num_recursions)
-        if self.student.shared_layer_from is not None:
-            need(len(self.student.shared_layer_from) > 0 and min(self.student.shared_layer_from) >= 1,
-                 "student.shared_layer_from", "teacher layers numbered from 1 (or null)", self.student.shared_layer_from)
+        shared = self.student.shared_layer_from
+        if shared is not None:
+            need(len(shared) > 0 and min(shared) >= 1, "student.shared_layer_from",
+                 "teacher layers numbered from 1 (or null)", shared)
         need(0 < self.data.mlm_probability < 1, "data.mlm_probability", "a value in (0, 1)", self.data.mlm_probability)
         need(len(self.data.sources) > 0, "data.sources", "at least one shard folder", self.data.sources)
         for i, s in enumerate(self.data.sources):

@@ -2,13 +2,15 @@
 off, the same global batches on any rank count; for each requested ZeRO stage, the rank-mean loss of every step
 and (rank 0) the full weights after it, saved to OUT.
 
-    python tests/lamb_child.py OUT STEPS STAGE[+offload|+bf16][:per-partition][@LR] ...   (RANK, WORLD_SIZE, MASTER_* set)
+    python tests/lamb_child.py OUT STEPS STAGE[+offload|+bf16][:per-partition][@LR] ...
+    (RANK, WORLD_SIZE, MASTER_* set)
 
 ``+offload``: ``configs/ds/zero2_offload.json`` (the optimizer steps CPU copies; STAGE must be 2). ``+bf16``: bf16
 training, whose fp32 master weights ZeRO-1 keeps in DeepSpeed's BF16_Optimizer. Every run also records, before its
 first step, the squared norm and element count of every model tensor as the layout's pieces add them up over the
-ranks (what LAMB's trust ratios are made of), beside the model's own. ``:per-partition`` swaps the engine's layout for one that treats every flat partition as a tensor of its own, the
-trust ratio of DeepSpeed issue #490, so that the tests can show they catch it."""
+ranks (what LAMB's trust ratios are made of), beside the model's own. ``:per-partition`` swaps the engine's layout
+for one that treats every flat partition as a tensor of its own, the trust ratio of DeepSpeed issue #490, so that
+the tests can show they catch it."""
 
 from __future__ import annotations
 
@@ -56,7 +58,8 @@ def layout_sums(engine, model) -> dict[str, torch.Tensor]:
     for stepped, pieces in lamb._layout.values():
         for piece in pieces:
             values = stepped.view(-1).narrow(0, piece.start, piece.length).double()
-            sums[:, piece.tensor] += torch.stack([values.square().sum(), torch.tensor(piece.length, dtype=torch.float64)])
+            sums[0, piece.tensor] += values.square().sum()
+            sums[1, piece.tensor] += piece.length
     if lamb._all_reduce is not None:
         sums = lamb._all_reduce(sums)
     whole = full_weights(engine, model)
