@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shutil
 from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from data_prep.files import atomic_folder
 from minialbert.config import load_run_config
 from minialbert.data import token_counts
 from minialbert.teacher_init import embedding_basis
@@ -60,7 +60,7 @@ def share_layers(model) -> None:
 
 
 def relax_layers(model, teacher, rank: int) -> None:
-    """``model``: the shared-layer teacher; ``teacher``: the original, cut as deep."""
+    """``model``: the shared-layer teacher; ``teacher``: the original (its layers beyond ``model``'s are unused)."""
     with torch.no_grad():
         for mine, theirs in zip(model.encoder.layer, teacher.encoder.layer):
             for name, p in mine.named_parameters():
@@ -99,43 +99,36 @@ def main() -> None:
     path = cfg.teacher_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     counts = torch.from_numpy(token_counts([src.path for src in cfg.data.sources], tokenizer.vocab_size))
-    layer_map = cfg.teacher.layer_map
-    for name in ["embeddings", "cut", "shared-layer"] + [f"relaxed-{r}" for r in args.ranks]:
-        model = AutoModel.from_pretrained(path)
-        last = max(layer_map) if layer_map else model.config.num_hidden_layers
-        if name == "embeddings":
-            cut_embeddings(model, counts, cfg.student.embedding_size)
-        else:
-            cut_layers(model, last)
-        if name != "embeddings" and name != "cut":
-            share_layers(model)
-        if name.startswith("relaxed-"):
-            teacher = AutoModel.from_pretrained(path)
-            cut_layers(teacher, last)
-            relax_layers(model, teacher, int(name.split("-")[1]))
-        save(model, tokenizer, Path(args.out) / name)
-    if args.ranks:
-        teacher = AutoModel.from_pretrained(path)
-        print_delta_energy(teacher.encoder.layer[:max(layer_map) if layer_map else len(teacher.encoder.layer)],
-                           args.ranks)
-    for n in args.cuts:
-        model = AutoModel.from_pretrained(path)
-        cut_layers(model, n)
-        save(model, tokenizer, Path(args.out) / f"cut-{n}")
+    teacher = AutoModel.from_pretrained(path)
+    last = max(cfg.teacher.layer_map or [teacher.config.num_hidden_layers])  # a uniform map ends at the last layer
+
+    def shared(model, rank: int | None = None) -> None:
+        cut_layers(model, last)
+        share_layers(model)
+        if rank is not None:
+            relax_layers(model, teacher, rank)
+
+    def repeat(model, k: int, n: int) -> None:
+        model.encoder.layer = torch.nn.ModuleList([copy.deepcopy(model.encoder.layer[k - 1]) for _ in range(n)])
+        model.config.num_hidden_layers = n
+
+    variants = {"embeddings": lambda m: cut_embeddings(m, counts, cfg.student.embedding_size),
+                "cut": lambda m: cut_layers(m, last), "shared-layer": shared}
+    variants.update({f"relaxed-{r}": lambda m, r=r: shared(m, r) for r in args.ranks})
+    variants.update({f"cut-{n}": lambda m, n=n: cut_layers(m, n) for n in args.cuts})
     for spec in args.repeats:
         k, n = (int(x) for x in spec.split(":"))
-        model = AutoModel.from_pretrained(path)
-        layer = model.encoder.layer[k - 1]
-        model.encoder.layer = torch.nn.ModuleList([copy.deepcopy(layer) for _ in range(n)])
-        model.config.num_hidden_layers = n
-        save(model, tokenizer, Path(args.out) / f"repeat-{k}-{n}")
-
-
-def save(model, tokenizer, out: Path) -> None:
-    shutil.rmtree(out, ignore_errors=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    print(f"{out.name} -> {out}")
+        variants[f"repeat-{k}-{n}"] = lambda m, k=k, n=n: repeat(m, k, n)
+    for name, build in variants.items():
+        model = copy.deepcopy(teacher)
+        build(model)
+        out = Path(args.out) / name
+        with atomic_folder(out, replace=True) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        print(f"{name} -> {out}")
+    if args.ranks:
+        print_delta_energy(teacher.encoder.layer[:last], args.ranks)
 
 
 if __name__ == "__main__":
