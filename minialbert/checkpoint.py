@@ -53,7 +53,7 @@ DAMAGED = ".damaged"
 RESUME_FIXED = {
     "teacher": ("path", "layer_map"),
     "student": ("num_recursions", "embedding_size", "hidden_size", "num_attention_heads", "intermediate_size",
-                "use_adapters", "adapter_reduction_factor"),
+                "use_adapters", "adapter_reduction_factor", "recursion_delta_rank"),
     "data": ("sources", "mlm_probability", "whole_word_mask"),
     "train": ("seed",),
 }

@@ -55,6 +55,10 @@ class StudentConfig:
     """Per-recursion bottleneck adapters."""
     adapter_reduction_factor: int = 16
     """Adapters are H -> H/r -> H."""
+    recursion_delta_rank: int = 0
+    """R > 0: each recursion adds its own rank-R change to every weight matrix of the shared layer (and its own
+    change to every bias and LayerNorm), started with ``init: teacher`` from the SVD of its mapped teacher layer's
+    difference from the shared layer (relaxed recursive transformers); 0: the original, fully shared layer."""
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     init: str = "teacher"
@@ -186,6 +190,8 @@ class RunConfig:
         need(self.train.log_every >= 0, "train.log_every", "0 (no log lines) or a positive integer", self.train.log_every)
         need(self.student.init in ("teacher", "random"), "student.init", "'teacher' or 'random'", self.student.init)
         need(self.student.num_recursions > 0, "student.num_recursions", "a positive integer", self.student.num_recursions)
+        need(self.student.recursion_delta_rank >= 0, "student.recursion_delta_rank", "0 (no deltas) or a positive rank",
+             self.student.recursion_delta_rank)
         shared = self.student.shared_layer_from
         if shared is not None:
             need(len(shared) > 0 and min(shared) >= 1, "student.shared_layer_from",
@@ -210,6 +216,13 @@ class RunConfig:
 
 
 # ----- reading and writing -------------------------------------------------------------------------------------
+
+def offloads_optimizer(ds_config: dict) -> bool:
+    """Whether a DeepSpeed config (``configs/ds/*.json``, or the engine's built from it) keeps the optimizer on
+    the CPU (``zero_optimization.offload_optimizer.device``)."""
+    device = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    return device not in ("none", None)
+
 
 def _build(cls: type, data: object, where: str) -> object:
     """Build dataclass ``cls`` from plain data, rejecting unknown keys and wrong types."""

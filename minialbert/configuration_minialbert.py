@@ -17,6 +17,10 @@ class MiniAlbertConfig(PretrainedConfig):
         num_recursions: how many times the shared layer is applied (N).
         use_adapters: give each recursion two bottleneck adapters of its own (attention input, FFN input).
         adapter_reduction_factor: r; each adapter is H -> H/r -> H.
+        recursion_delta_rank: R > 0 gives each recursion its own additive change to every weight of the shared
+            layer: a rank-R product for each weight matrix, full vectors for biases and LayerNorms (relaxed
+            recursive transformers, Bae et al. 2025); 0 (the original MiniALBERT): every recursion runs the same
+            weights.
         hidden_act: activation of the shared feed-forward block ("gelu" is the exact erf GELU).
         hidden_dropout_prob: dropout on embeddings and on each block's output.
         attention_probs_dropout_prob: dropout on the attention probabilities.
@@ -41,6 +45,7 @@ class MiniAlbertConfig(PretrainedConfig):
         num_recursions: int = 6,
         use_adapters: bool = True,
         adapter_reduction_factor: int = 16,
+        recursion_delta_rank: int = 0,
         hidden_act: str = "gelu",
         hidden_dropout_prob: float = 0.1,
         attention_probs_dropout_prob: float = 0.1,
@@ -63,6 +68,7 @@ class MiniAlbertConfig(PretrainedConfig):
         self.num_recursions = num_recursions
         self.use_adapters = use_adapters
         self.adapter_reduction_factor = adapter_reduction_factor
+        self.recursion_delta_rank = recursion_delta_rank
         self.hidden_act = hidden_act
         self.hidden_dropout_prob = hidden_dropout_prob
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
@@ -85,3 +91,6 @@ class MiniAlbertConfig(PretrainedConfig):
             raise ValueError(
                 f"adapter_reduction_factor must be in [1, hidden_size={self.hidden_size}], got {self.adapter_reduction_factor}"
             )
+        if not 0 <= self.recursion_delta_rank <= min(self.hidden_size, self.intermediate_size):
+            raise ValueError(f"recursion_delta_rank must be in [0, {min(self.hidden_size, self.intermediate_size)}], "
+                             f"got {self.recursion_delta_rank}")

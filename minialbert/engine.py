@@ -20,7 +20,7 @@ from torch import nn
 from data_prep.files import atomic_folder, stale_temporaries
 
 from . import dist
-from .config import ConfigError, OptimConfig, RunConfig
+from .config import ConfigError, OptimConfig, RunConfig, offloads_optimizer
 from .lamb import Lamb, Piece
 from .param_groups import weight_decay_groups
 
@@ -82,7 +82,7 @@ def build_ds_config(cfg: RunConfig, ds_json: str | Path, world_size: int, on_cud
         if enabled not in (None, "auto") and bool(enabled) != (cfg.train.precision == prec):
             raise ConfigError(f"{ds_json}: {prec}.enabled={enabled} contradicts train.precision={cfg.train.precision!r}")
     zero = base.get("zero_optimization", {})
-    offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
+    offload = offloads_optimizer(base)
     if int(zero.get("stage", 0)) == 0 and cfg.train.precision == "bf16":
         # Without ZeRO, DeepSpeed's bf16 path keeps bf16 gradients (it rejects fp32 accumulation at stage 0).
         raise ConfigError(f"{ds_json}: ZeRO stage 0 with train.precision='bf16': DeepSpeed would sum micro-batch "

@@ -148,6 +148,8 @@ def model_card(run_dir: Path, tag: str, meta: dict, cfg, config, counts: dict, r
         f"{config.num_attention_heads} heads, feed-forward {config.intermediate_size}, embeddings E = "
         f"{config.embedding_size}, vocabulary {config.vocab_size}",
         f"- adapters: {adapters}",
+        f"- recursion deltas: rank {config.recursion_delta_rank} per weight matrix, per recursion"
+        if config.recursion_delta_rank else "- recursion deltas: none (every recursion runs the same weights)",
         f"- checkpoint: `{tag}`",
         f"- optimizer steps: {meta['step']}", f"- tokens seen: {meta['tokens']}",
         f"- global batch: {cfg.train.global_batch_size} sequences (micro-batch {cfg.train.micro_batch_size}), "

@@ -6,8 +6,9 @@ The training monitor divides the analytic count by the step time for ``perf/tflo
 
 - teacher forward (no grad): embeddings, ``teacher_layers_run`` layers, and the MLM head at the positions
   whose logits are distilled (the masked ones; every position in the original recipe);
-- student forward + backward: the embedding projection, N recursions of the shared layer with two adapters each,
-  the MLM head at the same positions. Backward costs twice the forward (input and weight gradients); the
+- student forward + backward: the embedding projection, N recursions of the shared layer with two adapters each
+  (and, with recursion deltas, each weight matrix's up·down formed once per recursion), the MLM head at the same
+  positions. Backward costs twice the forward (input and weight gradients); the
   attention products too (eager attention's bmm backward, and flash attention's backward as the counter counts
   it: dQ, dK, dV, dP, without the recomputed scores);
 - the maps-free attention KL (``attention_kl="fused"``, ``minialbert.attention_kl``): five attention calls per
@@ -66,6 +67,8 @@ def student_forward_flops(student_config, batch: int, seq: int, logits_positions
     if c.use_adapters:
         bottleneck = h // c.adapter_reduction_factor
         per_recursion += 2 * (2 * tokens * h * bottleneck * 2)  # two adapters, down and up
+    if c.recursion_delta_rank:  # each weight matrix's up·down, formed once per forward
+        per_recursion += 2 * c.recursion_delta_rank * (4 * h * h + 2 * h * c.intermediate_size)
     flops += c.num_recursions * per_recursion
     return flops + _mlm_head_flops(logits_positions, h, c.vocab_size)
 

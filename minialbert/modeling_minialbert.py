@@ -10,7 +10,9 @@ feed-forward block. Recursion i computes, for input x:
     x = ffn_block(adapter_ffn[i](a))            # LN(g + W2·act(W1·g)), g = adapter_ffn[i](a)
 
 which is exactly the forward of the original MiniALBERT code (nlpie-research/MiniALBERT); ``minialbert.convert``
-imports its checkpoints. Nothing here knows about distillation, DeepSpeed or ranks.
+imports its checkpoints. With ``recursion_delta_rank`` R > 0, recursion i runs the shared weights plus its own
+delta (relaxed recursive transformers, Bae et al. 2025): W + up_i·down_i (rank R) for every weight matrix, and its
+own additive change to every bias and LayerNorm; the deltas start at zero. Nothing here knows about distillation, DeepSpeed or ranks.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -134,20 +137,25 @@ class MiniAlbertAttention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, key_mask: torch.Tensor | None, output_attentions: bool = False,
-        output_query_key: bool = False,
+        output_query_key: bool = False, delta: "RecursionDelta | None" = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
         """``key_mask``: (B, 1, 1, L) bool, True where the key is a real token (None: attend everywhere).
+        ``delta``: the recursion's own change to these weights (None: the shared weights alone).
 
         Returns the block's output, the maps when ``output_attentions`` and the (B, heads, L, d) query and key
         heads when ``output_query_key`` (what a maps-free attention distillation reads; attention stays SDPA)."""
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        if delta is None:
+            query, key, value, dense, norm = self.query, self.key, self.value, self.dense, self.LayerNorm
+        else:
+            query, key, value, dense, norm = delta.attention_block(self)
+        q, k, v = self._heads(query(x)), self._heads(key(x)), self._heads(value(x))
         dropout_p = self.attention_dropout_p if self.training else 0.0
         implementation = "eager" if output_attentions else self.config._attn_implementation
         attention = sdpa_attention if implementation == "sdpa" else ALL_ATTENTION_FUNCTIONS.get_interface(
             implementation, eager_attention)
         context, probs = attention(self, q, k, v, key_mask, dropout=dropout_p, scaling=1 / math.sqrt(self.head_dim))
         context = context.flatten(2)  # (B, L, heads, d) -> (B, L, H)
-        out = self.LayerNorm(x + self.output_dropout(self.dense(context)))
+        out = norm(x + self.output_dropout(dense(context)))
         return out, probs if output_attentions else None, (q, k) if output_query_key else None
 
 
@@ -162,8 +170,9 @@ class MiniAlbertFeedForward(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(x + self.dropout(self.ffn_output(self.activation(self.ffn(x)))))
+    def forward(self, x: torch.Tensor, delta: "RecursionDelta | None" = None) -> torch.Tensor:
+        ffn, ffn_output, norm = (self.ffn, self.ffn_output, self.LayerNorm) if delta is None else delta.ffn_block(self)
+        return norm(x + self.dropout(ffn_output(self.activation(ffn(x)))))
 
 
 class MiniAlbertLayer(GradientCheckpointingLayer):
@@ -176,14 +185,15 @@ class MiniAlbertLayer(GradientCheckpointingLayer):
         self.ffn = MiniAlbertFeedForward(config)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, adapters: "RecursionAdapters | None" = None,
-                output_attentions: bool = False, output_query_key: bool = False):
+                output_attentions: bool = False, output_query_key: bool = False,
+                delta: "RecursionDelta | None" = None):
         """(B, L, H) in; returns (B, L, H), the maps or None, the (query, key) heads or None."""
         if adapters is not None:
             x = adapters.attention(x)
-        x, probs, query_key = self.attention(x, key_mask, output_attentions, output_query_key)
+        x, probs, query_key = self.attention(x, key_mask, output_attentions, output_query_key, delta)
         if adapters is not None:
             x = adapters.ffn(x)
-        return self.ffn(x), probs, query_key
+        return self.ffn(x, delta), probs, query_key
 
 
 class BottleneckAdapter(nn.Module):
@@ -209,6 +219,59 @@ class RecursionAdapters(nn.Module):
         self.ffn = BottleneckAdapter(*args)
 
 
+class LowRankDelta(nn.Module):
+    """One recursion's change to one linear map of the shared layer: weight + up·down (rank R), bias + bias."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int):
+        super().__init__()
+        self.down = nn.Parameter(torch.empty(rank, in_features))
+        self.up = nn.Parameter(torch.zeros(out_features, rank))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def applied_to(self, shared: nn.Linear):
+        """The recursion's linear map, as a function of (…, in) -> (…, out). The weight is formed once per call
+        (2·R·in·out FLOPs, no per-token cost)."""
+        weight, bias = shared.weight + self.up @ self.down, shared.bias + self.bias
+        return lambda x: F.linear(x, weight, bias)
+
+
+class NormDelta(nn.Module):
+    """One recursion's change to one LayerNorm of the shared layer: gain + weight, bias + bias."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(width))
+        self.bias = nn.Parameter(torch.zeros(width))
+
+    def applied_to(self, shared: nn.LayerNorm):
+        weight, bias = shared.weight + self.weight, shared.bias + self.bias
+        return lambda x: F.layer_norm(x, shared.normalized_shape, weight, bias, shared.eps)
+
+
+class RecursionDelta(nn.Module):
+    """What one recursion adds to every weight of the shared layer (``recursion_delta_rank`` R > 0)."""
+
+    def __init__(self, config: MiniAlbertConfig):
+        super().__init__()
+        h, i, r = config.hidden_size, config.intermediate_size, config.recursion_delta_rank
+        self.query, self.key, self.value, self.dense = (LowRankDelta(h, h, r) for _ in range(4))
+        self.ffn = LowRankDelta(h, i, r)
+        self.ffn_output = LowRankDelta(i, h, r)
+        self.attention_norm = NormDelta(h)
+        self.ffn_norm = NormDelta(h)
+
+    def attention_block(self, block: MiniAlbertAttention):
+        """query, key, value, dense and LayerNorm of ``block`` with this recursion's changes."""
+        return (self.query.applied_to(block.query), self.key.applied_to(block.key),
+                self.value.applied_to(block.value), self.dense.applied_to(block.dense),
+                self.attention_norm.applied_to(block.LayerNorm))
+
+    def ffn_block(self, block: MiniAlbertFeedForward):
+        """ffn, ffn_output and LayerNorm of ``block`` with this recursion's changes."""
+        return (self.ffn.applied_to(block.ffn), self.ffn_output.applied_to(block.ffn_output),
+                self.ffn_norm.applied_to(block.LayerNorm))
+
+
 class MiniAlbertPreTrainedModel(PreTrainedModel):
     config_class = MiniAlbertConfig
     config: MiniAlbertConfig
@@ -217,6 +280,19 @@ class MiniAlbertPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True  # attn_implementation "sdpa" (the default) or "eager"; maps always come from eager
     # Names (prefixes of parameter names) of the task head; the head trains with the adapters.
     _head_prefixes: tuple[str, ...] = ()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Hugging Face's init, and recursion deltas that start at zero (down random, up zero: LoRA's start)."""
+        if isinstance(module, LowRankDelta):
+            init.normal_(module.down, mean=0.0, std=self.config.initializer_range)
+            init.zeros_(module.up)
+            init.zeros_(module.bias)
+        elif isinstance(module, NormDelta):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
 
     def _base(self) -> "MiniAlbertModel":
         return self if isinstance(self, MiniAlbertModel) else self.minialbert
@@ -321,7 +397,7 @@ class MiniAlbertPreTrainedModel(PreTrainedModel):
 
 
 class MiniAlbertModel(MiniAlbertPreTrainedModel):
-    """Embeddings (+ projection) and the shared layer applied N times, with per-recursion adapters."""
+    """Embeddings (+ projection) and the shared layer applied N times, with per-recursion adapters and deltas."""
 
     def __init__(self, config: MiniAlbertConfig):
         super().__init__(config)
@@ -332,6 +408,10 @@ class MiniAlbertModel(MiniAlbertPreTrainedModel):
         self.layer = MiniAlbertLayer(config)
         self.adapters = (
             nn.ModuleList(RecursionAdapters(config) for _ in range(config.num_recursions)) if config.use_adapters else None
+        )
+        self.deltas = (
+            nn.ModuleList(RecursionDelta(config) for _ in range(config.num_recursions))
+            if config.recursion_delta_rank else None
         )
         self.post_init()
 
@@ -378,7 +458,8 @@ class MiniAlbertModel(MiniAlbertPreTrainedModel):
         hidden_states, attentions, query_keys = [x], [], []
         for i in range(self.config.num_recursions):
             adapters = None if self.adapters is None else self.adapters[i]
-            x, probs, qk = self.layer(x, key_mask, adapters, output_attentions, output_query_key)
+            delta = None if self.deltas is None else self.deltas[i]
+            x, probs, qk = self.layer(x, key_mask, adapters, output_attentions, output_query_key, delta)
             hidden_states.append(x)
             attentions.append(probs)
             query_keys.append(qk)

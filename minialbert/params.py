@@ -18,11 +18,12 @@ from torch import nn
 
 from .configuration_minialbert import MiniAlbertConfig
 
-PARTS = ("embeddings", "projection", "shared_layer", "adapters", "mlm_head", "task_head")
+PARTS = ("embeddings", "projection", "shared_layer", "recursion_deltas", "adapters", "mlm_head", "task_head")
 _PART_OF_PREFIX = {
     "embeddings.": "embeddings",
     "embedding_projection.": "projection",
     "layer.": "shared_layer",
+    "deltas.": "recursion_deltas",
     "adapters.": "adapters",
     "mlm_head.": "mlm_head",
     "classifier.": "task_head",
@@ -42,7 +43,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         if part is None:
             raise ValueError(f"parameter {name!r} belongs to no known part")
         counts[part] += p.numel()
-    counts["encoder"] = sum(counts[p] for p in ("embeddings", "projection", "shared_layer", "adapters"))
+    counts["encoder"] = sum(counts[p] for p in ("embeddings", "projection", "shared_layer", "recursion_deltas", "adapters"))
     counts["total"] = sum(counts[p] for p in PARTS)
     return counts
 

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import RunConfig
+from .config import RunConfig, offloads_optimizer
 from .configuration_minialbert import MiniAlbertConfig
 from .student import student_config
 
@@ -136,7 +136,7 @@ def make_plan(cfg: RunConfig, ds_config: dict, world_size: int, accumulation: in
         world_size=world_size, micro_batch_size=cfg.train.micro_batch_size, accumulation=accumulation,
         global_batch_size=cfg.train.global_batch_size, max_steps=cfg.train.max_steps,
         zero_stage=int(zero.get("stage", 0)), precision=cfg.train.precision, loss_mode=cfg.loss.mode,
-        offload=zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None),
+        offload=offloads_optimizer(ds_config),
         seq_len=shard_seq_len(cfg), optimizer=optimizer_line(cfg),
     )
     if plan.seq_len is None:

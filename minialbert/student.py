@@ -27,6 +27,7 @@ def student_config(cfg: RunConfig, teacher_config) -> MiniAlbertConfig:
         num_attention_heads=s.num_attention_heads or t.num_attention_heads,
         intermediate_size=s.intermediate_size or t.intermediate_size, num_recursions=s.num_recursions,
         use_adapters=s.use_adapters, adapter_reduction_factor=s.adapter_reduction_factor,
+        recursion_delta_rank=s.recursion_delta_rank,
         hidden_dropout_prob=s.hidden_dropout_prob, attention_probs_dropout_prob=s.attention_probs_dropout_prob,
         max_position_embeddings=max_positions(t), type_vocab_size=max(getattr(t, "type_vocab_size", 0) or 0, 1),
         layer_norm_eps=layer_norm_eps(t), pad_token_id=t.pad_token_id or 0,

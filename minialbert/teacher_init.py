@@ -18,11 +18,13 @@ What is copied, and how (the teacher is a BERT-shaped encoder: ``embeddings`` + 
   layer copies it, which fine-tunes far better than a mean of distinct layers (docs/results.md). A narrower student
   feed-forward (``student.intermediate_size`` < the teacher's) keeps the units with the largest mean
   ‖w_in‖·‖w_out‖ over those layers.
+- **Recursion deltas** (``student.recursion_delta_rank`` R > 0): recursion i's delta turns the shared layer back
+  into its mapped teacher layer as far as rank R allows, as relaxed recursive transformers initialise their LoRA
+  deltas: each weight matrix's delta is the truncated rank-R SVD of (teacher layer − shared layer), its biases
+  and LayerNorms the exact differences.
 - **Adapters** start as the identity, as closely as their LayerNorm allows: the up-projection is zero, and the
   LayerNorm's gain and bias undo the normalisation of an input that left the shared layer's LayerNorm
-  (gain γ, bias β): gain √(mean γ² + var β), bias mean β. A per-recursion weight delta (the SVD of a layer's
-  difference from the mean, as relaxed recursive transformers do with LoRA) has no place in a bottleneck
-  adapter that acts on activations, so none is made.
+  (gain γ, bias β): gain √(mean γ² + var β), bias mean β.
 - **The MLM head** is the teacher's (transform, LayerNorm, decoder and bias; the decoder is H wide in both
   models) when the teacher has one (BERT's ``cls.predictions``, RoBERTa's ``lm_head``), else it stays random.
 - **Families.** BERT, RoBERTa, XLM-R and ELECTRA share BERT's module names; RoBERTa's positions are read from
@@ -101,7 +103,10 @@ def init_from_teacher(student: MiniAlbertForMaskedLM, teacher_encoder: nn.Module
             raise TeacherInitError(f"student.shared_layer_from={shared_layer_from}: the teacher has "
                                    f"{len(teacher_layers)} layers (numbered from 1)")
         layers = [teacher_layers[i - 1] for i in shared_layer_from]
-    _init_shared_layer(base.layer, layers)
+    units = _init_shared_layer(base.layer, layers)
+    if base.deltas is not None:
+        for delta, mapped in zip(base.deltas, layer_map):
+            _init_delta(delta, base.layer, teacher_layers[mapped - 1], units)
     if base.adapters is not None:
         # What each adapter's input left: the embeddings' LayerNorm (recursion 1) or the shared layer's.
         embeddings_ln = teacher_encoder.embeddings.LayerNorm
@@ -231,23 +236,31 @@ def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([_fp32(t) for t in tensors]).mean(0)
 
 
-def _init_shared_layer(layer: nn.Module, teacher_layers: list[nn.Module]) -> None:
-    """The shared layer as the mean of ``teacher_layers`` (BERT module names on the teacher side)."""
-    pairs = {
-        layer.attention.query: [t.attention.self.query for t in teacher_layers],
-        layer.attention.key: [t.attention.self.key for t in teacher_layers],
-        layer.attention.value: [t.attention.self.value for t in teacher_layers],
-        layer.attention.dense: [t.attention.output.dense for t in teacher_layers],
-        layer.attention.LayerNorm: [t.attention.output.LayerNorm for t in teacher_layers],
-        layer.ffn.LayerNorm: [t.output.LayerNorm for t in teacher_layers],
+def _same_width_parts(layer: nn.Module, teacher_layer: nn.Module) -> dict[nn.Module, nn.Module]:
+    """The student's shared-layer modules (attention and LayerNorms) and the teacher layer's (BERT names) that
+    have the same shapes."""
+    return {
+        layer.attention.query: teacher_layer.attention.self.query,
+        layer.attention.key: teacher_layer.attention.self.key,
+        layer.attention.value: teacher_layer.attention.self.value,
+        layer.attention.dense: teacher_layer.attention.output.dense,
+        layer.attention.LayerNorm: teacher_layer.attention.output.LayerNorm,
+        layer.ffn.LayerNorm: teacher_layer.output.LayerNorm,
     }
-    for target, sources in pairs.items():
-        target.weight.copy_(_mean([s.weight for s in sources]))
-        target.bias.copy_(_mean([s.bias for s in sources]))
+
+
+def _init_shared_layer(layer: nn.Module, teacher_layers: list[nn.Module]) -> torch.Tensor | None:
+    """The shared layer as the mean of ``teacher_layers`` (BERT module names on the teacher side). Returns the
+    teacher feed-forward units kept (None: all of them)."""
+    parts = [_same_width_parts(layer, t) for t in teacher_layers]
+    for target in parts[0]:
+        target.weight.copy_(_mean([p[target].weight for p in parts]))
+        target.bias.copy_(_mean([p[target].bias for p in parts]))
     w_in = _mean([t.intermediate.dense.weight for t in teacher_layers])  # (I, H)
     b_in = _mean([t.intermediate.dense.bias for t in teacher_layers])  # (I,)
     w_out = _mean([t.output.dense.weight for t in teacher_layers])  # (H, I)
     keep = layer.ffn.ffn.out_features
+    units = None
     if keep < w_in.shape[0]:  # a narrower feed-forward: the units that carry the most, in their original order
         score = torch.stack([_fp32(t.intermediate.dense.weight).norm(dim=1) * _fp32(t.output.dense.weight).norm(dim=0)
                              for t in teacher_layers]).mean(0)
@@ -257,3 +270,35 @@ def _init_shared_layer(layer: nn.Module, teacher_layers: list[nn.Module]) -> Non
     layer.ffn.ffn.bias.copy_(b_in)
     layer.ffn.ffn_output.weight.copy_(w_out)
     layer.ffn.ffn_output.bias.copy_(_mean([t.output.dense.bias for t in teacher_layers]))
+    return units
+
+
+def _init_delta(delta: nn.Module, layer: nn.Module, teacher_layer: nn.Module, units: torch.Tensor | None) -> None:
+    """``delta`` such that the shared ``layer`` plus it is ``teacher_layer`` as far as its rank allows: biases and
+    LayerNorms exactly, each weight matrix's difference by its truncated SVD (√S to each factor)."""
+    t = teacher_layer
+    w_in, b_in, w_out = _fp32(t.intermediate.dense.weight), _fp32(t.intermediate.dense.bias), _fp32(t.output.dense.weight)
+    if units is not None:  # the narrower student feed-forward's units
+        w_in, b_in, w_out = w_in[units], b_in[units], w_out[:, units]
+    attention = layer.attention
+    targets = [  # (the delta's part, the shared module, the teacher's weight and bias)
+        (delta.query, attention.query, t.attention.self.query.weight, t.attention.self.query.bias),
+        (delta.key, attention.key, t.attention.self.key.weight, t.attention.self.key.bias),
+        (delta.value, attention.value, t.attention.self.value.weight, t.attention.self.value.bias),
+        (delta.dense, attention.dense, t.attention.output.dense.weight, t.attention.output.dense.bias),
+        (delta.ffn, layer.ffn.ffn, w_in, b_in),
+        (delta.ffn_output, layer.ffn.ffn_output, w_out, t.output.dense.bias),
+        (delta.attention_norm, attention.LayerNorm, t.attention.output.LayerNorm.weight, t.attention.output.LayerNorm.bias),
+        (delta.ffn_norm, layer.ffn.LayerNorm, t.output.LayerNorm.weight, t.output.LayerNorm.bias),
+    ]
+    for part, shared, weight, bias in targets:
+        part.bias.copy_(_fp32(bias) - _fp32(shared.bias))
+        difference = _fp32(weight) - _fp32(shared.weight)
+        if difference.ndim == 1:  # a LayerNorm's gain
+            part.weight.copy_(difference)
+            continue
+        rank = part.down.shape[0]
+        u, s, vh = torch.linalg.svd(difference, full_matrices=False)
+        root = s[:rank].sqrt()
+        part.up.copy_(u[:, :rank] * root)
+        part.down.copy_(root[:, None] * vh[:rank])

@@ -162,6 +162,26 @@ def test_config_rejects_impossible_shapes():
         MiniAlbertConfig(hidden_size=30, num_attention_heads=4)
     with pytest.raises(ValueError, match="num_recursions"):
         MiniAlbertConfig(num_recursions=0)
+    with pytest.raises(ValueError, match="recursion_delta_rank"):
+        MiniAlbertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64, recursion_delta_rank=33)
+
+
+def test_recursion_deltas_start_at_zero_and_then_give_each_recursion_its_own_weights(tiny):
+    torch.manual_seed(0)
+    relaxed = MiniAlbertModel(tiny(num_recursions=3, recursion_delta_rank=4)).eval()
+    shared = MiniAlbertModel(tiny(num_recursions=3)).eval()
+    missing, unexpected = shared.load_state_dict(relaxed.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("deltas.") for k in unexpected)
+    ids, mask = _batch()
+    torch.testing.assert_close(relaxed(ids, mask).last_hidden_state, shared(ids, mask).last_hidden_state,
+                               rtol=0, atol=0)
+    with torch.no_grad():  # recursion 2's delta alone: recursions 0-1 unchanged, the output changed
+        relaxed.deltas[2].ffn_output.up.normal_()
+        relaxed.deltas[2].ffn_norm.bias.fill_(0.5)
+    a = relaxed(ids, mask, output_hidden_states=True).hidden_states
+    b = shared(ids, mask, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(a[2], b[2], rtol=0, atol=0)
+    assert (a[3] - b[3]).abs().max() > 0.1
 
 
 def test_from_pretrained_of_a_saved_mlm_model_is_exact(tiny, tmp_path):

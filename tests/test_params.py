@@ -22,6 +22,18 @@ def test_paper_shape_encoder_sizes(embedding_size, encoder_millions):
     # One shared layer, whatever the number of recursions: attention 4·(H²+H) + 2H, FFN 2·H·F + F + H + 2H.
     assert counts["shared_layer"] == 4 * (768 * 768 + 768) + 2 * 768 + 2 * 768 * 3072 + 3072 + 768 + 2 * 768
     assert counts["adapters"] == 12 * (2 * 768 * 48 + 48 + 768 + 2 * 768)
+    assert counts["recursion_deltas"] == 0
+
+
+def test_recursion_deltas_count_per_recursion_and_in_the_encoder():
+    config = dict(vocab_size=30522, embedding_size=128, hidden_size=384, num_attention_heads=12,
+                  intermediate_size=1536, num_recursions=3, use_adapters=False)
+    plain = count_for_config(MiniAlbertConfig(**config))
+    relaxed = count_for_config(MiniAlbertConfig(**config, recursion_delta_rank=64))
+    # Per recursion: rank 64 up·down for the four H x H and the two H x F matrices, every bias and LayerNorm.
+    per_recursion = 64 * (4 * 2 * 384 + 2 * (384 + 1536)) + (4 * 384 + 1536 + 384) + 2 * 2 * 384
+    assert relaxed["recursion_deltas"] == 3 * per_recursion
+    assert relaxed["encoder"] - plain["encoder"] == 3 * per_recursion
 
 
 def test_cli_prints_parts_of_a_saved_model(tiny, tmp_path):

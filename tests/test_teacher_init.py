@@ -48,19 +48,24 @@ def _assert_same_tensors(a: torch.nn.Module, b: torch.nn.Module, atol: float = 0
         torch.testing.assert_close(sb[name].float(), sa[name].float(), atol=atol, rtol=0, msg=name)
 
 
-def test_teacher_init_survives_save_and_from_pretrained(world, tmp_path):
-    student, _ = _student(world)
+DELTAS = "student.recursion_delta_rank=4"
+
+
+@pytest.mark.parametrize("overrides", [(), (DELTAS,)], ids=["shared", "deltas"])
+def test_teacher_init_survives_save_and_from_pretrained(world, tmp_path, overrides):
+    student, _ = _student(world, *overrides)
     student.save_pretrained(tmp_path / "student")
     _assert_same_tensors(student, MiniAlbertForMaskedLM.from_pretrained(tmp_path / "student"))
 
 
-def test_teacher_init_survives_a_run_and_its_export(world, tmp_path):
+@pytest.mark.parametrize("overrides", [(), (DELTAS,)], ids=["shared", "deltas"])
+def test_teacher_init_survives_a_run_and_its_export(world, tmp_path, overrides):
     """A one-step run at a negligible learning rate: the export holds the initial tensors (HF's _init_weights
     must not have redrawn any of them on the way)."""
     root, teacher, shards = world
-    student, _ = _student(world)
+    student, _ = _student(world, *overrides)
     done = run_distill(tmp_path / "run", teacher, [shards], "--max-steps", "1", "train.precision=fp32",
-                       "optim.lr=1e-12", "optim.warmup_steps=0", ranks=1)
+                       "optim.lr=1e-12", "optim.warmup_steps=0", *overrides, ranks=1)
     assert done.returncode == 0, done.stderr[-3000:]
     exported = MiniAlbertForMaskedLM.from_pretrained(tmp_path / "run" / "export")
     _assert_same_tensors(student, exported, atol=1e-6)
@@ -98,6 +103,38 @@ def test_shared_layer_from_one_teacher_layer_copies_it(world):
         torch.testing.assert_close(mine.bias, theirs.bias, rtol=0, atol=0)
     mean, _ = _student(world)
     assert not torch.equal(mean.minialbert.layer.attention.query.weight, shared.attention.query.weight)
+
+
+def test_full_rank_recursion_deltas_turn_the_student_into_its_teacher_layers(world):
+    """E = H (embeddings copied), no adapters, deltas of full rank, the recursions mapped to layers 1 and 2: each
+    recursion is exactly its teacher layer."""
+    student, teacher = _student(world, "student.embedding_size=32", "student.use_adapters=false",
+                                "student.recursion_delta_rank=32", "teacher.layer_map=[1,2]")
+    ids = torch.randint(5, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mine = student.eval().minialbert(ids, output_hidden_states=True).hidden_states
+        theirs = teacher.base.eval()(ids, output_hidden_states=True).hidden_states
+    assert len(mine) == 3
+    for depth in range(3):  # the embeddings, then recursion i = teacher layer i
+        torch.testing.assert_close(mine[depth], theirs[depth], rtol=0, atol=2e-5)
+
+
+def test_truncated_recursion_deltas_keep_the_top_of_each_difference(world):
+    """Rank R: each recursion's weight matrix is its teacher layer's up to the best rank-R error (Eckart-Young),
+    biases and LayerNorms exactly."""
+    student, teacher = _student(world, "student.recursion_delta_rank=8")
+    shared = student.minialbert.layer
+    for delta, mapped in zip(student.minialbert.deltas, teacher.layer_map):
+        source = teacher.layers[mapped - 1]
+        for part, mine, theirs in ((delta.query, shared.attention.query, source.attention.self.query),
+                                   (delta.ffn_output, shared.ffn.ffn_output, source.output.dense)):
+            difference = theirs.weight - mine.weight
+            error = theirs.weight - (mine.weight + part.up @ part.down)
+            tail = torch.linalg.svdvals(difference)[8:].square().sum()
+            torch.testing.assert_close(error.square().sum(), tail, rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(mine.bias + part.bias, theirs.bias, rtol=0, atol=1e-6)
+        norm = source.output.LayerNorm
+        torch.testing.assert_close(shared.ffn.LayerNorm.weight + delta.ffn_norm.weight, norm.weight, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("layers, message", [("[5]", "the teacher has 4 layers"), ("[0]", "numbered from 1")])
