@@ -12,7 +12,8 @@ feed-forward block. Recursion i computes, for input x:
 which is exactly the forward of the original MiniALBERT code (nlpie-research/MiniALBERT); ``minialbert.convert``
 imports its checkpoints. With ``recursion_delta_rank`` R > 0, recursion i runs the shared weights plus its own
 delta (relaxed recursive transformers, Bae et al. 2025): W + up_i·down_i (rank R) for every weight matrix, and its
-own additive change to every bias and LayerNorm; the deltas start at zero. Nothing here knows about distillation, DeepSpeed or ranks.
+own additive change to every bias and LayerNorm; the deltas start at zero. Nothing here knows about distillation,
+DeepSpeed or ranks.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         if part is None:
             raise ValueError(f"parameter {name!r} belongs to no known part")
         counts[part] += p.numel()
-    counts["encoder"] = sum(counts[p] for p in ("embeddings", "projection", "shared_layer", "recursion_deltas", "adapters"))
+    encoder = ("embeddings", "projection", "shared_layer", "recursion_deltas", "adapters")
+    counts["encoder"] = sum(counts[p] for p in encoder)
     counts["total"] = sum(counts[p] for p in PARTS)
     return counts
 

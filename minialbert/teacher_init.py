@@ -273,23 +273,28 @@ def _init_shared_layer(layer: nn.Module, teacher_layers: list[nn.Module]) -> tor
     return units
 
 
+def _weight_and_bias(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    return module.weight, module.bias
+
+
 def _init_delta(delta: nn.Module, layer: nn.Module, teacher_layer: nn.Module, units: torch.Tensor | None) -> None:
     """``delta`` such that the shared ``layer`` plus it is ``teacher_layer`` as far as its rank allows: biases and
     LayerNorms exactly, each weight matrix's difference by its truncated SVD (√S to each factor)."""
     t = teacher_layer
-    w_in, b_in, w_out = _fp32(t.intermediate.dense.weight), _fp32(t.intermediate.dense.bias), _fp32(t.output.dense.weight)
+    w_in, b_in = _fp32(t.intermediate.dense.weight), _fp32(t.intermediate.dense.bias)
+    w_out = _fp32(t.output.dense.weight)
     if units is not None:  # the narrower student feed-forward's units
         w_in, b_in, w_out = w_in[units], b_in[units], w_out[:, units]
     attention = layer.attention
     targets = [  # (the delta's part, the shared module, the teacher's weight and bias)
-        (delta.query, attention.query, t.attention.self.query.weight, t.attention.self.query.bias),
-        (delta.key, attention.key, t.attention.self.key.weight, t.attention.self.key.bias),
-        (delta.value, attention.value, t.attention.self.value.weight, t.attention.self.value.bias),
-        (delta.dense, attention.dense, t.attention.output.dense.weight, t.attention.output.dense.bias),
+        (delta.query, attention.query, *_weight_and_bias(t.attention.self.query)),
+        (delta.key, attention.key, *_weight_and_bias(t.attention.self.key)),
+        (delta.value, attention.value, *_weight_and_bias(t.attention.self.value)),
+        (delta.dense, attention.dense, *_weight_and_bias(t.attention.output.dense)),
         (delta.ffn, layer.ffn.ffn, w_in, b_in),
         (delta.ffn_output, layer.ffn.ffn_output, w_out, t.output.dense.bias),
-        (delta.attention_norm, attention.LayerNorm, t.attention.output.LayerNorm.weight, t.attention.output.LayerNorm.bias),
-        (delta.ffn_norm, layer.ffn.LayerNorm, t.output.LayerNorm.weight, t.output.LayerNorm.bias),
+        (delta.attention_norm, attention.LayerNorm, *_weight_and_bias(t.attention.output.LayerNorm)),
+        (delta.ffn_norm, layer.ffn.LayerNorm, *_weight_and_bias(t.output.LayerNorm)),
     ]
     for part, shared, weight, bias in targets:
         part.bias.copy_(_fp32(bias) - _fp32(shared.bias))

@@ -62,7 +62,7 @@ def test_only_the_step_module_steps_an_engine():
 
 def test_one_home_for_the_offload_check_and_the_preempted_exit_code():
     offload = [str(p.relative_to(REPO)) for p in CODE if "offload_optimizer" in p.read_text()]
-    assert offload == ["minialbert/config.py"], f"the optimizer offload read outside config.offloads_optimizer: {offload}"
+    assert offload == ["minialbert/config.py"], f"offload read outside config.offloads_optimizer: {offload}"
     exit_code = [str(p.relative_to(REPO)) for p in CODE if "EXIT_PREEMPTED = " in p.read_text()]
     assert exit_code == ["minialbert/distill.py"], f"the preempted exit code defined outside distill.py: {exit_code}"
     from minialbert.distill import EXIT_PREEMPTED  # the shell script cannot import it: it spells the same number
