@@ -8,9 +8,9 @@ The training monitor divides the analytic count by the step time for ``perf/tflo
   whose logits are distilled (the masked ones; every position in the original recipe);
 - student forward + backward: the embedding projection, N recursions of the shared layer with two adapters each
   (and, with recursion deltas, each weight matrix's up·down formed once per recursion), the MLM head at the same
-  positions. Backward costs twice the forward (input and weight gradients); the
-  attention products too (eager attention's bmm backward, and flash attention's backward as the counter counts
-  it: dQ, dK, dV, dP, without the recomputed scores);
+  positions. Backward costs twice the forward (input and weight gradients); the attention products too (eager
+  attention's bmm backward, and flash attention's backward as the counter counts it: dQ, dK, dV, dP, without the
+  recomputed scores);
 - the maps-free attention KL (``attention_kl="fused"``, ``minialbert.attention_kl``): five attention calls per
   recursion, each as costly as one attention forward — one in the teacher (its LSE and entropy), two in the
   forward (T·K and S·K with LSE), two in the backward (the swapped column sums) — and, the student's attention
