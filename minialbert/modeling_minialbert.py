@@ -12,8 +12,8 @@ feed-forward block. Recursion i computes, for input x:
 which is exactly the forward of the original MiniALBERT code (nlpie-research/MiniALBERT); ``minialbert.convert``
 imports its checkpoints. With ``recursion_delta_rank`` R > 0, recursion i runs the shared weights plus its own
 delta (relaxed recursive transformers, Bae et al. 2025): W + up_i·down_i (rank R) for every weight matrix, and its
-own additive change to every bias and LayerNorm; the deltas start at zero. Nothing here knows about distillation,
-DeepSpeed or ranks.
+own additive change to every bias and LayerNorm; the deltas start at zero (both per-recursion parts are in
+``recursion_parts.py``). Nothing here knows about distillation, DeepSpeed or ranks.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from transformers.modeling_outputs import (
 )
 
 from .blockwise_attention import blockwise_attention
+from .recursion_parts import LowRankDelta, NormDelta, RecursionAdapters, RecursionDelta
 from .configuration_minialbert import MiniAlbertConfig
 
 ADAPTER_WEIGHTS_NAME = "adapters.safetensors"
@@ -195,82 +196,6 @@ class MiniAlbertLayer(GradientCheckpointingLayer):
         if adapters is not None:
             x = adapters.ffn(x)
         return self.ffn(x, delta), probs, query_key
-
-
-class BottleneckAdapter(nn.Module):
-    """LN(x + up(gelu(down(x)))): H -> H/r -> H."""
-
-    def __init__(self, hidden_size: int, reduction_factor: int, eps: float):
-        super().__init__()
-        self.down = nn.Linear(hidden_size, hidden_size // reduction_factor)
-        self.up = nn.Linear(hidden_size // reduction_factor, hidden_size)
-        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.up(F.gelu(self.down(x))) + x)
-
-
-class RecursionAdapters(nn.Module):
-    """The two adapters one recursion owns: before the attention block and before the feed-forward block."""
-
-    def __init__(self, config: MiniAlbertConfig):
-        super().__init__()
-        args = (config.hidden_size, config.adapter_reduction_factor, config.layer_norm_eps)
-        self.attention = BottleneckAdapter(*args)
-        self.ffn = BottleneckAdapter(*args)
-
-
-class LowRankDelta(nn.Module):
-    """One recursion's change to one linear map of the shared layer: weight + up·down (rank R), bias + bias."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int):
-        super().__init__()
-        self.down = nn.Parameter(torch.empty(rank, in_features))
-        self.up = nn.Parameter(torch.zeros(out_features, rank))
-        self.bias = nn.Parameter(torch.zeros(out_features))
-
-    def applied_to(self, shared: nn.Linear):
-        """The recursion's linear map, as a function of (…, in) -> (…, out). The weight is formed once per call
-        (2·R·in·out FLOPs, no per-token cost)."""
-        weight, bias = shared.weight + self.up @ self.down, shared.bias + self.bias
-        return lambda x: F.linear(x, weight, bias)
-
-
-class NormDelta(nn.Module):
-    """One recursion's change to one LayerNorm of the shared layer: gain + weight, bias + bias."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(width))
-        self.bias = nn.Parameter(torch.zeros(width))
-
-    def applied_to(self, shared: nn.LayerNorm):
-        weight, bias = shared.weight + self.weight, shared.bias + self.bias
-        return lambda x: F.layer_norm(x, shared.normalized_shape, weight, bias, shared.eps)
-
-
-class RecursionDelta(nn.Module):
-    """What one recursion adds to every weight of the shared layer (``recursion_delta_rank`` R > 0)."""
-
-    def __init__(self, config: MiniAlbertConfig):
-        super().__init__()
-        h, i, r = config.hidden_size, config.intermediate_size, config.recursion_delta_rank
-        self.query, self.key, self.value, self.dense = (LowRankDelta(h, h, r) for _ in range(4))
-        self.ffn = LowRankDelta(h, i, r)
-        self.ffn_output = LowRankDelta(i, h, r)
-        self.attention_norm = NormDelta(h)
-        self.ffn_norm = NormDelta(h)
-
-    def attention_block(self, block: MiniAlbertAttention):
-        """query, key, value, dense and LayerNorm of ``block`` with this recursion's changes."""
-        return (self.query.applied_to(block.query), self.key.applied_to(block.key),
-                self.value.applied_to(block.value), self.dense.applied_to(block.dense),
-                self.attention_norm.applied_to(block.LayerNorm))
-
-    def ffn_block(self, block: MiniAlbertFeedForward):
-        """ffn, ffn_output and LayerNorm of ``block`` with this recursion's changes."""
-        return (self.ffn.applied_to(block.ffn), self.ffn_output.applied_to(block.ffn_output),
-                self.ffn_norm.applied_to(block.LayerNorm))
 
 
 class MiniAlbertPreTrainedModel(PreTrainedModel):
