@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The CPU recipe's students on the real NER sets, fine-tuned with the same command and budget as the teacher
-# (python -m minialbert.finetune ner --epochs 3, defaults otherwise) on seeded subsets of TRAIN training / DEVEL
-# devel / TEST test sentences of ../shared/data (bench/real_subsets.py; default 2,000 / 500 / 1,000, the issue's;
-# NCBI-disease has 940 test sentences).
+# The CPU recipe's students on the real NER and GLUE sets, fine-tuned with the same command and budget as the
+# teacher (python -m minialbert.finetune ner|glue --epochs 3, defaults otherwise) on seeded subsets of TRAIN
+# training / DEVEL devel / TEST test sentences of ../shared/data (bench/real_subsets.py; default 2,000 / 500 /
+# 1,000, the issue's; NCBI-disease has 940 test sentences). GLUE sets (SETS="rte cola stsb") train on TRAIN rows
+# and are scored on the whole dev set.
 #   [TRAIN=500 DEVEL=200 TEST=500] [FLAGS="--lr 1e-4 --batch-size 16"] bash bench/cpu_recipe_eval.sh [ROWS...]
 #   rows: teacher student adapters init; FLAGS go to every fine-tune (the same for every row)
 #   or NAME=FOLDER: any model folder, fully fine-tuned and reported as NAME (e.g. the teacher variants of
@@ -32,10 +33,14 @@ for row in ${@:-teacher student adapters init}; do
         *) echo "unknown row $row (teacher student adapters init NAME=FOLDER)" >&2; exit 2 ;;
     esac
     for set in $SETS; do
+        case $set in
+            rte|cola|stsb) kind="glue --task $set --data $DATA/glue/$set" ;;
+            *)             kind="ner --data $DATA/ner/$set" ;;
+        esac
         out=runs/eval/$TRAIN${FLAGS:+-tuned}/${row%%=*}-$set
         [ -f $out/summary.json ] && continue
         echo "== $row $set"
-        $PY -m minialbert.finetune ner --data $DATA/ner/$set --model $model --name $name --epochs 3 $flags $FLAGS \
+        $PY -m minialbert.finetune $kind --model $model --name $name --epochs 3 $flags $FLAGS \
             --out $out --save none --no-progress --threads $THREADS
     done
 done

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# GPU check for the distillation step: CUDA tests, then the benchmark at b64 s256 and the paper's per-GPU b48 s256.
+# GPU check for the distillation step: the CUDA tests, then the DeepSpeed engine step that distill.py runs (ZeRO-2,
+# bf16; maps-free vs materialised attention at b64, L 128/256/512), then original vs fast at b64 s256.
 #
 #   bash bench/gpu_check.sh            # from the repository root, on a machine with one CUDA GPU
 #   OUT=/some/dir bash bench/gpu_check.sh
 #
 # Expects: a Python (PYTHON, else .venv/bin/python, else python3) whose torch already has CUDA — the script never
-# installs torch. It pip-installs from PyPI only what is missing among transformers, safetensors, pytest,
-# pyyaml (the packages these tests and the benchmark import). Budget: about 8 minutes on one H100/H200
-# (tests ~1 min, each benchmark ~1-2 min). Results (logs and JSON lines) go to $OUT (default: ./gpu_check_out).
+# installs torch. What is missing among deepspeed, transformers, safetensors, pytest, pyyaml it installs from
+# wheelhouse/ (gathered beforehand on a machine with PyPI: bash bench/gpu_wheelhouse.sh; carry the folder), else
+# from PyPI. Budget: under 10 minutes on one H100/H200 (tests ~1 min, engine step ~3 min, original vs fast ~2 min).
+# Results (logs and JSON lines) go to $OUT (default: ./gpu_check_out); summary.txt holds the tables.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_check_out}"
@@ -25,17 +27,27 @@ fi
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' | tee -a "$OUT/summary.txt"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >>"$OUT/summary.txt" 2>/dev/null || true
 
-# Missing pure-Python dependencies from PyPI (never torch: its CUDA build is what this machine already has).
+# What a bare CUDA image with torch lacks (never torch: its CUDA build is what this machine already has): from
+# wheelhouse/ when it was gathered beforehand (bash bench/gpu_wheelhouse.sh; the GPU machine reaches no registry),
+# else from PyPI.
 missing=$("$PY" - <<'EOF'
 import importlib.util
-need = {"transformers": "transformers>=5.0,<6", "safetensors": "safetensors", "pytest": "pytest", "yaml": "pyyaml"}
+need = {"deepspeed": "deepspeed", "transformers": "transformers>=5.0,<6", "safetensors": "safetensors",
+        "pytest": "pytest", "yaml": "pyyaml"}
 print(" ".join(spec for mod, spec in need.items() if importlib.util.find_spec(mod) is None))
 EOF
 )
 if [ -n "$missing" ]; then
-  log "pip installing: $missing"
-  "$PY" -m pip install --quiet $missing >>"$OUT/pip.txt" 2>&1 || log "WARN: pip install failed (see pip.txt)"
+  if [ -d wheelhouse ]; then
+    log "pip installing from wheelhouse/: $missing"
+    "$PY" -m pip install --quiet --no-index --find-links wheelhouse $missing >>"$OUT/pip.txt" 2>&1 \
+      || log "WARN: pip install from wheelhouse/ failed (see pip.txt)"
+  else
+    log "pip installing from PyPI: $missing"
+    "$PY" -m pip install --quiet $missing >>"$OUT/pip.txt" 2>&1 || log "WARN: pip install failed (see pip.txt)"
+  fi
 fi
+export DS_ACCELERATOR=cuda
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 status=0
@@ -46,14 +58,18 @@ timeout 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider $gpu_tests >"$OUT/pyte
 rc=$?; tail -3 "$OUT/pytest_gpu.txt" | tee -a "$OUT/summary.txt"
 [ $rc -eq 0 ] || { log "pytest -m gpu: exit $rc"; status=1; }
 
-for shape in "64 256" "48 256"; do
-  set -- $shape
-  name="b$1_s$2"
-  log "benchmark $name"
-  timeout 150 "$PY" bench/bench_distill.py --device cuda --batch "$1" --seq "$2" --steps 8 --warmup 3 \
-    --json-out "$OUT/bench_$name.json" >"$OUT/bench_$name.txt" 2>&1
-  rc=$?; grep -E "^(recipe|original|fast|speedup)" "$OUT/bench_$name.txt" | tee -a "$OUT/summary.txt"
-  [ $rc -eq 0 ] || { log "benchmark $name: exit $rc (tail of log follows)"; tail -5 "$OUT/bench_$name.txt" | tee -a "$OUT/summary.txt"; status=1; }
-done
+# The step distill.py runs, on its DeepSpeed engine (ZeRO-2, bf16): maps-free vs materialised attention term.
+log "DeepSpeed engine step, b64, L 128/256/512, fused vs materialised"
+timeout 240 "$PY" bench/bench_engine_step.py --device cuda --batch 64 --seqs 128,256,512 --steps 6 --warmup 2 \
+  --json-out "$OUT/engine_step.json" >"$OUT/engine_step.txt" 2>&1
+rc=$?; grep -E "^(DeepSpeed engine step|\|)" "$OUT/engine_step.txt" | tee -a "$OUT/summary.txt"
+[ $rc -eq 0 ] || { log "engine step: exit $rc (tail of log follows)"; tail -5 "$OUT/engine_step.txt" | tee -a "$OUT/summary.txt"; status=1; }
+
+# The original recipe against the fast step at the MFU goal's shape (plain torch, no DeepSpeed).
+log "original vs fast, b64 s256"
+timeout 150 "$PY" bench/bench_distill.py --device cuda --batch 64 --seq 256 --steps 8 --warmup 3 \
+  --json-out "$OUT/bench_b64_s256.json" >"$OUT/bench_b64_s256.txt" 2>&1
+rc=$?; grep -E "^(recipe|original|fast|speedup)" "$OUT/bench_b64_s256.txt" | tee -a "$OUT/summary.txt"
+[ $rc -eq 0 ] || { log "benchmark b64 s256: exit $rc (tail of log follows)"; tail -5 "$OUT/bench_b64_s256.txt" | tee -a "$OUT/summary.txt"; status=1; }
 log "done, status $status; results in $OUT"
 exit $status

@@ -114,14 +114,33 @@ def build_ds_config(cfg: RunConfig, ds_json: str | Path, world_size: int, on_cud
     }
     if not on_cuda and not offload:
         # CPU without offload: torch's foreach AdamW (DeepSpeed's fused Adam is a CUDA kernel; CPU offload
-        # uses DeepSpeed's CPU Adam). On GPU DeepSpeed picks its fused Adam.
+        # uses DeepSpeed's CPU Adam). On GPU DeepSpeed picks its fused Adam where it can be built.
         opt_params.update(torch_adam=True, foreach=True)
+    elif on_cuda and not offload and not fused_adam_buildable():
+        # No CUDA compiler for DeepSpeed's fused Adam (a bare image with torch): torch's fused AdamW, the same
+        # update in one kernel; initialize says so.
+        opt_params.update(torch_adam=True, fused=True)
     config["optimizer"] = {"type": "AdamW", "params": opt_params}
     config.setdefault("steps_per_print", 10**9)  # the run's own monitor logs; keep DeepSpeed quiet
     config.setdefault("wall_clock_breakdown", False)
     if load_universal:
         config["checkpoint"] = {**base.get("checkpoint", {}), "load_universal": True}
     return config
+
+
+def fused_adam_buildable() -> bool:
+    """DeepSpeed's fused Adam on CUDA is a kernel built when DeepSpeed was installed (DS_BUILD_FUSED_ADAM=1) or
+    compiled at first use, which needs nvcc under torch's CUDA_HOME."""
+    try:
+        from deepspeed.git_version_info import installed_ops
+
+        if installed_ops.get("fused_adam"):
+            return True
+    except ImportError:  # DeepSpeed is not installed here: --check plans a run for another machine
+        pass
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return CUDA_HOME is not None
 
 
 def lr_multiplier(warmup_steps: int, total_steps: int):
@@ -157,6 +176,8 @@ def initialize(model: nn.Module, ds_config: dict, optim: OptimConfig, max_steps:
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_multiplier(optim.warmup_steps, max_steps)),
     )
+    if ds_config.get("optimizer", {}).get("params", {}).get("fused"):
+        dist.print0("DeepSpeed's fused Adam cannot be built here (no nvcc under CUDA_HOME): torch's fused AdamW steps")
     if lamb is not None:
         lamb.set_layout(*lamb_layout(engine, model))
     _keep_grad_norm_without_zero(engine)

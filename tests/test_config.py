@@ -75,6 +75,21 @@ def test_cpu_without_offload_uses_torch_adamw_and_offload_keeps_deepspeeds():
     assert "torch_adam" not in offload["optimizer"]["params"]
 
 
+def test_gpu_without_a_compiler_for_deepspeeds_fused_adam_steps_with_torchs_fused_adamw():
+    """DeepSpeed's fused Adam is compiled at first use (nvcc under torch's CUDA_HOME) unless DeepSpeed was installed
+    with it prebuilt; a bare CUDA image with torch has neither, and its engine steps with torch's fused AdamW."""
+    from minialbert.engine import fused_adam_buildable
+
+    if fused_adam_buildable():
+        pytest.skip("this machine can build DeepSpeed's fused Adam (a CUDA toolkit or a prebuilt op)")
+    params = build_ds_config(load_run_config(None), REPO / "configs/ds/zero2.json", world_size=2,
+                             on_cuda=True)["optimizer"]["params"]
+    assert params["torch_adam"] is True and params["fused"] is True
+    offload = build_ds_config(load_run_config(None), REPO / "configs/ds/zero2_offload.json", world_size=2,
+                              on_cuda=True)["optimizer"]["params"]
+    assert "torch_adam" not in offload  # offload steps with DeepSpeed's CPU Adam on the host
+
+
 def test_embedded_default_is_the_demo():
     cfg = load_run_config(None)
     assert cfg.train.max_steps == EMBEDDED_DEFAULT["train"]["max_steps"]
