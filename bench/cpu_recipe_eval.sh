@@ -4,7 +4,8 @@
 # training / DEVEL devel / TEST test sentences of ../shared/data (bench/real_subsets.py; default 2,000 / 500 /
 # 1,000, the issue's; NCBI-disease has 940 test sentences). GLUE sets (SETS="rte cola stsb") train on TRAIN rows
 # and are scored on the whole dev set.
-#   [TRAIN=500 DEVEL=200 TEST=500] [FLAGS="--lr 1e-4 --batch-size 16"] bash bench/cpu_recipe_eval.sh [ROWS...]
+#   [SETS="NCBI-disease BC5CDR-disease BC5CDR-chem"] [TRAIN=500 DEVEL=200 TEST=500] [THREADS=2]
+#   [FLAGS="--lr 1e-4 --batch-size 16"] bash bench/cpu_recipe_eval.sh [ROWS...]
 #   rows: teacher student adapters init; FLAGS go to every fine-tune (the same for every row)
 #   or NAME=FOLDER: any model folder, fully fine-tuned and reported as NAME (e.g. the teacher variants of
 #   bench/init_ablation.py, or a step-0 student of bench/real_subsets.py step-zero with overrides)
