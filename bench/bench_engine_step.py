@@ -35,14 +35,13 @@ from distill_recipes import build_models, make_batch, paper_configs  # noqa: E40
 from minialbert import dist, engine as engine_setup  # noqa: E402
 from minialbert.config import RunConfig  # noqa: E402
 from minialbert.flops import measure_peak_flops, run_step_flops  # noqa: E402
-from minialbert.precision import resolve_precision  # noqa: E402
+from minialbert.precision import DTYPES, resolve_precision  # noqa: E402
 from minialbert.step import train_step  # noqa: E402
 from minialbert.teacher import Teacher  # noqa: E402
 from minialbert.teacher_families import uniform_layer_map  # noqa: E402
 
 PATHS = ("fused", "materialised")
 DS_JSON = Path(__file__).resolve().parents[1] / "configs" / "ds" / "zero2.json"
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

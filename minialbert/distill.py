@@ -43,7 +43,7 @@ from minialbert.data import DataError
 from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
 from minialbert.monitor import make_monitor
 from minialbert.plan import make_plan
-from minialbert.precision import resolve_precision
+from minialbert.precision import DTYPES, resolve_precision
 from minialbert.run_dir import RunDir
 from minialbert.step import train_step
 from minialbert.student import build_student
@@ -54,7 +54,6 @@ EXIT_CONFIG = 2
 EXIT_IO = 74  # EX_IOERR: a checkpoint, metrics or the export could not be written (e.g. no space left on device)
 DEFAULT_DS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ds" / "zero2.json"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import torch
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+"""The torch dtype of each ``train.precision`` name."""
+
 
 def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
