@@ -7,6 +7,8 @@ the run config and is written into the DeepSpeed config here; a JSON value that 
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import os
 import shutil
@@ -162,6 +164,7 @@ def initialize(model: nn.Module, ds_config: dict, optim: OptimConfig, max_steps:
     restored from its checkpoints."""
     import deepspeed
 
+    _import_muon_without_compiling()
     # Lets a checkpoint be converted to DeepSpeed's universal format and resumed on another rank count.
     model.universal_checkpoint_info = {"universal_checkpoint_version": 0.4}
     groups = weight_decay_groups(model, optim.weight_decay)
@@ -266,6 +269,40 @@ def lamb_layout(engine, model: nn.Module):
         return layout, len(index), dist.all_reduce_sum
     raise ConfigError(f"optim.name='lamb': DeepSpeed chose {type(opt).__name__}, whose partitions LAMB cannot map "
                       f"onto the model's tensors; use one of configs/ds/zero[0-3].json")
+
+
+MUON_MODULE = "deepspeed.runtime.zero.muon.muon_optimizer"
+
+
+def _import_muon_without_compiling() -> None:
+    """DeepSpeed imports its Muon optimizer module whenever it builds a ZeRO engine, only to check the optimizer's
+    type, and that module's ``@torch.compile`` decorators import torch's inductor there and then: about 5 s of
+    every rank's start (docs/performance.md) for an optimizer this project never runs. Import it once with those
+    decorators deferred to the first call, which a run never makes; everything else about the module is as
+    DeepSpeed wrote it."""
+    if MUON_MODULE in sys.modules:
+        return
+    from deepspeed.runtime import compiler
+
+    eager = compiler.compile
+    compiler.compile = lambda: _compile_on_first_call
+    try:
+        importlib.import_module(MUON_MODULE)
+    finally:
+        compiler.compile = eager
+
+
+def _compile_on_first_call(fn):
+    compiled = None
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        nonlocal compiled
+        if compiled is None:
+            compiled = torch.compile(fn)
+        return compiled(*args, **kwargs)
+
+    return call
 
 
 def _unlink_shared_memory_segment() -> None:

@@ -48,6 +48,7 @@ print(json.dumps({
     "lrs": lrs,
     "state_dtypes": sorted({str(t.dtype) for st in engine.basic_optimizer.state.values() for t in st.values()
                             if torch.is_tensor(t)}),
+    "inductor_imported": "torch._inductor.compile_fx" in sys.modules,
 }))
 """
 
@@ -72,6 +73,9 @@ def test_no_weight_decay_on_biases_and_layernorms_and_fp32_gradient_accumulation
         assert facts["accum_dtype"] == "torch.float32"
     # Warm-up 2 of 10 steps: 0, half, then the full rate.
     assert facts["lrs"] == pytest.approx([0.0, 5e-4, 1e-3])
+    # Building a ZeRO engine compiles nothing: DeepSpeed's Muon module is imported with its torch.compile deferred
+    # (importing torch's inductor there cost every rank seconds at every start).
+    assert not facts["inductor_imported"]
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "lamb"])
