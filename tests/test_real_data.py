@@ -41,8 +41,8 @@ def require(*parts: str) -> Path:
 def finetune(kind: str, data: Path, out: Path, *flags: str) -> dict:
     cmd = [sys.executable, "-m", "minialbert.finetune", kind, "--data", str(data), "--model", installed_minilm_teacher(),
            "--name", "all-MiniLM-L6-v2", "--out", str(out), "--seeds", "1", "--save", "none", "--no-progress",
-           "--threads", "1", "--device", "cpu", *flags]
-    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
+           "--threads", "2", "--device", "cpu", *flags]
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"},
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "summary.json").read_text())
