@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -165,6 +166,7 @@ def initialize(model: nn.Module, ds_config: dict, optim: OptimConfig, max_steps:
     import deepspeed
 
     _import_muon_without_compiling()
+    clear_stale_build_locks()
     # Lets a checkpoint be converted to DeepSpeed's universal format and resumed on another rank count.
     model.universal_checkpoint_info = {"universal_checkpoint_version": 0.4}
     groups = weight_decay_groups(model, optim.weight_decay)
@@ -269,6 +271,32 @@ def lamb_layout(engine, model: nn.Module):
         return layout, len(index), dist.all_reduce_sum
     raise ConfigError(f"optim.name='lamb': DeepSpeed chose {type(opt).__name__}, whose partitions LAMB cannot map "
                       f"onto the model's tensors; use one of configs/ds/zero[0-3].json")
+
+
+STALE_BUILD_LOCK_S = 600  # DeepSpeed's CPU ops build in well under a minute
+
+
+def clear_stale_build_locks(now: float | None = None) -> list[Path]:
+    """DeepSpeed builds its CPU ops (the shared-memory all-reduce, CPU Adam) with torch's JIT loader at the first
+    start on a machine and checks them at every start, behind a lock file that torch waits on forever. A rank
+    killed meanwhile (a preemption, scancel, Ctrl-C during the start) leaves the lock behind, and every later run
+    on the machine would hang before its first step. A lock older than any build is removed, and said so."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    named = os.environ.get("TORCH_EXTENSIONS_DIR")
+    roots = [Path(named)] if named else list(Path(get_default_build_root()).glob("py*"))
+    now = time.time() if now is None else now
+    removed = []
+    for lock in (lock for root in roots for lock in root.glob("*/lock")):
+        try:
+            if now - lock.stat().st_mtime > STALE_BUILD_LOCK_S:
+                lock.unlink()
+                removed.append(lock)
+                print(f"removed {lock}: a build lock left by a process killed while building (older than "
+                      f"{STALE_BUILD_LOCK_S // 60} minutes)", file=sys.stderr, flush=True)
+        except FileNotFoundError:  # another rank removed it first
+            pass
+    return removed
 
 
 MUON_MODULE = "deepspeed.runtime.zero.muon.muon_optimizer"

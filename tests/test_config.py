@@ -90,6 +90,26 @@ def test_gpu_without_a_compiler_for_deepspeeds_fused_adam_steps_with_torchs_fuse
     assert "torch_adam" not in offload  # offload steps with DeepSpeed's CPU Adam on the host
 
 
+def test_a_build_lock_left_by_a_killed_start_is_removed_and_a_live_one_kept(tmp_path, monkeypatch, capsys):
+    """torch waits forever on a JIT build's lock file: one that a killed rank left behind would hang every later
+    start; one that a build running now holds must stay."""
+    import os
+    import time
+
+    from minialbert.engine import STALE_BUILD_LOCK_S, clear_stale_build_locks
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale, live = tmp_path / "deepspeed_shm_comm" / "lock", tmp_path / "cpu_adam" / "lock"
+    for lock in (stale, live):
+        lock.parent.mkdir()
+        lock.touch()
+    now = time.time()
+    os.utime(stale, (now - STALE_BUILD_LOCK_S - 60, now - STALE_BUILD_LOCK_S - 60))
+    assert clear_stale_build_locks(now) == [stale]
+    assert not stale.exists() and live.exists()
+    assert f"removed {stale}: a build lock left by a process killed while building" in capsys.readouterr().err
+
+
 def test_embedded_default_is_the_demo():
     cfg = load_run_config(None)
     assert cfg.train.max_steps == EMBEDDED_DEFAULT["train"]["max_steps"]
