@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the demo's setup runs it once: minutes
 
-STEPS = 40  # past the embedded default's 30 warm-up steps, so the learning rate also decays
+STEPS = 60  # past the embedded default's 30 warm-up steps; at 40 the last recursion is not yet closer to its layer
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,8 @@ def test_real_teacher_hidden_and_attention_losses_fall(demo):
     config = (root / "distill" / "config.yaml").read_text()
     assert "hidden_size: null" in config  # the student takes the teacher's 384
     last = records[-3:]
-    # From a teacher-initialised start (hidden ~1.4, attention ~4.9 summed over the recursions), 40 steps: the
-    # attention term falls to about a quarter, the hidden term to under 0.6 of its start.
+    # From a teacher-initialised start (hidden ~1.4, attention ~4.9 summed over the recursions), 60 steps: the
+    # attention term falls to about a fifth, the hidden term to about a half.
     for key, factor in (("loss_attention", 1 / 2), ("loss_hidden", 2 / 3)):
         assert sum(r[key] for r in last) / 3 <= records[0][key] * factor, key
 
