@@ -3,6 +3,8 @@ each command states (a new README or docs line is checked the day it is written)
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import shlex
 import subprocess
@@ -16,8 +18,20 @@ DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 DISTILL_ARGS = ("distill.py", "slurm/pretrain.sh", "minialbert.distill")
 
 
-def check(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "minialbert.distill", "--check", *args], cwd=cwd,
+def check(*args: str) -> subprocess.CompletedProcess:
+    """``distill.py --check ARGS`` from the repository root, in this process: the same command line through the same
+    ``main`` (a new process for each of some 40 plans would spend ~7 s apiece importing torch and transformers;
+    the exit code and stderr of a real process are checked below)."""
+    from minialbert.distill import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(REPO), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--check", *args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def check_process(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "minialbert.distill", "--check", *args], cwd=REPO,
                           env=distill_env(), capture_output=True, text=True, timeout=600)
 
 
@@ -130,7 +144,7 @@ def test_check_plans_every_zero_stage(stage):
 
 
 def test_a_world_size_that_does_not_fit_names_the_fields_and_what_works():
-    done = check("--config", "configs/distill/general.yaml", "--world-size", "6")
+    done = check_process("--config", "configs/distill/general.yaml", "--world-size", "6")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: train.global_batch_size=192 is not a multiple of train.micro_batch_size (12) x world size (6); "
