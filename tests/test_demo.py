@@ -18,7 +18,7 @@ def demo(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("demo")
     done = subprocess.run(
         [sys.executable, "-m", "minialbert.demo", "--steps", str(STEPS), "--max-docs", "4000", "--eval-batches", "2",
-         "--finetune-epochs", "1"],
+         "--finetune-epochs", "1", "--task-size", "150"],
         cwd=cwd, capture_output=True, text=True, timeout=1500,
     )
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
@@ -80,7 +80,8 @@ def test_the_embedded_default_interrupted_and_resumed_equals_an_uninterrupted_ru
     resumed_at = json.loads((root / "summary.json").read_text())["resumed_at"]
     monkeypatch.chdir(root.parents[1])  # the embedded default's data paths are relative to where the demo ran
     straight = root / "straight"
-    assert distill(straight, STEPS, interrupt_at=resumed_at + 3) == EXIT_PREEMPTED
+    stopped = distill(straight, STEPS, interrupt_at=resumed_at + 3, extra=("--run-dir", str(straight)))
+    assert stopped == EXIT_PREEMPTED
     exact = ("loss", "loss_mlm", "loss_attention", "loss_hidden", "loss_output", "tokens", "lr", "grad_norm")
     uninterrupted = [{k: r[k] for k in exact} for r in read_metrics(straight)]
     assert len(uninterrupted) >= resumed_at + 3
