@@ -304,10 +304,10 @@ MUON_MODULE = "deepspeed.runtime.zero.muon.muon_optimizer"
 
 def _import_muon_without_compiling() -> None:
     """DeepSpeed imports its Muon optimizer module whenever it builds a ZeRO engine, only to check the optimizer's
-    type, and that module's ``@torch.compile`` decorators import torch's inductor there and then: about 5 s of
-    every rank's start (docs/performance.md) for an optimizer this project never runs. Import it once with those
-    decorators deferred to the first call, which a run never makes; everything else about the module is as
-    DeepSpeed wrote it."""
+    type, and that module's ``@torch.compile`` decorators import torch's inductor there and then: seconds of CPU
+    on every rank at every start (docs/performance.md) for an optimizer this project never runs. Import it once
+    with those decorators deferred to their first call, which a run never makes; everything else about the module
+    is as DeepSpeed wrote it."""
     if MUON_MODULE in sys.modules:
         return
     from deepspeed.runtime import compiler
