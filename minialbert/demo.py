@@ -6,7 +6,7 @@
    into a general and a biomedical shard set, each with a held-out split (``runs/demo/data``);
 2. distillation: ``deepspeed --num_gpus 2 minialbert/distill.py --deepspeed configs/ds/zero2.json`` — the
    embedded default: ZeRO-2, bf16, 2 CPU ranks, the installed all-MiniLM-L6-v2 teacher into a 3-recursion
-   student with adapters, both shard sets mixed; interrupted once by SIGUSR1 half-way, then resumed;
+   student with adapters, both shard sets mixed; interrupted once by SIGUSR1 half-way (``--interrupt-at``), then resumed;
 3. export (``runs/demo/distill/export``) and evaluation: the student's agreement with the teacher on held-out
    text before and after distillation, and an adapter-only fine-tune on a labelled task from the same data
    (is a definition biomedical?) against the teacher fully fine-tuned;
@@ -206,7 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-batches", type=int, default=8, help="held-out batches (of 32) per corpus")
     p.add_argument("--finetune-epochs", type=int, default=3)
     p.add_argument("--task-size", type=int, default=600, help="labelled-task examples per class (quick runs: fewer)")
+    p.add_argument("--interrupt-at", type=int, metavar="STEP",
+                   help="interrupt the distillation after this step, then resume it (default: half-way)")
     args = p.parse_args(argv)
+    interrupt_at = args.steps // 2 if args.interrupt_at is None else args.interrupt_at
+    if not 0 < interrupt_at < args.steps:
+        p.error(f"--interrupt-at {interrupt_at}: expected a step between 1 and --steps {args.steps} (exclusive)")
 
     import torch
 
@@ -230,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     resumed_at = None
     if not (run_dir.export / "model.safetensors").is_file():
-        first = distill(run_dir.path, args.steps, interrupt_at=args.steps // 2)
+        first = distill(run_dir.path, args.steps, interrupt_at=interrupt_at)
         if first not in (0, EXIT_PREEMPTED):
             raise SystemExit(f"error: distillation failed (exit {first}); see {run_dir.path.parent / 'distill.log'}")
         if first == EXIT_PREEMPTED:

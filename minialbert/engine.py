@@ -166,6 +166,7 @@ def initialize(model: nn.Module, ds_config: dict, optim: OptimConfig, max_steps:
     import deepspeed
 
     _import_muon_without_compiling()
+    use_the_interpreters_ninja()
     clear_stale_build_locks()
     # Lets a checkpoint be converted to DeepSpeed's universal format and resumed on another rank count.
     model.universal_checkpoint_info = {"universal_checkpoint_version": 0.4}
@@ -271,6 +272,18 @@ def lamb_layout(engine, model: nn.Module):
         return layout, len(index), dist.all_reduce_sum
     raise ConfigError(f"optim.name='lamb': DeepSpeed chose {type(opt).__name__}, whose partitions LAMB cannot map "
                       f"onto the model's tensors; use one of configs/ds/zero[0-3].json")
+
+
+def use_the_interpreters_ninja() -> None:
+    """DeepSpeed builds and checks its CPU ops with whichever ``ninja`` comes first on PATH. The virtual
+    environment has its own (DeepSpeed requires the PyPI package) and a machine often has a system one
+    (Debian's ninja-build); each discards the other's build log, so a start with the environment's bin folder on
+    PATH (the ``deepspeed`` launcher) and one without it (``python -m minialbert.distill``, a Slurm job of a
+    shell that did not activate it) each rebuild the ops from scratch: ~35 s on 2 cores, every rank waiting.
+    Put the interpreter's own bin folder first on PATH when it holds ninja, as activating the environment does."""
+    bin_dir = str(Path(sys.executable).parent)
+    if (Path(bin_dir) / "ninja").is_file() and os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 STALE_BUILD_LOCK_S = 600  # DeepSpeed's CPU ops build in well under a minute

@@ -11,6 +11,7 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the demo's setup runs it once: minutes
 
 STEPS = 60  # past the embedded default's 30 warm-up steps; at 40 the last recursion is not yet closer to its layer
+INTERRUPT_AT = 8  # early, so that the straight run compared with the resumed one is short (in the warm-up: lr moves)
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def demo(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("demo")
     done = subprocess.run(
         [sys.executable, "-m", "minialbert.demo", "--steps", str(STEPS), "--max-docs", "4000", "--eval-batches", "2",
-         "--finetune-epochs", "1", "--task-size", "150"],
+         "--finetune-epochs", "1", "--task-size", "150", "--interrupt-at", str(INTERRUPT_AT)],
         cwd=cwd, capture_output=True, text=True, timeout=1500,
     )
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])

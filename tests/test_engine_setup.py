@@ -4,8 +4,11 @@ groups, the gradient-accumulation dtype of bf16 runs and the warm-up schedule at
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,8 +56,10 @@ print(json.dumps({
 """
 
 
-def engine_facts(stage: int, warmup: int, *extra: str) -> dict:
+def engine_facts(stage: int, warmup: int, *extra: str, path: str | None = None) -> dict:
     env = {**distill_env(), "MASTER_PORT": str(free_port()), "PYTHONPATH": str(REPO / "tests")}
+    if path is not None:
+        env["PATH"] = path
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(stage), str(warmup), *extra], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -101,3 +106,22 @@ def test_lamb_runs_under_zero_with_the_same_groups_and_schedule(stage):
 @pytest.mark.parametrize("warmup, lrs", [(0, [1e-3, 9e-4, 8e-4]), (1, [0.0, 1e-3, 1e-3 * 8 / 9])])
 def test_warmup_of_zero_and_one_step(warmup, lrs):
     assert engine_facts(2, warmup)["lrs"] == pytest.approx(lrs)
+
+
+SYSTEM_PATH = "/usr/bin:/bin"
+
+
+@pytest.mark.skipif(shutil.which("ninja", path=SYSTEM_PATH) is None,
+                    reason="no system ninja: a start without the environment on PATH has no other ninja to use")
+def test_a_start_without_the_environment_on_path_reuses_the_built_cpu_ops():
+    """The launcher puts the environment's bin folder (its ninja) on PATH; `python -m` and Slurm jobs of a shell
+    that did not activate it see the system ninja first, whose build log the other discards: both rebuilt
+    DeepSpeed's shared-memory op from scratch at every switch."""
+    engine_facts(2, 0)  # built (or checked) as the launcher does
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    built = {p: p.stat().st_mtime_ns for p in root.glob("**/deepspeed_shm_comm/deepspeed_shm_comm.so")}
+    assert built, f"no shared-memory op built under {root}"
+    engine_facts(2, 0, path=SYSTEM_PATH)
+    assert {p: p.stat().st_mtime_ns for p in built} == built, "the op was rebuilt"
