@@ -37,6 +37,7 @@ def build_sentencepiece(out: Path, tokenizer_class: str, vocab_size: int = 300) 
     name = {"XLMRobertaTokenizer": "sentencepiece.bpe", "DebertaV2Tokenizer": "spm"}[tokenizer_class]
     spm.SentencePieceTrainer.train(input=str(raw / "corpus.txt"), model_prefix=str(raw / name), vocab_size=vocab_size,
                                    model_type="unigram", pad_id=-1, unk_id=0, bos_id=-1, eos_id=-1, minloglevel=2,
+                                   hard_vocab_limit=False,  # the house word list (no WordNet) has fewer pieces
                                    num_threads=1)
     (raw / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": tokenizer_class}))
     AutoTokenizer.from_pretrained(raw).save_pretrained(out)

@@ -27,7 +27,7 @@ def world(tmp_path_factory):
 def test_zero2_bf16_run_completes_and_its_export_loads(world, tmp_path):
     _, teacher, shards = world
     run_dir = tmp_path / "run"
-    done = run_distill(run_dir, teacher, shards)
+    done = run_distill(run_dir, teacher, shards, launcher="deepspeed")  # the README's command
     assert done.returncode == 0, done.stderr[-3000:]
     records = read_metrics(run_dir)
     assert [r["step"] for r in records] == list(range(1, 9))
