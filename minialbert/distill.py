@@ -44,10 +44,11 @@ from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
 from minialbert.monitor import make_monitor
 from minialbert.plan import make_plan
 from minialbert.precision import DTYPES, resolve_precision
+from minialbert.resolved_run import ResolvedRun, resolve_run
 from minialbert.run_dir import RunDir
 from minialbert.step import train_step
 from minialbert.student import build_student
-from minialbert.teacher import Teacher, TeacherError, describe_family, load_teacher
+from minialbert.teacher import Teacher, TeacherError, describe_family, load_weights
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was saved on SIGTERM/SIGUSR1/SIGINT; run the same command to resume
 EXIT_CONFIG = 2
@@ -101,8 +102,7 @@ def print_plan(cfg: RunConfig, ds_json: str, world_size: int | None) -> int:
         raise ConfigError(f"--world-size {world}: expected a positive integer")
     cfg = copy.deepcopy(cfg)
     cfg.train.precision = resolve_precision(cfg.train.precision, torch.device("cuda"))  # plans are for GPUs
-    ds_config = engine_setup.build_ds_config(cfg, ds_json, world, on_cuda=True)
-    plan = make_plan(cfg, ds_config, world, ds_config["gradient_accumulation_steps"])
+    plan = make_plan(resolve_run(cfg, ds_json, world, on_cuda=True, need_teacher=False))
     if os.environ.get("RANK", "0") == "0":
         print("\n".join(plan.lines()), flush=True)
     return 0
@@ -166,42 +166,40 @@ class StopFlag:
             signal.signal(sig, signal.SIG_IGN)
 
 
-def build_run(cfg: RunConfig, args: argparse.Namespace, ctx: dist.DistContext, run_dir: Path):
-    """Teacher, student, data stream, the checkpoint to resume from and the DeepSpeed config; errors name the field
-    or file."""
-    teacher = load_teacher(cfg.teacher_path(), cfg.student.num_recursions, cfg.teacher.layer_map,
-                           DTYPES[cfg.train.precision], ctx.device)
+def build_run(run: ResolvedRun, restart: bool, ctx: dist.DistContext, run_dir: Path):
+    """Teacher, student, data stream and the checkpoint to resume from; errors name the field or file."""
+    cfg = run.cfg
+    teacher = load_weights(run.teacher, DTYPES[cfg.train.precision], ctx.device)
     torch.manual_seed(cfg.train.seed)  # the same initial student on every rank
-    student = build_student(cfg, teacher)
+    student = build_student(cfg, teacher, run.student)
     stream = build_stream(cfg, teacher, ctx)
-    resume = ckpt.prepare_resume(run_dir, cfg, restart=args.restart)
+    resume = ckpt.prepare_resume(run_dir, cfg, restart=restart)
     if resume:
         stream.check_state(resume.rank_state["stream"])  # other data: one line now, not a traceback later
-    ds_config = engine_setup.build_ds_config(cfg, args.deepspeed, ctx.world_size, ctx.device.type == "cuda",
-                                             load_universal=bool(resume and resume.universal))
-    return teacher, student, stream, resume, ds_config
+    return teacher, student, stream, resume
 
 
-def announce(cfg: RunConfig, teacher: Teacher, ctx: dist.DistContext, accum: int) -> None:
+def announce(run: ResolvedRun, ctx: dist.DistContext) -> None:
+    teacher = run.teacher
     dist.print0(describe_family(teacher.family, teacher.config.model_type))
     if not teacher.has_mlm_head:
         dist.print0("teacher has no MLM head: output-logit distillation is off")
     dist.print0(f"teacher layers {teacher.layer_map} -> student recursions 1..{len(teacher.layer_map)}; "
-                f"world {ctx.world_size} x micro {cfg.train.micro_batch_size} x accumulation {accum}")
+                f"world {ctx.world_size} x micro {run.cfg.train.micro_batch_size} x accumulation {run.accumulation}")
 
 
-def start_monitor(cfg: RunConfig, ctx: dist.DistContext, run_dir: RunDir, step: int, accum: int, teacher: Teacher,
-                  student: MiniAlbertForMaskedLM, seq_len: int):
+def start_monitor(run: ResolvedRun, ctx: dist.DistContext, run_dir: RunDir, step: int,
+                  student: MiniAlbertForMaskedLM):
     """Rank 0 writes the resolved config and the student's config, and gets the monitor (MFU: the run's FLOPs per
     step over the peak, train.peak_tflops or measured); the other ranks get one that does nothing."""
-    flops_per_step = flops.run_step_flops(cfg, teacher.config, student.config, seq_len, teacher.has_mlm_head)
+    cfg = run.cfg
     peak = cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops else flops.measure_peak_flops(
         DTYPES[cfg.train.precision], ctx.device, seconds=0.25, repeats=2)
     if ctx.is_rank0:
         run_dir.path.mkdir(parents=True, exist_ok=True)
         run_dir.config.write_text(dump_run_config(cfg))
         student.config.save_pretrained(run_dir.student_config)
-    return make_monitor(ctx.is_rank0, run_dir.path, step, _hparams(cfg, ctx, accum), flops_per_step, peak,
+    return make_monitor(ctx.is_rank0, run_dir.path, step, _hparams(run, ctx), run.flops_per_step, peak,
                         ctx.world_size, ctx.device, max_steps=cfg.train.max_steps, log_every=cfg.train.log_every)
 
 
@@ -229,29 +227,30 @@ def main(argv: list[str] | None = None) -> int:
             return print_plan(cfg, args.deepspeed, args.world_size)
         check_inputs(cfg, args.deepspeed, embedded_default=args.config is None)
         run_dir = prepare_run_dir(cfg, args.no_resume, args.restart)
-    except ConfigError as err:
+    except (ConfigError, TeacherError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     ctx = dist.init_distributed()
     stop = StopFlag()
     resolve_auto_precision(cfg, ctx.device)
     try:
-        teacher, student, stream, resume, ds_config = build_run(cfg, args, ctx, run_dir.path)
+        run = resolve_run(cfg, args.deepspeed, ctx.world_size, on_cuda=ctx.device.type == "cuda")
+        teacher, student, stream, resume = build_run(run, args.restart, ctx, run_dir.path)
     except (ConfigError, TeacherError, DataError, ckpt.CheckpointError) as err:
         if ctx.is_rank0:
             print(f"error: {err}", file=sys.stderr)
         dist.destroy()
         return EXIT_CONFIG
-    accum = ds_config["gradient_accumulation_steps"]
-    announce(cfg, teacher, ctx, accum)
-    engine = engine_setup.initialize(student, ds_config, cfg.optim, cfg.train.max_steps)
+    announce(run, ctx)
+    engine = engine_setup.initialize(student, run.ds_config, cfg.optim, cfg.train.max_steps,
+                                     load_universal=bool(resume and resume.universal))
     step, tokens = ckpt.restore(engine, run_dir.path, resume, stream, cfg.train.seed)  # the last RNG use before step 1
-    monitor = start_monitor(cfg, ctx, run_dir, step, accum, teacher, student, stream.seq_len)
+    monitor = start_monitor(run, ctx, run_dir, step, student)
     checkpointer = ckpt.Checkpointer(engine, run_dir.path, cfg, stream)
     batches = iter(stream)
     try:
         while step < cfg.train.max_steps:
-            result = train_step(engine, teacher, batches, accum, cfg.loss, ctx)
+            result = train_step(engine, teacher, batches, run.accumulation, cfg.loss, ctx)
             step, tokens = step + 1, tokens + result.tokens
             record = {**result.record, "tokens": tokens, "step_tokens": result.tokens}
             log_error = monitor.log_step(step, record, result.per_recursion, cfg.train.global_batch_size, stream.epoch)
@@ -290,12 +289,12 @@ def _finish(stop: StopFlag, monitor, code: int) -> int:
     return code
 
 
-def _hparams(cfg: RunConfig, ctx: dist.DistContext, accum: int) -> dict:
-    flat = {}
+def _hparams(run: ResolvedRun, ctx: dist.DistContext) -> dict:
+    cfg, flat = run.cfg, {}
     for section in ("student", "loss", "optim", "train"):
         for k, v in getattr(cfg, section).__dict__.items():
             flat[f"{section}.{k}"] = v
-    flat.update({"teacher.path": cfg.teacher_path(), "world_size": ctx.world_size, "accumulation": accum})
+    flat.update({"teacher.path": cfg.teacher_path(), "world_size": ctx.world_size, "accumulation": run.accumulation})
     return flat
 
 

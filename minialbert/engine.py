@@ -51,7 +51,7 @@ def accumulation_steps(cfg: RunConfig, world_size: int) -> int:
     return total // (micro * world_size)
 
 
-def build_ds_config(cfg: RunConfig, ds_json: str | Path, world_size: int, on_cuda: bool, load_universal: bool = False) -> dict:
+def build_ds_config(cfg: RunConfig, ds_json: str | Path, world_size: int, on_cuda: bool) -> dict:
     """The DeepSpeed config: the JSON's mechanics plus the run config's decisions (contradictions are errors)."""
     ds_json = Path(ds_json)
     try:
@@ -105,8 +105,6 @@ def build_ds_config(cfg: RunConfig, ds_json: str | Path, world_size: int, on_cud
         config["zero_force_ds_cpu_optimizer"] = False  # CPU offload steps it on the CPU copies
         config.setdefault("steps_per_print", 10**9)
         config.setdefault("wall_clock_breakdown", False)
-        if load_universal:
-            config["checkpoint"] = {**base.get("checkpoint", {}), "load_universal": True}
         return config
     opt_params = {
         "lr": cfg.optim.lr,
@@ -126,8 +124,6 @@ def build_ds_config(cfg: RunConfig, ds_json: str | Path, world_size: int, on_cud
     config["optimizer"] = {"type": "AdamW", "params": opt_params}
     config.setdefault("steps_per_print", 10**9)  # the run's own monitor logs; keep DeepSpeed quiet
     config.setdefault("wall_clock_breakdown", False)
-    if load_universal:
-        config["checkpoint"] = {**base.get("checkpoint", {}), "load_universal": True}
     return config
 
 
@@ -159,11 +155,15 @@ def lr_multiplier(warmup_steps: int, total_steps: int):
     return multiplier
 
 
-def initialize(model: nn.Module, ds_config: dict, optim: OptimConfig, max_steps: int):
+def initialize(model: nn.Module, ds_config: dict, optim: OptimConfig, max_steps: int, load_universal: bool = False):
     """Wrap the student in a DeepSpeed engine: AdamW or LAMB over two parameter groups (no weight decay, and for
     LAMB no trust ratio, on biases and LayerNorm weights) and the warm-up/decay schedule, both saved in and
-    restored from its checkpoints."""
+    restored from its checkpoints. ``load_universal``: the checkpoint to resume is a universal conversion (the
+    rank count changed)."""
     import deepspeed
+
+    if load_universal:
+        ds_config = {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
 
     _import_muon_without_compiling()
     use_the_interpreters_ninja()

@@ -4,33 +4,20 @@ tokens and FLOPs per step and in all, an estimate of per-GPU memory, the teacher
     python -m minialbert.distill --config configs/distill/general.yaml --check --world-size 8 [overrides]
     deepspeed --num_gpus 8 minialbert/distill.py --config configs/distill/general.yaml --check   # the launcher's N
 
-Reads the teacher's ``config.json`` and the shards' ``manifest.json`` where they are present (no weights, no
-rows); what depends on a missing one is reported as unknown, with the path that would tell. No torch.distributed,
-no DeepSpeed, nothing written.
+Worked out from the run's one resolution (``resolved_run``: the teacher's ``config.json`` and the shards'
+``manifest.json`` where they are present, no weights, no rows); what depends on a missing one is reported as
+unknown, with the path that would tell. No torch.distributed, no DeepSpeed engine, nothing written.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .config import RunConfig, offloads_optimizer
 from .configuration_minialbert import MiniAlbertConfig
-from .student import student_config
+from .resolved_run import ResolvedRun
 
 GiB = 2**30
-
-
-def shard_seq_len(cfg: RunConfig) -> int | None:
-    """The longest row of the configured shard folders (their manifests), or None when one is missing."""
-    lengths = []
-    for source in cfg.data.sources:
-        manifest = Path(source.path) / "manifest.json"
-        if not manifest.is_file():
-            return None
-        lengths.append(int(json.loads(manifest.read_text())["seq_len"]))
-    return max(lengths)
 
 
 @dataclass
@@ -130,46 +117,37 @@ def activation_bytes(student: MiniAlbertConfig, micro: int, seq: int, mlm_probab
     return student.num_recursions * per_layer + teacher_maps + logits
 
 
-def make_plan(cfg: RunConfig, ds_config: dict, world_size: int, accumulation: int) -> Plan:
-    zero = ds_config.get("zero_optimization", {})
+def make_plan(run: ResolvedRun) -> Plan:
+    cfg, world_size = run.cfg, run.world_size
     plan = Plan(
-        world_size=world_size, micro_batch_size=cfg.train.micro_batch_size, accumulation=accumulation,
+        world_size=world_size, micro_batch_size=cfg.train.micro_batch_size, accumulation=run.accumulation,
         global_batch_size=cfg.train.global_batch_size, max_steps=cfg.train.max_steps,
-        zero_stage=int(zero.get("stage", 0)), precision=cfg.train.precision, loss_mode=cfg.loss.mode,
-        offload=offloads_optimizer(ds_config),
-        seq_len=shard_seq_len(cfg), optimizer=optimizer_line(cfg),
+        zero_stage=int(run.ds_config.get("zero_optimization", {}).get("stage", 0)), precision=cfg.train.precision,
+        loss_mode=cfg.loss.mode, offload=offloads_optimizer(run.ds_config), seq_len=run.seq_len,
+        optimizer=optimizer_line(cfg), flops_per_step=run.flops_per_step,
     )
     if plan.seq_len is None:
         plan.unknown.append("sequence length, tokens and FLOPs: no manifest.json in "
                             + ", ".join(s.path for s in cfg.data.sources))
-    teacher_dir = Path(cfg.teacher_path())
-    if not (teacher_dir / "config.json").is_file():
-        plan.unknown.append(f"layer map, parameters, FLOPs and memory: no teacher config at {teacher_dir}/config.json")
+    if run.teacher is None:
+        plan.unknown.append(f"layer map, parameters, FLOPs and memory: no teacher config at {cfg.teacher_path()}/config.json")
         return plan
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+    from transformers import AutoModel, AutoModelForMaskedLM
 
-    from . import flops
     from .modeling_minialbert import MiniAlbertForMaskedLM
-    from .teacher import describe_family, has_mlm_head
-    from .teacher_families import family_of, is_encoder_only, layer_map_for
+    from .teacher import describe_family
 
-    teacher = AutoConfig.from_pretrained(teacher_dir)
-    if not is_encoder_only(teacher):
-        plan.unknown.append(f"everything of the teacher: model_type={teacher.model_type!r} is not an encoder")
-        return plan
-    plan.teacher_family = describe_family(family_of(teacher), teacher.model_type)
-    student = student_config(cfg, teacher)
-    plan.layer_map = layer_map_for(cfg.teacher.layer_map, teacher.num_hidden_layers, cfg.student.num_recursions)
+    teacher = run.teacher
+    plan.teacher_family = describe_family(teacher.family, teacher.config.model_type)
+    plan.layer_map = teacher.layer_map
     with torch.device("meta"):  # shapes only, no memory
-        plan.student_params = sum(p.numel() for p in MiniAlbertForMaskedLM(student).parameters())
-        auto = AutoModelForMaskedLM if family_of(teacher).logits else AutoModel
-        plan.teacher_params = sum(p.numel() for p in auto.from_config(teacher).parameters())
+        plan.student_params = sum(p.numel() for p in MiniAlbertForMaskedLM(run.student).parameters())
+        auto = AutoModelForMaskedLM if teacher.family.logits else AutoModel
+        plan.teacher_params = sum(p.numel() for p in auto.from_config(teacher.config).parameters())
     plan.memory = model_state_bytes(plan.student_params, plan.precision, plan.zero_stage, plan.offload, world_size)
     plan.memory["teacher"] = plan.teacher_params * (4 if plan.precision == "fp32" else 2)
     if plan.seq_len is not None:
-        plan.flops_per_step = flops.run_step_flops(cfg, teacher, student, plan.seq_len,
-                                                   has_mlm_head(teacher_dir, teacher, family_of(teacher)))
-        plan.memory["activations"] = activation_bytes(student, plan.micro_batch_size, plan.seq_len,
+        plan.memory["activations"] = activation_bytes(run.student, plan.micro_batch_size, plan.seq_len,
                                                       cfg.data.mlm_probability, len(plan.layer_map))
     return plan

@@ -1,11 +1,13 @@
-"""The student a run builds: its architecture from the run config and the teacher (``student_config``), and the
-model with its initialisation (``build_student``: from the teacher's weights, a saved student, or random).
+"""The student a run builds: its architecture from the run config and the teacher (``student_config``; with a saved
+student's and the checks against the teacher: ``architecture``), and the model with its initialisation
+(``build_student``: from the teacher's weights, a saved student, or random).
 
 Shared by the run (``minialbert/distill.py``), its plan (``--check``) and the demo.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import ConfigError, RunConfig
@@ -14,7 +16,7 @@ from .teacher_families import copy_init_refusal, layer_norm_eps, max_positions, 
 
 if TYPE_CHECKING:  # the plan (--check) reads student_config without importing torch's training stack
     from .modeling_minialbert import MiniAlbertForMaskedLM
-    from .teacher import Teacher
+    from .teacher import Teacher, TeacherShape
 
 
 def student_config(cfg: RunConfig, teacher_config) -> MiniAlbertConfig:
@@ -35,20 +37,13 @@ def student_config(cfg: RunConfig, teacher_config) -> MiniAlbertConfig:
     )
 
 
-def build_student(cfg: RunConfig, teacher: Teacher) -> MiniAlbertForMaskedLM:
-    """The student, shaped after the teacher where the losses need it; errors name the field."""
-    import torch
-
-    from . import dist
-    from .modeling_minialbert import MiniAlbertForMaskedLM
-
-    s = cfg.student
-    if s.init_from:
-        model = MiniAlbertForMaskedLM.from_pretrained(s.init_from)
-    else:
-        model = MiniAlbertForMaskedLM(student_config(cfg, teacher.config))
-    t = teacher.config
-    c = model.config
+def architecture(cfg: RunConfig, teacher: Teacher | TeacherShape) -> MiniAlbertConfig:
+    """The architecture the run trains: a saved student's (``student.init_from``) or ``student_config``'s, checked
+    against the teacher where the losses compare them one to one; errors name the field."""
+    s, t = cfg.student, teacher.config
+    if s.init_from and not (Path(s.init_from) / "config.json").is_file():
+        raise ConfigError(f"student.init_from={s.init_from!r}: no config.json there (expected a saved student)")
+    c = MiniAlbertConfig.from_pretrained(s.init_from) if s.init_from else student_config(cfg, t)
     for field, student_value, teacher_value in (
         ("hidden_size", c.hidden_size, t.hidden_size),
         ("num_attention_heads", c.num_attention_heads, t.num_attention_heads),
@@ -58,6 +53,21 @@ def build_student(cfg: RunConfig, teacher: Teacher) -> MiniAlbertForMaskedLM:
         if student_value != teacher_value:
             raise ConfigError(f"student.{field}={student_value} but the teacher needs {teacher_value} "
                               f"(hidden-state and attention losses compare them one to one)")
+    return c
+
+
+def build_student(cfg: RunConfig, teacher: Teacher, config: MiniAlbertConfig | None = None) -> MiniAlbertForMaskedLM:
+    """The student of ``config`` (default: ``architecture``) with its initialisation: a saved student's weights,
+    the teacher's, or random."""
+    import torch
+
+    from . import dist
+    from .modeling_minialbert import MiniAlbertForMaskedLM
+
+    s = cfg.student
+    config = config or architecture(cfg, teacher)
+    model = MiniAlbertForMaskedLM.from_pretrained(s.init_from) if s.init_from else MiniAlbertForMaskedLM(config)
+    t = teacher.config
     refusal = copy_init_refusal(t)
     if s.init == "teacher" and not s.init_from and refusal:
         dist.print0(f"{refusal}: the student starts from a random init")

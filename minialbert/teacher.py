@@ -25,7 +25,8 @@ from .attention_kl import TeacherAttention
 from .teacher_families import (GENERIC, Family, TeacherError, accepted, family_of, is_encoder_only, layer_map_for,
                                uniform_layer_map, uses_token_types)
 
-__all__ = ["Teacher", "TeacherError", "TeacherOutput", "describe_family", "has_mlm_head", "load_teacher", "uniform_layer_map", "window_mask"]
+__all__ = ["Teacher", "TeacherError", "TeacherOutput", "TeacherShape", "describe_family", "has_mlm_head", "load_teacher",
+           "load_weights", "read_teacher", "uniform_layer_map", "window_mask"]
 
 
 @dataclass
@@ -194,10 +195,22 @@ def has_mlm_head(path: Path, config, family: Family) -> bool:
     return family.logits is not None and any(a.endswith(kinds) for a in (config.architectures or []))
 
 
-def load_teacher(path: str | Path, num_recursions: int, layer_map: list[int] | None = None,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Teacher:
-    """Load a local Hugging Face encoder folder, with its MLM head when it has one."""
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+@dataclass(frozen=True)
+class TeacherShape:
+    """What a run knows of its teacher before loading a weight (its folder's ``config.json`` and checkpoint keys):
+    the plan, the student's architecture and the FLOPs are worked out from it, the weights loaded after."""
+    path: Path
+    config: object
+    """The teacher's transformers config."""
+    family: Family
+    has_mlm_head: bool
+    layer_map: list[int]
+    """The teacher layer (1-based) each recursion distils from."""
+
+
+def read_teacher(path: str | Path, num_recursions: int, layer_map: list[int] | None = None) -> TeacherShape:
+    """A local Hugging Face encoder folder's shape; ``TeacherError`` names the file and what was expected."""
+    from transformers import AutoConfig
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -210,14 +223,30 @@ def load_teacher(path: str | Path, num_recursions: int, layer_map: list[int] | N
         raise TeacherError(f"{path / 'config.json'}: model_type={config.model_type!r} is not an encoder "
                            f"(decoder-only or encoder-decoder); accepted families: {accepted()} or another encoder")
     family = family_of(config)
-    head = has_mlm_head(path, config, family)
+    return TeacherShape(path, config, family, has_mlm_head(path, config, family),
+                        layer_map_for(layer_map, config.num_hidden_layers, num_recursions))
+
+
+def load_weights(shape: TeacherShape, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> Teacher:
+    """The teacher of ``shape``, with its MLM head when it has one."""
+    from transformers import AutoModel, AutoModelForMaskedLM
+
     # The generic path reads attention probabilities from the model's outputs: eager attention makes them.
-    kw = {"attn_implementation": "eager"} if family.runner == "outputs" else {}
+    kw = {"attn_implementation": "eager"} if shape.family.runner == "outputs" else {}
     try:
-        hf = (AutoModelForMaskedLM if head else AutoModel).from_pretrained(path, dtype=torch.float32, **kw)
+        hf = (AutoModelForMaskedLM if shape.has_mlm_head else AutoModel).from_pretrained(shape.path, dtype=torch.float32,
+                                                                                          **kw)
     except (ValueError, KeyError, OSError) as e:
-        raise TeacherError(f"{path}: cannot load model_type={config.model_type!r} ({str(e).splitlines()[0]})") from e
-    return Teacher(hf, layer_map_for(layer_map, config.num_hidden_layers, num_recursions), family).to(device=device, dtype=dtype)
+        raise TeacherError(f"{shape.path}: cannot load model_type={shape.config.model_type!r} "
+                           f"({str(e).splitlines()[0]})") from e
+    return Teacher(hf, shape.layer_map, shape.family).to(device=device, dtype=dtype)
+
+
+def load_teacher(path: str | Path, num_recursions: int, layer_map: list[int] | None = None,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Teacher:
+    """Load a local Hugging Face encoder folder, with its MLM head when it has one."""
+    return load_weights(read_teacher(path, num_recursions, layer_map), dtype, device)
 
 
 def describe_family(family: Family, model_type: str) -> str:

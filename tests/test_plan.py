@@ -212,6 +212,34 @@ def test_the_plans_flops_per_step_are_the_live_ones_and_count_only_what_runs(tin
     assert live < flops.distillation_step_flops(teacher.config, student, 8, 32, attention_kl=attention_kl)
 
 
+def test_the_plan_of_a_run_from_a_saved_student_is_that_students(tiny_world, tmp_path):
+    """``student.init_from``: the run trains the saved student's architecture, so the plan counts it (not the one
+    the student section would build)."""
+    from minialbert.config import load_run_config
+    from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
+    from minialbert.student import student_config
+    from minialbert.teacher import read_teacher
+
+    teacher, shards = tiny_world
+    overrides = [f"teacher.path={teacher}", f"data.sources=[{{path: {shards}}}]"]
+    cfg = load_run_config(REPO / "configs/distill/tiny.yaml", overrides)
+    saved = student_config(cfg, read_teacher(teacher, cfg.student.num_recursions).config)
+    saved.embedding_size, saved.intermediate_size = 24, 40  # other sizes than the student section's
+    model = MiniAlbertForMaskedLM(saved)
+    model.save_pretrained(tmp_path / "saved")
+    done = check("--config", "configs/distill/tiny.yaml", *overrides, f"student.init_from={tmp_path / 'saved'}")
+    assert done.returncode == 0, done.stderr
+    assert f"parameters: student {sum(p.numel() for p in model.parameters()):,} (trained)" in done.stdout
+
+
+def test_check_refuses_a_student_that_cannot_be_distilled_from_the_teacher(tiny_world):
+    teacher, shards = tiny_world
+    done = check("--config", "configs/distill/tiny.yaml", f"teacher.path={teacher}", f"data.sources=[{{path: {shards}}}]",
+                 "student.hidden_size=48")
+    assert done.returncode == 2
+    assert "error: student.hidden_size=48 but the teacher needs 32" in done.stderr
+
+
 def test_under_the_deepspeed_launcher_check_plans_for_the_launchers_world_size(tiny_world, tmp_path):
     teacher, shards = tiny_world
     cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "minialbert/distill.py",
