@@ -6,11 +6,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from minialbert.dist import free_port
 from minialbert.run_dir import RunDir
 
 from data_prep_helpers import build_wordpiece_tokenizer, make_texts
@@ -45,12 +45,6 @@ def pack_shards(tokenizer: Path, out: Path, n_docs: int = 120, seed: int = 0, se
     )
     assert done.returncode == 0, done.stderr
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def distill_env() -> dict:
