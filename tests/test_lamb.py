@@ -95,7 +95,7 @@ def one_rank(tmp_path_factory):
 
 # The loss comparison at 10x the rate (1e-2), where five steps of per-partition ratios move the loss by more than
 # 1e-5; the weights at tiny.yaml's 1e-3, where Adam's amplification of rounding in near-zero gradients (single rows
-# of the tied embedding) stays well below 1e-6 of the weights after three steps (at 1e-2 it reaches 1.0e-6).
+# of the tied embedding) stays within UPDATE_RTOL of the weights after three steps.
 LOSS_LR = "@0.01"
 
 
@@ -107,11 +107,17 @@ def two_ranks(tmp_path_factory):
     return run_ranks(2, tmp_path_factory.mktemp("lamb") / "two.pt", *runs)
 
 
+# Rounding alone moves a tensor by up to ~1.2e-6 of its norm (measured on an AVX-512 CPU: a LayerNorm bias that
+# starts at 0, after its first step, where near-zero gradients make Adam's update follow the rounding); a
+# per-partition trust ratio moves the first step's weights by 4e-4 to 6e-4. The bound sits between them.
+UPDATE_RTOL = 1e-5
+
+
 def assert_applies_the_reference(run: dict, reference: dict) -> None:
     for step in range(WEIGHT_STEPS):
         errors = relative_errors(run["weights"][step], reference["weights"][step])
         worst = max(errors, key=errors.get)
-        assert errors[worst] <= 1e-6, f"step {step + 1}: {worst} differs by {errors[worst]:.2e} (relative)"
+        assert errors[worst] <= UPDATE_RTOL, f"step {step + 1}: {worst} differs by {errors[worst]:.2e} (relative)"
 
 
 @pytest.mark.slow
