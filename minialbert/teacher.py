@@ -81,10 +81,7 @@ class Teacher(nn.Module):
         self.num_layers = self.config.num_hidden_layers
         # A masked-LM class wraps its encoder (hf.roberta); a bare encoder (AutoModel) is its own base.
         self.has_mlm_head = self.family.logits is not None and hf_model is not self.base
-        n = self.num_layers
-        if any(not 1 <= m <= n for m in layer_map) or list(layer_map) != sorted(set(layer_map)):
-            raise TeacherError(f"teacher.layer_map={layer_map}: expected increasing layers in 1..{n}")
-        self.layer_map = list(layer_map)
+        self.layer_map = list(layer_map)  # checked by teacher_families.layer_map_for
         self.num_heads = self.config.num_attention_heads
         self.requires_grad_(False)
         self.eval()

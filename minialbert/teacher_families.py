@@ -151,6 +151,8 @@ def layer_map_for(layer_map: list[int] | None, num_teacher_layers: int, num_recu
         return uniform_layer_map(num_teacher_layers, num_recursions)
     if len(layer_map) != num_recursions:
         raise TeacherError(f"teacher.layer_map has {len(layer_map)} entries, expected {num_recursions}")
+    if any(not 1 <= m <= num_teacher_layers for m in layer_map) or list(layer_map) != sorted(set(layer_map)):
+        raise TeacherError(f"teacher.layer_map={layer_map}: expected increasing layers in 1..{num_teacher_layers}")
     return list(layer_map)
 
 

@@ -240,6 +240,14 @@ def test_check_refuses_a_student_that_cannot_be_distilled_from_the_teacher(tiny_
     assert "error: student.hidden_size=48 but the teacher needs 32" in done.stderr
 
 
+def test_check_refuses_a_layer_map_outside_the_teacher(tiny_world):
+    teacher, shards = tiny_world
+    done = check("--config", "configs/distill/tiny.yaml", f"teacher.path={teacher}", f"data.sources=[{{path: {shards}}}]",
+                 "teacher.layer_map=[2,9]")
+    assert done.returncode == 2
+    assert "error: teacher.layer_map=[2, 9]: expected increasing layers in 1..4" in done.stderr
+
+
 def test_under_the_deepspeed_launcher_check_plans_for_the_launchers_world_size(tiny_world, tmp_path):
     teacher, shards = tiny_world
     cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "minialbert/distill.py",
