@@ -8,7 +8,7 @@ One term = one recursion's pair: from the student's query/key heads (bf16 by def
 teacher's (no grad) to the scalar KL and the gradients of the student's heads. ``blockwise`` and ``attention`` are
 ``attention_kl.fused_attention_kl``'s two routes (the default on CPU and on CUDA); ``materialised`` builds both
 (B, heads, L, L) maps as the models' eager attention does (scores, mask, softmax in the models' dtype) and calls
-``losses.attention_kl``. Median of ``--repeats`` timed runs after one warm-up; peak memory is the growth of the
+``losses.maps_attention_kl``. Median of ``--repeats`` timed runs after one warm-up; peak memory is the growth of the
 peak RSS over the inputs (CPU; the process's other memory excluded) or of the peak CUDA allocation. On CPU the
 bench first sets glibc's mmap threshold to 64 KiB (``mallopt``), so that every freed tensor goes back to the OS and
 the RSS growth counts live tensors, not heap the allocator kept from an earlier path. A path
@@ -35,7 +35,7 @@ from bench_distill import machine, peak_memory, reset_peak_memory, sync  # noqa:
 
 from minialbert.attention_kl import TeacherAttention, fused_attention_kl  # noqa: E402
 from minialbert.precision import DTYPES  # noqa: E402
-from minialbert.losses import attention_kl  # noqa: E402
+from minialbert.losses import maps_attention_kl  # noqa: E402
 
 # Bytes per map element the materialised term keeps at its peak (two maps in the models' dtype, the loss's fp32
 # copies, log(s + eps), the products and their gradients), measured on CPU at L 512–1024 with bf16 inputs.
@@ -84,7 +84,7 @@ def term(path: str, q_s, k_s, q_t, k_t, mask, mode: str) -> torch.Tensor:
     key_mask = mask[:, None, None, :].bool()
     with torch.no_grad():
         t = eager_maps(q_t, k_t, key_mask)
-    return attention_kl(eager_maps(q_s, k_s, key_mask), t, mask, mode)
+    return maps_attention_kl(eager_maps(q_s, k_s, key_mask), t, mask, mode)
 
 
 def estimated_peak(path: str, b: int, h: int, seq: int, d: int) -> float:

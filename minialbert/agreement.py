@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .losses import attention_kl
+from .losses import maps_attention_kl
 from .teacher import Teacher
 
 
@@ -37,7 +37,7 @@ def measure_agreement(student: torch.nn.Module, teacher: Teacher, batches) -> di
             sh, th = s_hidden[i].float(), t.hidden_states[i].float()
             cos = torch.nn.functional.cosine_similarity(sh, th, dim=-1)  # (B, L)
             cos_sum[i] += (cos * mask).sum()
-            kl_sum[i] += attention_kl(s.attentions[i], t.attentions[i], mask, "default") * real
+            kl_sum[i] += maps_attention_kl(s.attentions[i], t.attentions[i], mask, "default") * real
         tokens += real
         pooled = torch.nn.functional.cosine_similarity(
             _mean_pool(s_hidden[-1].float(), mask), _mean_pool(t.hidden_states[-1].float(), mask), dim=-1)

@@ -37,7 +37,7 @@ score blocks carry it; a teacher that hands over its own probabilities t (DeBERT
 encoders) gets ``map_row_kl``: Σ_j t_ij log t_ij - q_i·(T K)_i / √d + LSE_i, T K one matmul with the teacher's
 map, the student's LSE and its gradient from attention calls (no student map).
 
-Exactness against ``losses.attention_kl`` (the materialised maps): that one adds EPS = 1e-12 inside log(s + EPS)
+Exactness against ``losses.maps_attention_kl`` (the materialised maps): that one adds EPS = 1e-12 inside log(s + EPS)
 (and to t in paper mode); this module computes the KL itself. The two differ by about EPS · Σ_j t_ij / s_ij per
 row — below fp32 resolution unless a student probability falls under ~1e-8 where the teacher's does not (the
 materialised term then clips log s at log 1e-12 = -27.6, this one does not). Paper mode's extra
@@ -266,7 +266,7 @@ def fused_attention_kl(query: torch.Tensor, key: torch.Tensor, teacher: TeacherA
                        attention_mask: torch.Tensor, mode: str, num_tokens: float | None = None,
                        method: str | None = None) -> torch.Tensor:
     """The attention term of one recursion from the student's (B, heads, L, d) queries and keys and the mapped
-    teacher layer's ``TeacherAttention``; same value and scaling as ``losses.attention_kl`` on the maps (see the
+    teacher layer's ``TeacherAttention``; same value and scaling as ``losses.maps_attention_kl`` on the maps (see the
     module docstring for the EPS difference). ``attention_mask`` (B, L): padded query rows are ignored.
     ``method``: "attention" (default) or "blockwise" (see the module docstring)."""
     method = method or "attention"

@@ -15,7 +15,7 @@ Two modes, differing only in the attention term:
 Everything else (the teacher's dropout, fixed in ``teacher.py``) is outside this module. Logits arrive only
 at the masked positions (M, V), for teacher and student alike; no masked_select copies are made.
 
-The attention term has two implementations with the same value and gradient: ``attention_kl`` on the
+The attention term has two implementations with the same value and gradient: ``maps_attention_kl`` on the
 (B, heads, L, L) maps (the reference), and ``attention_kl.fused_attention_kl`` on queries and keys, which never
 makes a map (see that module for the math and the EPS difference). ``distillation_losses`` picks by what it is
 given: maps, or (query, key) pairs and ``TeacherAttention``.
@@ -65,7 +65,7 @@ class LossTerms:
         return dict(zip(RECORD_KEYS, head)), {t: rest[i * n:(i + 1) * n] for i, t in enumerate(PER_RECURSION)}
 
 
-def attention_kl(s_probs: torch.Tensor, t_probs: torch.Tensor, row_mask: torch.Tensor, mode: str,
+def maps_attention_kl(s_probs: torch.Tensor, t_probs: torch.Tensor, row_mask: torch.Tensor, mode: str,
                  num_tokens: float | None = None) -> torch.Tensor:
     """KL(t || s) of attention maps (B, heads, L, L); rows of padded query tokens (row_mask (B, L) == 0) ignored.
 
@@ -89,7 +89,7 @@ def attention_term(student, teacher, row_mask: torch.Tensor, mode: str,
     if isinstance(teacher, TeacherAttention):
         query, key = student
         return fused_attention_kl(query, key, teacher, row_mask, mode, num_tokens)
-    return attention_kl(student, teacher, row_mask, mode, num_tokens)
+    return maps_attention_kl(student, teacher, row_mask, mode, num_tokens)
 
 
 def hidden_cosine(s_hidden: torch.Tensor, t_hidden: torch.Tensor, token_mask: torch.Tensor,

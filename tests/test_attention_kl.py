@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import minialbert.attention_kl as akl
 import minialbert.blockwise_attention as blockwise
 from minialbert.attention_kl import TeacherAttention, _attend_chunked, attend, fused_attention_kl, key_bias
-from minialbert.losses import attention_kl
+from minialbert.losses import maps_attention_kl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -87,13 +87,13 @@ def test_fp64_value_and_gradients_equal_the_materialised_kl(mode, method):
 
 @METHODS
 @pytest.mark.parametrize("mode", ["default", "paper"])
-def test_fp32_at_a_real_shape_matches_losses_attention_kl(mode, method):
+def test_fp32_at_a_real_shape_matches_losses_maps_attention_kl(mode, method):
     """b2, 12 heads, d 64, L 256, a padded row: value and gradients against the maps-based term (with its EPS)."""
     q_s, k_s, q_t, k_t = heads(2, 12, 256, 64, torch.float32, seed=2, spread=0.7)
     mask = torch.ones(2, 256, dtype=torch.long)
     mask[1, 200:] = 0
     fused = fused_attention_kl(q_s, k_s, TeacherAttention(q_t, k_t), mask, mode, method=method)
-    ref = attention_kl(maps(q_s, k_s, mask), maps(q_t, k_t, mask), mask, mode)
+    ref = maps_attention_kl(maps(q_s, k_s, mask), maps(q_t, k_t, mask), mask, mode)
     torch.testing.assert_close(fused, ref, rtol=1e-5, atol=0)
     for got, exp in zip(torch.autograd.grad(fused, (q_s, k_s)), torch.autograd.grad(ref, (q_s, k_s))):
         torch.testing.assert_close(got, exp, rtol=1e-4, atol=1e-4 * exp.abs().max().item())
@@ -107,7 +107,7 @@ def test_bf16_inputs_stay_within_the_materialised_bf16_error(method):
     exact = fused_attention_kl(q_s.double(), k_s.double(), TeacherAttention(q_t.double(), k_t.double()),
                                mask, "default")
     fused = fused_attention_kl(q_s, k_s, TeacherAttention(q_t, k_t), mask, "default", method=method)
-    materialised = attention_kl(maps(q_s, k_s, mask), maps(q_t, k_t, mask), mask, "default")  # bf16 maps
+    materialised = maps_attention_kl(maps(q_s, k_s, mask), maps(q_t, k_t, mask), mask, "default")  # bf16 maps
     assert fused.dtype == torch.float32
     assert abs(fused.double() - exact) <= 1e-5 * exact  # the fused term upcasts q, k: fp32-exact
     assert abs(fused.double() - exact) <= abs(materialised.double() - exact)

@@ -2,7 +2,7 @@
 
 Tiny random teachers (``family_teachers``) with real tokenizers, one padded batch of real text; the reference for
 each family is the model's own eager forward (``output_hidden_states``, ``output_attentions``) and
-``losses.attention_kl`` on materialised maps.
+``losses.maps_attention_kl`` on materialised maps.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 from distill_helpers import REPO
 from family_teachers import FAMILIES, WINDOW, build_family_teacher
 from minialbert.attention_kl import fused_attention_kl
-from minialbert.losses import attention_kl
+from minialbert.losses import maps_attention_kl
 from minialbert.teacher import TeacherError, describe_family, load_teacher
 from minialbert.teacher_families import FAMILIES as TABLE
 from minialbert.teacher_families import family_of, max_positions
@@ -90,7 +90,7 @@ def test_each_familys_attention_term_equals_the_materialised_one(folders, family
         got = fused_attention_kl(q, k, t_qk, mask, "default")
         (d_q, d_k) = torch.autograd.grad(got, (q, k))
         scores = (q @ k.transpose(-1, -2) / 8 ** 0.5).masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
-        want = attention_kl(scores.softmax(-1), t_map, mask, "default")
+        want = maps_attention_kl(scores.softmax(-1), t_map, mask, "default")
         (w_q, w_k) = torch.autograd.grad(want, (q, k))
         assert want > 0.1  # live: peaked student rows against the teacher's
         # The reference computes in fp32 (it upcasts maps to float) and adds EPS inside its logs.
