@@ -6,7 +6,8 @@
    into a general and a biomedical shard set, each with a held-out split (``runs/demo/data``);
 2. distillation: ``deepspeed --num_gpus 2 minialbert/distill.py --deepspeed configs/ds/zero2.json`` — the
    embedded default: ZeRO-2, bf16, 2 CPU ranks, the installed all-MiniLM-L6-v2 teacher into a 3-recursion
-   student with adapters, both shard sets mixed; interrupted once by SIGUSR1 half-way (``--interrupt-at``), then resumed;
+   student with adapters, both shard sets mixed; interrupted once by SIGUSR1 half-way (``--interrupt-at``), then
+   resumed;
 3. export (``runs/demo/distill/export``) and evaluation: the student's agreement with the teacher on held-out
    text before and after distillation, and an adapter-only fine-tune on a labelled task from the same data
    (is a definition biomedical?) against the teacher fully fine-tuned;

@@ -130,7 +130,8 @@ def make_plan(run: ResolvedRun) -> Plan:
         plan.unknown.append("sequence length, tokens and FLOPs: no manifest.json in "
                             + ", ".join(s.path for s in cfg.data.sources))
     if run.teacher is None:
-        plan.unknown.append(f"layer map, parameters, FLOPs and memory: no teacher config at {cfg.teacher_path()}/config.json")
+        plan.unknown.append(f"layer map, parameters, FLOPs and memory: no teacher config at "
+                            f"{cfg.teacher_path()}/config.json")
         return plan
     import torch
     from transformers import AutoModel, AutoModelForMaskedLM

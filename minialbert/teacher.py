@@ -25,8 +25,8 @@ from .attention_kl import TeacherAttention
 from .teacher_families import (GENERIC, Family, TeacherError, accepted, family_of, is_encoder_only, layer_map_for,
                                uniform_layer_map, uses_token_types)
 
-__all__ = ["Teacher", "TeacherError", "TeacherOutput", "TeacherShape", "describe_family", "has_mlm_head", "load_teacher",
-           "load_weights", "read_teacher", "uniform_layer_map", "window_mask"]
+__all__ = ["Teacher", "TeacherError", "TeacherOutput", "TeacherShape", "describe_family", "has_mlm_head",
+           "load_teacher", "load_weights", "read_teacher", "uniform_layer_map", "window_mask"]
 
 
 @dataclass
@@ -232,8 +232,8 @@ def load_weights(shape: TeacherShape, dtype: torch.dtype = torch.float32,
     # The generic path reads attention probabilities from the model's outputs: eager attention makes them.
     kw = {"attn_implementation": "eager"} if shape.family.runner == "outputs" else {}
     try:
-        hf = (AutoModelForMaskedLM if shape.has_mlm_head else AutoModel).from_pretrained(shape.path, dtype=torch.float32,
-                                                                                          **kw)
+        auto = AutoModelForMaskedLM if shape.has_mlm_head else AutoModel
+        hf = auto.from_pretrained(shape.path, dtype=torch.float32, **kw)
     except (ValueError, KeyError, OSError) as e:
         raise TeacherError(f"{shape.path}: cannot load model_type={shape.config.model_type!r} "
                            f"({str(e).splitlines()[0]})") from e

@@ -238,8 +238,8 @@ def test_the_plan_of_a_run_from_a_saved_student_is_that_students(tiny_world, tmp
 ])
 def test_check_refuses_what_the_run_would_refuse(tiny_world, override, message):
     teacher, shards = tiny_world
-    done = check("--config", "configs/distill/tiny.yaml", f"teacher.path={teacher}", f"data.sources=[{{path: {shards}}}]",
-                 override)
+    done = check("--config", "configs/distill/tiny.yaml", f"teacher.path={teacher}",
+                 f"data.sources=[{{path: {shards}}}]", override)
     assert done.returncode == 2
     assert f"error: {message}" in done.stderr
 
