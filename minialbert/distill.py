@@ -300,13 +300,13 @@ def _hparams(run: ResolvedRun, ctx: dist.DistContext) -> dict:
 
 if __name__ == "__main__":
     code = main()
-    if code == EXIT_IO:
-        # After a full disk the interpreter's teardown of the communication threads can abort (SIGABRT), which
-        # would hide exit 74: leave at once, what could be written is written.
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except OSError:
-                pass
-        os._exit(code)
-    sys.exit(code)
+    # Everything of the run is written and closed by now. The interpreter's teardown can still abort (SIGABRT,
+    # "terminate called without an active exception": a C++ thread of the communication stack destroyed while
+    # joinable), which turned a saved preemption's exit 75 into 134, and could do the same to 0 or to 74 after a
+    # full disk: leave at once with the run's own code.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            pass
+    os._exit(code)
