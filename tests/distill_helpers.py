@@ -1,5 +1,6 @@
 """Builders for the distillation tests: a tiny real BERT teacher with its tokenizer, packed shards, and a
-function that runs ``minialbert/distill.py`` under the real ``deepspeed`` launcher with 2 CPU ranks."""
+function that runs ``minialbert/distill.py`` with 2 CPU ranks under DeepSpeed's real launchers (its per-node
+launcher, or the ``deepspeed`` command the README shows)."""
 
 from __future__ import annotations
 
