@@ -188,20 +188,25 @@ class FastRecipe:
     device: torch.device
     mode: str = "default"
     attention_kl: str = "fused"
+    logit_terms: bool = True
 
     @classmethod
     def build(cls, teacher: nn.Module, student: MiniAlbertForMaskedLM, dtype: torch.dtype = torch.bfloat16,
               mode: str = "default", device: str | torch.device = "cpu",
-              attention_kl: str = "fused") -> "FastRecipe":
+              attention_kl: str = "fused", logit_terms: bool = True) -> "FastRecipe":
+        """``logit_terms=False``: the MLM and output weights 0 (cpu.yaml's loss with a teacher without an MLM
+        head): neither model's head runs and the student's is frozen, as ``minialbert.student.build_student``
+        does."""
         hf = copy.deepcopy(teacher)
         layer_map = uniform_layer_map(hf.config.num_hidden_layers, student.config.num_recursions)
         t = Teacher(hf, layer_map).to(device, dtype)
         s = copy.deepcopy(student).to(device, dtype).train()
+        s.mlm_head.requires_grad_(logit_terms)
         params = [p for p in s.parameters() if p.requires_grad]
         # fp32 master weights: the student's own parameters when it is fp32
         master = params if dtype == torch.float32 else [p.detach().float().requires_grad_() for p in params]
         optimizer = torch.optim.AdamW(master, lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
-        return cls(t, s, PlainEngine(s, master, optimizer), torch.device(device), mode, attention_kl)
+        return cls(t, s, PlainEngine(s, master, optimizer), torch.device(device), mode, attention_kl, logit_terms)
 
     @property
     def master(self) -> list[torch.Tensor]:
@@ -211,7 +216,8 @@ class FastRecipe:
     @property
     def loss_config(self) -> LossConfig:
         # LossConfig's defaults are the paper's weights (1, 3, 3, 5) and temperature 1.
-        return LossConfig(mode=self.mode, attention_kl=self.attention_kl)
+        weights = {} if self.logit_terms else {"mlm": 0.0, "output": 0.0}
+        return LossConfig(mode=self.mode, attention_kl=self.attention_kl, **weights)
 
     def losses(self, batch: dict[str, torch.Tensor]):
         return distillation_forward(self.student, self.teacher, batch, self.loss_config)

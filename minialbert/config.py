@@ -114,6 +114,16 @@ class LossConfig:
     """'fused': the attention term without any (B, heads, L, L) map (minialbert/attention_kl.py); 'materialised':
     from both models' maps, the reference (same value and gradient, memory and time grow with L²)."""
 
+    def student_logits_used(self, teacher_has_mlm_head: bool) -> bool:
+        """Whether a term reads the student's MLM logits: the masked-LM cross-entropy (``mlm`` > 0) or the output
+        KL (``output`` > 0, only with a teacher that has an MLM head). When neither does, the student's MLM head
+        neither runs nor trains (``MiniAlbertForMaskedLM(compute_logits=False)``), and no FLOP count includes it."""
+        return self.mlm > 0 or (self.output > 0 and teacher_has_mlm_head)
+
+    def teacher_logits_used(self, teacher_has_mlm_head: bool) -> bool:
+        """Whether the teacher's MLM head runs: only for the output KL."""
+        return self.output > 0 and teacher_has_mlm_head
+
 
 @dataclass
 class OptimConfig:

@@ -29,6 +29,8 @@ class MiniAlbertConfig(PretrainedConfig):
         type_vocab_size: number of token types (segments).
         layer_norm_eps: epsilon of every LayerNorm.
         initializer_range: std of the normal initialisation of weights.
+        mlm_head_trained: False when the MLM head was never trained (a distillation whose loss read no logits:
+            ``loss.mlm`` 0 and no teacher logits); its predictions are then its initialisation's, not a fill-mask.
     """
 
     model_type = "minialbert"
@@ -55,6 +57,7 @@ class MiniAlbertConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-12,
         initializer_range: float = 0.02,
         pad_token_id: int = 0,
+        mlm_head_trained: bool = True,
         **kwargs,
     ):
         # The MLM decoder (H wide) is never tied to the word embeddings (E wide).
@@ -77,6 +80,7 @@ class MiniAlbertConfig(PretrainedConfig):
         self.type_vocab_size = type_vocab_size
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
+        self.mlm_head_trained = mlm_head_trained
         self.validate()
 
     def validate(self) -> None:

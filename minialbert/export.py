@@ -115,7 +115,9 @@ def model_card(run_dir: Path, tag: str, meta: dict, cfg, config, counts: dict, r
                  else cfg.teacher.layer_map)
     sources, datasets = _source_lines(cfg)
     license = license or _teacher_card_license(teacher_dir) or "apache-2.0"
-    header = {"library_name": "transformers", "license": license, "pipeline_tag": "fill-mask",
+    head_trained = getattr(config, "mlm_head_trained", True)
+    header = {"library_name": "transformers", "license": license,
+              "pipeline_tag": "fill-mask" if head_trained else "feature-extraction",
               "tags": ["minialbert", "distillation", "recursive-transformer", "custom_code"]}
     if "/" in teacher:
         header["base_model"] = teacher
@@ -134,11 +136,7 @@ def model_card(run_dir: Path, tag: str, meta: dict, cfg, config, counts: dict, r
         "## Usage", "",
         "The model code is in this folder (`configuration_minialbert.py`, `modeling_minialbert.py`), so only "
         "`torch` and `transformers` are needed:", "",
-        "```python",
-        "from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline",
-        "model = AutoModelForMaskedLM.from_pretrained(FOLDER, trust_remote_code=True)",
-        "fill = pipeline(\"fill-mask\", model=FOLDER, trust_remote_code=True)",
-        "```", "",
+        *(_fill_mask_usage() if head_trained else _encoder_usage()),
         "`AutoModel`, `AutoModelForSequenceClassification` and `AutoModelForTokenClassification` load it the same "
         "way. With the `minialbert` package imported, no remote code is needed (`trust_remote_code` may be left out).",
         "", "## Distillation", "",
@@ -148,6 +146,9 @@ def model_card(run_dir: Path, tag: str, meta: dict, cfg, config, counts: dict, r
         f"{config.num_attention_heads} heads, feed-forward {config.intermediate_size}, embeddings E = "
         f"{config.embedding_size}, vocabulary {config.vocab_size}",
         f"- adapters: {adapters}",
+        "- MLM head: trained (" + ("masked-LM cross-entropy" if w.mlm > 0 else "the teacher's logits") + ")"
+        if head_trained else "- MLM head: **not trained** (no loss term read logits: loss.mlm 0 and no teacher "
+        "logits); it holds its initialisation, so the card offers no fill-mask",
         f"- recursion deltas: rank {config.recursion_delta_rank} per weight matrix, per recursion"
         if config.recursion_delta_rank else "- recursion deltas: none (every recursion runs the same weights)",
         f"- checkpoint: `{tag}`",
@@ -167,6 +168,21 @@ def model_card(run_dir: Path, tag: str, meta: dict, cfg, config, counts: dict, r
                   "(table by `python -m minialbert.finetune report`):", "", render(list(results)).strip(), "",
                   *_result_settings(results), ""]
     return "\n".join(lines)
+
+
+def _fill_mask_usage() -> list[str]:
+    return ["```python",
+            "from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline",
+            "model = AutoModelForMaskedLM.from_pretrained(FOLDER, trust_remote_code=True)",
+            "fill = pipeline(\"fill-mask\", model=FOLDER, trust_remote_code=True)",
+            "```", ""]
+
+
+def _encoder_usage() -> list[str]:
+    return ["```python",
+            "from transformers import AutoModel, AutoTokenizer",
+            "model = AutoModel.from_pretrained(FOLDER, trust_remote_code=True)   # hidden states, no MLM head",
+            "```", ""]
 
 
 def _result_settings(results) -> list[str]:

@@ -88,20 +88,22 @@ def attention_kl_flops(student_config, batch: int, seq: int, attention_kl: str =
 
 def distillation_step_flops(teacher_config, student_config, batch: int, seq: int, masked_fraction: float = 0.15,
                             teacher_layers_run: int | None = None, all_positions_logits: bool = False,
-                            attention_kl: str = "fused", teacher_logits: bool = True) -> int:
+                            attention_kl: str = "fused", teacher_logits: bool = True,
+                            student_logits: bool = True) -> int:
     """Model FLOPs of one distillation training step (teacher forward + student forward and backward).
 
     ``masked_fraction``: the share of the B·L positions whose logits are computed (the masked ones), or pass
     ``all_positions_logits=True`` for the original recipe's full-vocabulary logits at every position.
     ``teacher_layers_run``: layers the teacher runs (all when its logits are distilled; else up to the last
     mapped layer). ``attention_kl``: "fused" (the default step) or "materialised" (see ``attention_kl_flops``).
-    ``teacher_logits``: False for a teacher without an MLM head (its head never runs).
+    ``teacher_logits``: False when the teacher's MLM head does not run (none, or the output term off);
+    ``student_logits``: False when no term reads the student's logits (its MLM head does not run).
     """
     if batch <= 0 or seq <= 0 or not 0.0 <= masked_fraction <= 1.0:
         raise ValueError(f"batch={batch}, seq={seq}, masked_fraction={masked_fraction}: expected positive sizes and a fraction in [0, 1]")
     positions = batch * seq if all_positions_logits else round(masked_fraction * batch * seq)
     teacher = teacher_forward_flops(teacher_config, batch, seq, positions if teacher_logits else 0, teacher_layers_run)
-    student = 3 * student_forward_flops(student_config, batch, seq, positions)
+    student = 3 * student_forward_flops(student_config, batch, seq, positions if student_logits else 0)
     return teacher + student + attention_kl_flops(student_config, batch, seq, attention_kl)
 
 
@@ -111,14 +113,17 @@ _PROBE = 256  # side of the small product that estimates a slow dtype's rate bef
 def run_step_flops(cfg, teacher_config, student_config, seq_len: int, teacher_has_mlm_head: bool) -> int:
     """Model FLOPs of one optimizer step of the run ``cfg`` (a resolved RunConfig): the one count that the plan
     (``--check``), the live MFU and the benchmark share, of what runs: the teacher's layers up to the last mapped one
-    (all when its logits are distilled), its MLM head only when it has one, the attention path chosen."""
+    (all when its logits are distilled), each model's MLM head only when a loss term reads its logits
+    (``LossConfig.student_logits_used``), the attention path chosen."""
     from .teacher_families import layer_map_for, layers_run
 
     layer_map = layer_map_for(cfg.teacher.layer_map, teacher_config.num_hidden_layers, student_config.num_recursions)
+    teacher_logits = cfg.loss.teacher_logits_used(teacher_has_mlm_head)
     return distillation_step_flops(
         teacher_config, student_config, cfg.train.global_batch_size, seq_len, cfg.data.mlm_probability,
-        teacher_layers_run=layers_run(teacher_config, layer_map, teacher_has_mlm_head),
-        attention_kl=cfg.loss.attention_kl, teacher_logits=teacher_has_mlm_head)
+        teacher_layers_run=layers_run(teacher_config, layer_map, teacher_logits),
+        attention_kl=cfg.loss.attention_kl, teacher_logits=teacher_logits,
+        student_logits=cfg.loss.student_logits_used(teacher_has_mlm_head))
 
 
 def _fitted_size(largest: int, probe_seconds: float, window: float) -> int:

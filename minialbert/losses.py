@@ -120,7 +120,7 @@ def distillation_losses(
     *,
     student_hidden: list[torch.Tensor],
     student_attentions: list,
-    student_logits: torch.Tensor,
+    student_logits: torch.Tensor | None,
     teacher_hidden: list[torch.Tensor],
     teacher_attentions: list,
     teacher_logits: torch.Tensor | None,
@@ -135,7 +135,8 @@ def distillation_losses(
     """All terms. ``student_hidden``: the N recursion outputs (not the embeddings); ``teacher_*``: the mapped
     layers, in recursion order. ``student_attentions`` / ``teacher_attentions``: maps, or (query, key) pairs /
     ``TeacherAttention`` (see ``attention_term``). ``teacher_logits`` None (an encoder-only teacher) turns the
-    output term off.
+    output term off; ``student_logits`` None (no term reads them, ``LossConfig.student_logits_used``) turns both
+    logit terms off (reported as 0).
 
     ``num_tokens`` / ``num_masked``: the real-token and masked-token counts the means divide by (default: this
     batch's). Gradient accumulation passes the whole global batch's counts divided by the number of micro-batches,
@@ -143,10 +144,13 @@ def distillation_losses(
     att = torch.stack([attention_term(s, t, attention_mask, mode, num_tokens)
                        for s, t in zip(student_attentions, teacher_attentions)])
     hid = torch.stack([hidden_cosine(s, t, attention_mask, num_tokens) for s, t in zip(student_hidden, teacher_hidden)])
-    mlm = mlm_cross_entropy(student_logits, masked_labels, num_masked)
-    out = (output_kl(student_logits, teacher_logits, temperature, num_masked) if teacher_logits is not None
-           else mlm.new_zeros(()))
-    total = weights["mlm"] * mlm + weights["attention"] * att.sum() + weights["hidden"] * hid.sum()
-    if teacher_logits is not None:
+    zero = hid.new_zeros(())
+    mlm = zero if student_logits is None else mlm_cross_entropy(student_logits, masked_labels, num_masked)
+    out = (output_kl(student_logits, teacher_logits, temperature, num_masked)
+           if teacher_logits is not None and student_logits is not None else zero)
+    total = weights["attention"] * att.sum() + weights["hidden"] * hid.sum()
+    if student_logits is not None:
+        total = total + weights["mlm"] * mlm
+    if teacher_logits is not None and student_logits is not None:
         total = total + weights["output"] * out
     return LossTerms(total, mlm, att.sum(), hid.sum(), out, att, hid)

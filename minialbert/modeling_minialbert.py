@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.utils import logging
 from transformers import initialization as init
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.activations import ACT2FN
@@ -41,6 +42,8 @@ from transformers.modeling_outputs import (
 from .blockwise_attention import blockwise_attention
 from .recursion_parts import LowRankDelta, NormDelta, RecursionAdapters, RecursionDelta
 from .configuration_minialbert import MiniAlbertConfig
+
+logger = logging.get_logger(__name__)
 
 ADAPTER_WEIGHTS_NAME = "adapters.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -419,6 +422,9 @@ class MiniAlbertForMaskedLM(MiniAlbertPreTrainedModel):
         self.minialbert = MiniAlbertModel(config)
         self.mlm_head = MiniAlbertMLMHead(config)
         self.post_init()
+        if not getattr(config, "mlm_head_trained", True):
+            logger.warning("this model's MLM head was never trained (its distillation read no logits): its "
+                           "masked-token predictions are noise; use the encoder or fine-tune a task head")
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.mlm_head.decoder  # not tied to the (narrower) word embeddings; resized with them
@@ -439,16 +445,25 @@ class MiniAlbertForMaskedLM(MiniAlbertPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         output_query_key: bool = False,
+        compute_logits: bool = True,
     ) -> MiniAlbertMaskedLMOutput | tuple:
         """``logits_positions``: optional (M,) flat indices into B*L; then logits are (M, V) for those positions
         only (the masked ones in distillation), never a (B, L, V) tensor, and ``labels`` (B, L) are read there.
-        ``output_query_key``: also return each recursion's attention query and key heads (see the attention)."""
+        ``output_query_key``: also return each recursion's attention query and key heads (see the attention).
+        ``compute_logits=False``: the MLM head does not run (logits None): a distillation whose loss reads no
+        logits."""
         output_attentions, output_hidden_states, return_dict = self._output_flags(
             output_attentions, output_hidden_states, return_dict)
+        if labels is not None and not compute_logits:
+            raise ValueError("labels need logits: compute_logits=False computes none")
         out = self.minialbert(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, output_query_key=output_query_key,
         )
+        if not compute_logits:
+            result = MiniAlbertMaskedLMOutput(logits=None, hidden_states=out.hidden_states, attentions=out.attentions,
+                                              query_keys=out.query_keys)
+            return result if return_dict else result.to_tuple()
         seq = out.last_hidden_state  # (B, L, H)
         if logits_positions is not None:
             seq = seq.reshape(-1, seq.shape[-1]).index_select(0, logits_positions)  # (M, H)

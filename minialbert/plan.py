@@ -40,6 +40,7 @@ class Plan:
     flops_per_step: float | None = None
     student_params: int | None = None
     teacher_params: int | None = None
+    frozen_student_params: int = 0
     memory: dict[str, float] = field(default_factory=dict)
     """Estimated bytes per GPU, by part."""
     unknown: list[str] = field(default_factory=list)
@@ -73,7 +74,10 @@ class Plan:
             out.append("layer map (teacher layer -> recursion): "
                        + ", ".join(f"{t}->{i + 1}" for i, t in enumerate(self.layer_map)))
         if self.student_params is not None:
-            out.append(f"parameters: student {self.student_params:,} (trained), teacher {self.teacher_params:,} (frozen)")
+            frozen = (f" + {self.frozen_student_params:,} frozen (its MLM head: no loss term reads its logits)"
+                      if self.frozen_student_params else "")
+            out.append(f"parameters: student {self.student_params:,} (trained){frozen}, "
+                       f"teacher {self.teacher_params:,} (frozen)")
         if self.memory:
             parts = ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.memory.items())
             out.append(f"memory per GPU (estimate, GiB): {sum(self.memory.values()) / GiB:.2f} = {parts}")
@@ -106,14 +110,16 @@ def model_state_bytes(params: int, precision: str, stage: int, offload: bool, wo
     }
 
 
-def activation_bytes(student: MiniAlbertConfig, micro: int, seq: int, mlm_probability: float, maps_kept: int) -> float:
+def activation_bytes(student: MiniAlbertConfig, micro: int, seq: int, mlm_probability: float, maps_kept: int,
+                     logit_copies: int = 2) -> float:
     """Activations of one micro-batch: the per-layer estimate of Korthikanti et al. 2022 (16-bit, no
     recomputation: s·b·h·34 + 5·a·s²·b bytes) for each recursion, the teacher's ``maps_kept`` attention maps for
-    the loss, and fp32 logits over the vocabulary at the masked positions (student and teacher)."""
+    the loss, and fp32 logits over the vocabulary at the masked positions (``logit_copies``: 2 when both models'
+    run, 1, or 0 when no term reads logits)."""
     h, a = student.hidden_size, student.num_attention_heads
     per_layer = seq * micro * h * 34 + 5 * a * seq * seq * micro
     teacher_maps = maps_kept * micro * a * seq * seq * 2
-    logits = mlm_probability * micro * seq * student.vocab_size * 4 * 3
+    logits = mlm_probability * micro * seq * student.vocab_size * 4 * 1.5 * logit_copies
     return student.num_recursions * per_layer + teacher_maps + logits
 
 
@@ -142,13 +148,21 @@ def make_plan(run: ResolvedRun) -> Plan:
     teacher = run.teacher
     plan.teacher_family = describe_family(teacher.family, teacher.config.model_type)
     plan.layer_map = teacher.layer_map
+    student_logits = cfg.loss.student_logits_used(teacher.has_mlm_head)
     with torch.device("meta"):  # shapes only, no memory
-        plan.student_params = sum(p.numel() for p in MiniAlbertForMaskedLM(run.student).parameters())
+        student = MiniAlbertForMaskedLM(run.student)
+        total = sum(p.numel() for p in student.parameters())
+        # A head that no term reads is frozen (student.build_student): weights only, no gradient or optimizer state.
+        plan.frozen_student_params = 0 if student_logits else sum(p.numel() for p in student.mlm_head.parameters())
+        plan.student_params = total - plan.frozen_student_params
         auto = AutoModelForMaskedLM if teacher.family.logits else AutoModel
         plan.teacher_params = sum(p.numel() for p in auto.from_config(teacher.config).parameters())
+    bytes_per_weight = 4 if plan.precision == "fp32" else 2
     plan.memory = model_state_bytes(plan.student_params, plan.precision, plan.zero_stage, plan.offload, world_size)
-    plan.memory["teacher"] = plan.teacher_params * (4 if plan.precision == "fp32" else 2)
+    plan.memory["weights"] += plan.frozen_student_params * bytes_per_weight
+    plan.memory["teacher"] = plan.teacher_params * bytes_per_weight
     if plan.seq_len is not None:
+        logit_copies = int(student_logits) + int(cfg.loss.teacher_logits_used(teacher.has_mlm_head))
         plan.memory["activations"] = activation_bytes(run.student, plan.micro_batch_size, plan.seq_len,
-                                                      cfg.data.mlm_probability, len(plan.layer_map))
+                                                      cfg.data.mlm_probability, len(plan.layer_map), logit_copies)
     return plan

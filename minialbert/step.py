@@ -42,11 +42,13 @@ def distillation_forward(
     fused = loss.attention_kl == "fused"
     ids, mask, types = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
     positions = masked_positions(batch["labels"])
-    t_out = teacher(ids, mask, types, logits_positions=positions if teacher.has_mlm_head else None,
+    # Only what a term reads runs: no MLM head of either model when no term reads its logits.
+    student_logits = loss.student_logits_used(teacher.has_mlm_head)
+    t_out = teacher(ids, mask, types, logits_positions=positions if loss.teacher_logits_used(teacher.has_mlm_head) else None,
                     output_attentions=not fused, output_query_key=fused)
     s_out = student(
         input_ids=ids, attention_mask=mask, token_type_ids=types, logits_positions=positions,
-        output_attentions=not fused, output_hidden_states=True, output_query_key=fused,
+        output_attentions=not fused, output_hidden_states=True, output_query_key=fused, compute_logits=student_logits,
     )
     return distillation_losses(
         student_hidden=list(s_out.hidden_states[1:]),

@@ -85,4 +85,9 @@ def build_student(cfg: RunConfig, teacher: Teacher, config: MiniAlbertConfig | N
         from transformers import AutoModel
 
         model.minialbert.init_embeddings_from(AutoModel.from_pretrained(s.init_embeddings_from).embeddings)
+    if not cfg.loss.student_logits_used(teacher.has_mlm_head):
+        # No loss term reads its logits, so the head never runs (step.distillation_forward): frozen, it has no
+        # optimizer state either, and the export says it was not trained.
+        model.mlm_head.requires_grad_(False)
+        model.config.mlm_head_trained = False
     return model

@@ -156,9 +156,9 @@ def layer_map_for(layer_map: list[int] | None, num_teacher_layers: int, num_recu
     return list(layer_map)
 
 
-def layers_run(config, layer_map: list[int], has_mlm_head: bool) -> int:
-    """Teacher layers one forward runs: all when its logits are distilled or the model's own forward runs
-    (DeBERTa, generic encoders); else up to the last mapped layer."""
-    if has_mlm_head or family_of(config).runner == "outputs":
+def layers_run(config, layer_map: list[int], logits: bool) -> int:
+    """Teacher layers one forward runs: all when its logits are distilled (``logits``) or the model's own forward
+    runs (DeBERTa, generic encoders); else up to the last mapped layer."""
+    if logits or family_of(config).runner == "outputs":
         return config.num_hidden_layers
     return layer_map[-1]

@@ -91,6 +91,32 @@ def test_flop_count_matches_flop_counter(tiny):
         teacher_cfg, student_cfg, 2, 16, masked / 32, attention_kl="materialised")
 
 
+def test_a_step_whose_loss_reads_no_logits_runs_no_mlm_head_and_counts_none(tiny):
+    """loss.mlm 0 and no output term (cpu.yaml with a teacher without an MLM head): neither head runs, the
+    student's gets no gradient and keeps its weights, the FLOP count leaves both heads out, the terms read 0."""
+    from bench_distill import counted_flops
+
+    teacher_cfg, student_cfg = tiny_pair(tiny)
+    teacher, student = build_models(teacher_cfg, student_cfg, seed=8)
+    batch = make_batch(100, batch=2, seq=16, seed=9)
+    masked = int((batch["labels"] != -100).sum())
+    fast = FastRecipe.build(teacher, student, torch.float32, logit_terms=False)
+    heads_run = []
+    for head in (fast.student.mlm_head, fast.teacher.hf.cls):
+        head.register_forward_hook(lambda *_: heads_run.append(1))
+    head_before = {k: v.clone() for k, v in fast.student.mlm_head.state_dict().items()}
+    body_before = fast.student.minialbert.layer.attention.query.weight.detach().clone()
+    assert counted_flops(lambda: fast.step(batch)) == distillation_step_flops(
+        teacher_cfg, student_cfg, 2, 16, masked / 32, teacher_logits=False, student_logits=False)
+    assert distillation_step_flops(teacher_cfg, student_cfg, 2, 16, masked / 32, teacher_logits=False,
+                                   student_logits=False) < distillation_step_flops(teacher_cfg, student_cfg, 2, 16, masked / 32)
+    terms = fast.losses(batch)
+    assert heads_run == [] and terms.mlm == 0 and terms.output == 0 and terms.hidden > 0
+    for k, v in fast.student.mlm_head.state_dict().items():
+        assert torch.equal(v, head_before[k]), k
+    assert not torch.equal(fast.student.minialbert.layer.attention.query.weight, body_before)  # the body trained
+
+
 def test_flops_reject_bad_sizes(tiny):
     teacher_cfg, student_cfg = tiny_pair(tiny)
     with pytest.raises(ValueError, match="masked_fraction"):

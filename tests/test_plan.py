@@ -192,10 +192,12 @@ def test_the_plans_flops_per_step_are_the_live_ones_and_count_only_what_runs(tin
 
     _, shards = tiny_world
     headless = build_teacher(tmp_path / "headless", mlm_head=False)
-    counts = {}
-    for name, teacher_dir, layer_map in (("head", tiny_world[0], "null"), ("headless", headless, "[1,2]")):
+    counts, plans = {}, {}
+    cases = (("head", tiny_world[0], "null", []), ("headless", headless, "[1,2]", []),
+             ("no logits", headless, "[1,2]", ["loss.mlm=0"]))
+    for name, teacher_dir, layer_map, extra in cases:
         overrides = [f"teacher.path={teacher_dir}", f"data.sources=[{{path: {shards}}}]", f"teacher.layer_map={layer_map}",
-                     f"loss.attention_kl={attention_kl}", "student.init=random"]
+                     f"loss.attention_kl={attention_kl}", "student.init=random", *extra]
         done = check("--config", "configs/distill/tiny.yaml", "--world-size", "2", *overrides)
         assert done.returncode == 0, done.stderr
         planned = float(re.search(r"FLOPs per step ([\d.e+]+);", done.stdout).group(1))
@@ -203,13 +205,19 @@ def test_the_plans_flops_per_step_are_the_live_ones_and_count_only_what_runs(tin
         teacher = load_teacher(teacher_dir, cfg.student.num_recursions, cfg.teacher.layer_map)
         live = flops.run_step_flops(cfg, teacher.config, build_student(cfg, teacher).config, 32, teacher.has_mlm_head)
         assert f"{planned:.3e}" == f"{live:.3e}", name  # what --check prints is what the monitor divides by
-        counts[name] = (live, teacher, cfg)
+        counts[name], plans[name] = (live, teacher, cfg), done.stdout
     live, teacher, cfg = counts["headless"]
     student = build_student(cfg, teacher).config
-    # The headless teacher runs layers 1..2 of 4 and no MLM head; the student's head still runs.
+    # The headless teacher runs layers 1..2 of 4 and no MLM head; the student's head still runs (loss.mlm > 0).
     assert live == flops.distillation_step_flops(teacher.config, student, 8, 32, teacher_layers_run=2,
                                                  attention_kl=attention_kl, teacher_logits=False)
     assert live < flops.distillation_step_flops(teacher.config, student, 8, 32, attention_kl=attention_kl)
+    # With loss.mlm=0 no term reads logits: the student's head neither runs nor is counted, and it is frozen.
+    no_logits = counts["no logits"][0]
+    assert no_logits == flops.distillation_step_flops(teacher.config, student, 8, 32, teacher_layers_run=2,
+                                                      attention_kl=attention_kl, teacher_logits=False,
+                                                      student_logits=False) < live
+    assert "frozen (its MLM head" in plans["no logits"] and "frozen (its MLM head" not in plans["headless"]
 
 
 def test_the_plan_of_a_run_from_a_saved_student_is_that_students(tiny_world, tmp_path):
