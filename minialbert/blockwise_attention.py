@@ -7,12 +7,10 @@ exactly the eager attention of ``modeling_minialbert`` (scores in the inputs' dt
 dropout, @ V) one block of query rows at a time, keeps only q, k, v and an RNG seed, and in backward recomputes
 each block's probabilities and regenerates its dropout mask from the seed.
 
-Dropout mask: an element is dropped where ``int32.random_() < round(p · 2**31)`` (uniform on [0, 2**31)), from a
-generator seeded per block (the seed drawn from torch's default generator, so ``torch.manual_seed`` makes runs
-repeatable); dropped probabilities are zeroed in place and the 1 / (1 - p') scale (p' the drop probability so
-quantised, |p' - p| < 3e-10) is applied to the (rows, d) products instead of the (rows, L) block. One RNG pass
-with no range reduction and no float mask: ~15 ms per 4 M elements on the 2-core EPYC VM, against ~47 ms for
-``bernoulli_`` into a scaled bf16 mask.
+Dropout mask: ``dropout.drop_mask`` (four 15-bit draws from each 64-bit word, no float mask), from a generator
+seeded per block (the seed drawn from torch's default generator, so ``torch.manual_seed`` makes runs repeatable);
+dropped probabilities are zeroed in place and the 1 / (1 - p') scale (p' the drop probability so quantised,
+|p' - p| <= 1.5e-5) is applied to the (rows, d) products instead of the (rows, L) block.
 """
 
 from __future__ import annotations
@@ -21,18 +19,18 @@ import math
 
 import torch
 
+from .dropout import drop_mask, quantised
+
 BLOCK_ELEMENTS = 1 << 24  # score elements per block: (B·heads, rows, L), rows = BLOCK_ELEMENTS // (B·heads·L)
-RNG_LEVELS = 1 << 31  # int32.random_() draws uniformly from [0, 2**31)
 
 
 def _dropped(shape: torch.Size, p: float, seed: int, block: int) -> torch.Tensor:
     """The block's bool dropout mask (True = dropped), regenerated identically from (seed, block)."""
-    g = torch.Generator().manual_seed(seed + block)
-    return torch.empty(shape, dtype=torch.int32).random_(generator=g) < round(p * RNG_LEVELS)
+    return drop_mask(shape, p, generator=torch.Generator().manual_seed(seed + block))
 
 
 def _keep_scale(p: float) -> float:
-    return RNG_LEVELS / (RNG_LEVELS - round(p * RNG_LEVELS))
+    return 1.0 / (1.0 - quantised(p))
 
 
 def _probs(q_block: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, heads: int) -> torch.Tensor:

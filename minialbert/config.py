@@ -156,6 +156,9 @@ class TrainConfig:
     log_every: int = 10
     """Optimizer steps between rank 0's one-line summaries on stdout (step, loss, lr, tokens/s, MFU: what a cluster
     log keeps); 0 = none. metrics.jsonl and TensorBoard get every step."""
+    compile: str = "auto"
+    """'auto', 'on' or 'off': the loss terms' element-wise work through torch.compile (fused kernels, compiled at
+    start-up). 'auto': on for bf16 runs (GPUs, CPUs with bf16 units), off for fp32/fp16 (minialbert/compiled.py)."""
     peak_tflops: float | None = None
     """Peak FLOP/s of one device for MFU; None = measured at start-up (a quarter-second matmul benchmark)."""
 
@@ -197,6 +200,7 @@ class RunConfig:
              self.train.precision)
         for name in ("max_steps", "global_batch_size", "micro_batch_size"):
             need(getattr(self.train, name) > 0, f"train.{name}", "a positive integer", getattr(self.train, name))
+        need(self.train.compile in ("auto", "on", "off"), "train.compile", "'auto', 'on' or 'off'", self.train.compile)
         need(self.train.log_every >= 0, "train.log_every", "0 (no log lines) or a positive integer", self.train.log_every)
         need(self.student.init in ("teacher", "random"), "student.init", "'teacher' or 'random'", self.student.init)
         need(self.student.num_recursions > 0, "student.num_recursions", "a positive integer", self.student.num_recursions)

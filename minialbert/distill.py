@@ -188,6 +188,18 @@ def announce(run: ResolvedRun, ctx: dist.DistContext) -> None:
                 f"world {ctx.world_size} x micro {run.cfg.train.micro_batch_size} x accumulation {run.accumulation}")
 
 
+def build_loss_kernels(run: ResolvedRun, teacher: Teacher, student: MiniAlbertForMaskedLM, seq_len: int,
+                       ctx: dist.DistContext):
+    """train.compile: the loss terms compiled (and proven at the run's shapes) or eager; one line says which."""
+    from minialbert.compiled import loss_kernels
+
+    cfg = run.cfg
+    logits = (cfg.loss.student_logits_used(teacher.has_mlm_head), cfg.loss.teacher_logits_used(teacher.has_mlm_head))
+    return loss_kernels(cfg.train.compile, cfg.train.precision, DTYPES[cfg.train.precision], ctx.device,
+                        cfg.train.micro_batch_size, seq_len, student.config.hidden_size, student.config.vocab_size,
+                        logits, cfg.loss.temperature)
+
+
 def start_monitor(run: ResolvedRun, ctx: dist.DistContext, run_dir: RunDir, step: int,
                   student: MiniAlbertForMaskedLM):
     """Rank 0 writes the resolved config and the student's config, and gets the monitor (MFU: the run's FLOPs per
@@ -242,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         dist.destroy()
         return EXIT_CONFIG
     announce(run, ctx)
+    kernels = build_loss_kernels(run, teacher, student, stream.seq_len, ctx)
     engine = engine_setup.initialize(student, run.ds_config, cfg.optim, cfg.train.max_steps,
                                      load_universal=bool(resume and resume.universal))
     step, tokens = ckpt.restore(engine, run_dir.path, resume, stream, cfg.train.seed)  # the last RNG use before step 1
@@ -250,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = iter(stream)
     try:
         while step < cfg.train.max_steps:
-            result = train_step(engine, teacher, batches, run.accumulation, cfg.loss, ctx)
+            result = train_step(engine, teacher, batches, run.accumulation, cfg.loss, ctx, kernels)
             step, tokens = step + 1, tokens + result.tokens
             record = {**result.record, "tokens": tokens, "step_tokens": result.tokens}
             log_error = monitor.log_step(step, record, result.per_recursion, cfg.train.global_batch_size, stream.epoch)

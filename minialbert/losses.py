@@ -23,6 +23,7 @@ given: maps, or (query, key) pairs and ``TeacherAttention``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -92,28 +93,57 @@ def attention_term(student, teacher, row_mask: torch.Tensor, mode: str,
     return maps_attention_kl(student, teacher, row_mask, mode, num_tokens)
 
 
-def hidden_cosine(s_hidden: torch.Tensor, t_hidden: torch.Tensor, token_mask: torch.Tensor,
-                  num_tokens: float | None = None) -> torch.Tensor:
-    """Mean over real tokens of 1 - cos(s, t), cos = <s,t> / sqrt((|s|^2 + eps)(|t|^2 + eps)) as in torch."""
+def hidden_cosine_sum(s_hidden: torch.Tensor, t_hidden: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Sum over real tokens of 1 - cos(s, t), cos = <s,t> / sqrt((|s|^2 + eps)(|t|^2 + eps)) as in torch."""
     s, t = s_hidden.float(), t_hidden.float()
     cos = (s * t).sum(-1) / ((s.pow(2).sum(-1) + EPS) * (t.pow(2).sum(-1) + EPS)).sqrt()  # (B, L)
-    m = token_mask.to(cos.dtype)
-    return ((1 - cos) * m).sum() / (m.sum() if num_tokens is None else num_tokens)
+    return ((1 - cos) * token_mask.to(cos.dtype)).sum()
+
+
+def output_kl_sum(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of (M, V) logits at temperature T, summed over the M positions, times T^2."""
+    s_log = F.log_softmax(s_logits.float() / temperature, dim=-1)
+    t_prob = F.softmax(t_logits.float() / temperature, dim=-1)
+    return F.kl_div(s_log, t_prob, reduction="sum") * temperature**2
+
+
+def mlm_cross_entropy_sum(s_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the M masked positions; (M, V) logits, (M,) labels."""
+    return F.cross_entropy(s_logits.float(), labels, reduction="sum")
+
+
+@dataclass(frozen=True)
+class LossKernels:
+    """The element-wise terms as sums (the means divide outside, so that a compiled kernel never sees a changing
+    count): these eager functions, or ``compiled.compiled_kernels()``' fused ones."""
+
+    hidden_cosine_sum: Callable = hidden_cosine_sum
+    output_kl_sum: Callable = output_kl_sum
+    mlm_cross_entropy_sum: Callable = mlm_cross_entropy_sum
+
+
+EAGER = LossKernels()
+
+
+def hidden_cosine(s_hidden: torch.Tensor, t_hidden: torch.Tensor, token_mask: torch.Tensor,
+                  num_tokens: float | None = None, kernels: LossKernels = EAGER) -> torch.Tensor:
+    """Mean over real tokens of 1 - cos(s, t)."""
+    total = kernels.hidden_cosine_sum(s_hidden, t_hidden, token_mask)
+    return total / (token_mask.sum() if num_tokens is None else num_tokens)
 
 
 def output_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float,
-              num_masked: float | None = None) -> torch.Tensor:
+              num_masked: float | None = None, kernels: LossKernels = EAGER) -> torch.Tensor:
     """KL(teacher || student) of (M, V) logits at temperature T, mean over the M positions, times T^2."""
     m = max(s_logits.shape[0], 1) if num_masked is None else num_masked
-    s_log = F.log_softmax(s_logits.float() / temperature, dim=-1)
-    t_prob = F.softmax(t_logits.float() / temperature, dim=-1)
-    return F.kl_div(s_log, t_prob, reduction="sum") / m * temperature**2
+    return kernels.output_kl_sum(s_logits, t_logits, temperature) / m
 
 
-def mlm_cross_entropy(s_logits: torch.Tensor, labels: torch.Tensor, num_masked: float | None = None) -> torch.Tensor:
+def mlm_cross_entropy(s_logits: torch.Tensor, labels: torch.Tensor, num_masked: float | None = None,
+                      kernels: LossKernels = EAGER) -> torch.Tensor:
     """Mean cross-entropy over the M masked positions; (M, V) logits, (M,) labels."""
     m = max(labels.shape[0], 1) if num_masked is None else num_masked
-    return F.cross_entropy(s_logits.float(), labels, reduction="sum") / m
+    return kernels.mlm_cross_entropy_sum(s_logits, labels) / m
 
 
 def distillation_losses(
@@ -131,6 +161,7 @@ def distillation_losses(
     mode: str = "default",
     num_tokens: float | None = None,
     num_masked: float | None = None,
+    kernels: LossKernels = EAGER,
 ) -> LossTerms:
     """All terms. ``student_hidden``: the N recursion outputs (not the embeddings); ``teacher_*``: the mapped
     layers, in recursion order. ``student_attentions`` / ``teacher_attentions``: maps, or (query, key) pairs /
@@ -140,13 +171,15 @@ def distillation_losses(
 
     ``num_tokens`` / ``num_masked``: the real-token and masked-token counts the means divide by (default: this
     batch's). Gradient accumulation passes the whole global batch's counts divided by the number of micro-batches,
-    so that the accumulated gradient is that of one mean over the global batch, whatever its split."""
+    so that the accumulated gradient is that of one mean over the global batch, whatever its split.
+    ``kernels``: the element-wise terms' implementation (eager, or compiled: ``train.compile``)."""
     att = torch.stack([attention_term(s, t, attention_mask, mode, num_tokens)
                        for s, t in zip(student_attentions, teacher_attentions)])
-    hid = torch.stack([hidden_cosine(s, t, attention_mask, num_tokens) for s, t in zip(student_hidden, teacher_hidden)])
+    hid = torch.stack([hidden_cosine(s, t, attention_mask, num_tokens, kernels)
+                       for s, t in zip(student_hidden, teacher_hidden)])
     zero = hid.new_zeros(())
-    mlm = zero if student_logits is None else mlm_cross_entropy(student_logits, masked_labels, num_masked)
-    out = (output_kl(student_logits, teacher_logits, temperature, num_masked)
+    mlm = zero if student_logits is None else mlm_cross_entropy(student_logits, masked_labels, num_masked, kernels)
+    out = (output_kl(student_logits, teacher_logits, temperature, num_masked, kernels)
            if teacher_logits is not None and student_logits is not None else zero)
     total = weights["attention"] * att.sum() + weights["hidden"] * hid.sum()
     if student_logits is not None:

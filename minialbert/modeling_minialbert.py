@@ -40,6 +40,7 @@ from transformers.modeling_outputs import (
 )
 
 from .blockwise_attention import blockwise_attention
+from .dropout import Dropout
 from .recursion_parts import LowRankDelta, NormDelta, RecursionAdapters, RecursionDelta
 from .configuration_minialbert import MiniAlbertConfig
 
@@ -71,7 +72,7 @@ class MiniAlbertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, e)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, e)
         self.LayerNorm = nn.LayerNorm(e, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
@@ -134,7 +135,7 @@ class MiniAlbertAttention(nn.Module):
         self.dense = nn.Linear(h, h)
         self.LayerNorm = nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.attention_dropout_p = config.attention_probs_dropout_prob
-        self.output_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.output_dropout = Dropout(config.hidden_dropout_prob)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, l, _ = x.shape
@@ -172,7 +173,7 @@ class MiniAlbertFeedForward(nn.Module):
         self.ffn = nn.Linear(config.hidden_size, config.intermediate_size)
         self.activation = ACT2FN[config.hidden_act]
         self.ffn_output = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, delta: "RecursionDelta | None" = None) -> torch.Tensor:
@@ -486,7 +487,7 @@ class _MiniAlbertWithClassifier(MiniAlbertPreTrainedModel):
         super().__init__(config)
         self.minialbert = MiniAlbertModel(config)
         p = config.classifier_dropout_prob
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if p is None else p)
+        self.dropout = Dropout(config.hidden_dropout_prob if p is None else p)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 

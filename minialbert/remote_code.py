@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 # The model's modules as the package has them (the modeling file imports the other two relatively).
-CODE_FILES = ("configuration_minialbert.py", "modeling_minialbert.py", "blockwise_attention.py",
+CODE_FILES = ("configuration_minialbert.py", "modeling_minialbert.py", "blockwise_attention.py", "dropout.py",
               "recursion_parts.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_minialbert.MiniAlbertConfig",

@@ -18,7 +18,7 @@ from torch import nn
 from . import dist
 from .engine import grad_norm, loss_scale
 from .config import LossConfig
-from .losses import LossTerms, distillation_losses
+from .losses import EAGER, LossKernels, LossTerms, distillation_losses
 from .teacher import Teacher
 
 
@@ -34,11 +34,12 @@ def distillation_forward(
     loss: LossConfig,
     num_tokens: float | None = None,
     num_masked: float | None = None,
+    kernels: LossKernels = EAGER,
 ) -> LossTerms:
     """``student``: a MiniAlbertForMaskedLM (or an engine wrapping one); ``batch``: input_ids, attention_mask,
     token_type_ids, labels (B, L); ``loss``: the run config's loss section (mode, weights, temperature, and
     ``attention_kl``: "fused", no attention maps, or "materialised", the reference). ``num_tokens`` /
-    ``num_masked``: see ``distillation_losses``."""
+    ``num_masked`` / ``kernels``: see ``distillation_losses``."""
     fused = loss.attention_kl == "fused"
     ids, mask, types = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
     positions = masked_positions(batch["labels"])
@@ -64,6 +65,7 @@ def distillation_forward(
         mode=loss.mode,
         num_tokens=num_tokens,
         num_masked=num_masked,
+        kernels=kernels,
     )
 
 
@@ -76,10 +78,12 @@ class StepResult:
     """Real (non-padding) tokens in the global batch."""
 
 
-def train_step(engine, teacher: Teacher, batches, accum: int, loss: LossConfig, ctx: dist.DistContext) -> StepResult:
+def train_step(engine, teacher: Teacher, batches, accum: int, loss: LossConfig, ctx: dist.DistContext,
+               kernels: LossKernels = EAGER) -> StepResult:
     """One optimizer step over ``accum`` micro-batches per rank. ``engine``: a DeepSpeed engine (or anything with
     its ``__call__``, ``backward``, ``step``, ``optimizer``, ``get_global_grad_norm`` and ``fp16_enabled``: the
-    benchmark's plain-torch one); ``batches``: an iterator of micro-batches on the CPU."""
+    benchmark's plain-torch one); ``batches``: an iterator of micro-batches on the CPU; ``kernels``: the loss
+    terms' implementation (``train.compile``)."""
     lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step applies
     micro = [next(batches) for _ in range(accum)]
     # Means over the whole global batch, however it is split into micro-batches and ranks: each micro-batch
@@ -92,7 +96,7 @@ def train_step(engine, teacher: Teacher, batches, accum: int, loss: LossConfig, 
     for batch in micro:
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
         terms = distillation_forward(engine, teacher, batch, loss, num_tokens=global_tokens / share,
-                                     num_masked=max(global_masked, 1) / share)
+                                     num_masked=max(global_masked, 1) / share, kernels=kernels)
         engine.backward(terms.total)
         engine.step()  # DeepSpeed steps the optimizer at the last micro-batch of the accumulation only
         sums = terms.scalars() if sums is None else sums + terms.scalars()

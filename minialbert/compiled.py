@@ -1,0 +1,100 @@
+"""``train.compile``: the loss terms' element-wise work through ``torch.compile`` (Inductor: C++ kernels on CPUs,
+Triton on GPUs) — the hidden-state cosine of every recursion (casts, products, norms, the masked sum) and, where a
+term reads logits, the (M, V) log-softmax, KL and cross-entropy — each fused into a few passes over memory,
+forward and backward.
+
+What is compiled is what measured faster (docs/performance.md, "Compiled step"; Intel Xeon with AMX, bf16, b8
+s128): the hidden cosine 4.3 -> 1.0 ms a call, the logit terms 63 -> 33 ms a step. The student's encoder is not:
+compiled whole it measured 0.84x (attention dropout's blockwise kernel breaks the graph into pieces that recompile)
+and 0.96x without attention dropout: its matrix products are the same kernels either way, and its element-wise
+work is already cheap (``dropout.py``, SDPA).
+
+``auto``: on where it pays for its compile time (about 10 s a rank, once; seconds when Inductor's on-disk cache
+has the kernels): bf16 runs on a device with native bf16 (a GPU, a CPU with AMX or AVX512-BF16), whose matrix
+products are fast enough that the element-wise work is a large share of the step; off for fp32 and fp16 runs
+and for emulated bf16 (an AVX2 CPU), all bound by their matrix products. ``on`` compiles wherever asked (tests
+use it to check the compiled terms on any CPU); ``off`` never.
+
+The kernels are compiled at start-up with inputs of the run's shapes (forward and backward): the time is reported
+in one line, and a failure (no C++ compiler, an unsupported device) leaves the run eager with one line — never a
+lost run. The kernels are pure functions of their inputs: they draw no random numbers and hold no state, so
+checkpoints, resume and every ZeRO stage are as in eager runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from . import dist
+from .precision import bf16_supported
+from .losses import EAGER, LossKernels, hidden_cosine_sum, mlm_cross_entropy_sum, output_kl_sum
+
+SETTINGS = ("auto", "on", "off")
+
+
+def compile_wanted(setting: str, precision: str, native_bf16: bool) -> tuple[bool, str]:
+    """(compile?, why) for ``train.compile`` = ``setting`` in a run of ``precision`` (resolved, not 'auto') on a
+    device with (``native_bf16``) or without bf16 units."""
+    if setting != "auto":
+        return setting == "on", f"train.compile={setting}"
+    if precision != "bf16":
+        return False, f"auto: off for {precision} (the step is bound by its matrix products)"
+    if not native_bf16:
+        return False, "auto: off (no native bf16 on this device: its emulated matrix products dominate)"
+    return True, "auto: on for native bf16 (fused element-wise loss terms)"
+
+
+def compiled_kernels() -> LossKernels:
+    """The loss terms through ``torch.compile``; the logits' row count M changes every batch (dynamic)."""
+    return LossKernels(hidden_cosine_sum=torch.compile(hidden_cosine_sum),
+                       output_kl_sum=torch.compile(output_kl_sum, dynamic=True),
+                       mlm_cross_entropy_sum=torch.compile(mlm_cross_entropy_sum, dynamic=True))
+
+
+def _probe(kernels: LossKernels, micro: int, seq_len: int, hidden: int, vocab: int, logits: tuple[bool, bool],
+           temperature: float, dtype: torch.dtype, device: torch.device) -> None:
+    """Forward and backward of each kernel the run calls, on inputs of its shapes (a generator of its own: the
+    run's random streams are untouched)."""
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def leaf(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, device=device).to(dtype).requires_grad_()
+
+    mask = torch.ones(micro, seq_len, dtype=torch.long, device=device)
+    terms = [kernels.hidden_cosine_sum(leaf(micro, seq_len, hidden), leaf(micro, seq_len, hidden), mask)]
+    rows = max(2, micro * seq_len // 7)
+    student_logits, teacher_logits = logits
+    if student_logits:
+        labels = torch.randint(0, vocab, (rows,), generator=g, device=device)
+        terms.append(kernels.mlm_cross_entropy_sum(leaf(rows, vocab), labels))
+    if teacher_logits:
+        terms.append(kernels.output_kl_sum(leaf(rows, vocab), leaf(rows, vocab).detach(), temperature))
+    torch.stack(terms).sum().backward()
+
+
+def loss_kernels(setting: str, precision: str, dtype: torch.dtype, device: torch.device, micro: int, seq_len: int,
+                 hidden: int, vocab: int, logits: tuple[bool, bool], temperature: float) -> LossKernels:
+    """The run's loss kernels: compiled (and proven on inputs of the run's shapes) when ``setting`` asks for it,
+    else eager. ``logits``: whether the student's / the teacher's logits are read. Says what it did in one line
+    (rank 0); every rank ends with the same choice."""
+    wanted, why = compile_wanted(setting, precision, bf16_supported(device))
+    if not wanted:
+        dist.print0(f"train.compile: off ({why})")
+        return EAGER
+    start, failure = time.perf_counter(), None
+    kernels = compiled_kernels()
+    try:
+        _probe(kernels, micro, seq_len, hidden, vocab, logits, temperature, dtype, device)
+    except Exception as err:  # noqa: BLE001 -- any compiler failure: the run goes on eager
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        failure = f"{type(err).__name__}: {reason}"
+    if dist.all_reduce_sum(torch.tensor([float(failure is not None)])).item():  # eager everywhere if any failed
+        dist.print0(f"train.compile: compiling failed ({failure or 'on another rank'}); the run continues eager",
+                    file=sys.stderr)
+        return EAGER
+    dist.print0(f"train.compile: on ({why}); the loss terms compiled in {time.perf_counter() - start:.1f} s "
+                f"(start-up, outside the steps' tokens/s)")
+    return kernels

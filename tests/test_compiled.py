@@ -1,0 +1,96 @@
+"""train.compile (minialbert/compiled.py): the compiled loss terms compute eager's losses and gradients, a
+compiler failure leaves the run eager with one line, and ``auto`` decides as documented.
+
+Tiny shapes (teacher 4 x 32, student 2 recursions x 32, vocab 100), dropout off so that both paths draw the same.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from distill_recipes import FastRecipe, build_models, make_batch  # noqa: E402
+
+from minialbert.compiled import compile_wanted, compiled_kernels, loss_kernels  # noqa: E402
+from minialbert.losses import EAGER  # noqa: E402
+
+
+def tiny_recipe(tiny, dtype):
+    from transformers import BertConfig
+
+    teacher_cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                             intermediate_size=64, max_position_embeddings=64)
+    teacher, student = build_models(teacher_cfg, tiny(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+                                    seed=3)
+    return FastRecipe.build(teacher, student, dtype)
+
+
+def kernels_of(dtype, **kw):
+    args = dict(setting="on", precision="bf16" if dtype == torch.bfloat16 else "fp32", dtype=dtype,
+                device=torch.device("cpu"), micro=2, seq_len=16, hidden=32, vocab=100, logits=(True, True),
+                temperature=2.0)
+    return loss_kernels(**{**args, **kw})
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_compiled_loss_terms_have_eager_values_and_gradients(tiny, dtype, tol):
+    from minialbert.step import distillation_forward
+
+    kernels = kernels_of(dtype)
+    assert kernels is not EAGER
+    recipe = tiny_recipe(tiny, dtype)
+    loss = recipe.loss_config
+    loss.temperature = 2.0
+    results = []
+    for k in (EAGER, kernels):
+        for batch_seed in (4, 5):  # two batches: the masked-position count changes (no recompile, no error)
+            batch = make_batch(100, batch=2, seq=16, seed=batch_seed, padded_rows=1)
+            recipe.student.zero_grad(set_to_none=True)
+            terms = distillation_forward(recipe.student, recipe.teacher, batch, loss, kernels=k)
+            terms.total.backward()
+            grads = {n: p.grad.float().clone() for n, p in recipe.student.named_parameters() if p.grad is not None}
+            results.append((terms, grads))
+    for (want, want_grads), (got, got_grads) in zip(results[:2], results[2:]):
+        for name in ("total", "mlm", "hidden", "output"):
+            torch.testing.assert_close(getattr(got, name).float(), getattr(want, name).float(), rtol=tol, atol=tol,
+                                       msg=name)
+        assert want.mlm > 0 and want.output > 0 and want.hidden > 0
+        assert want_grads.keys() == got_grads.keys() and len(want_grads) > 20
+        for name, g in want_grads.items():
+            # (+ 1e-8: the key bias's gradient is zero up to rounding; softmax ignores a shift of every score)
+            assert (got_grads[name] - g).abs().max().item() <= tol * g.abs().max().item() + 1e-8, name
+
+
+def test_a_compiler_failure_leaves_the_run_eager_with_one_line(capsys, monkeypatch):
+    """A real failure: Inductor's C++ compiler is one that does not exist (a machine without g++)."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # no kernel built earlier is reused
+    torch._dynamo.reset()
+    state = torch.random.get_rng_state()
+    try:
+        kernels = kernels_of(torch.float32, vocab=101)
+    finally:
+        torch._dynamo.reset()
+    assert kernels is EAGER
+    out = capsys.readouterr()
+    err = out.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.compile: compiling failed (") and "continues eager" in err[0]
+    assert "train.compile" not in out.out
+    assert torch.equal(torch.random.get_rng_state(), state)  # the probe drew nothing from the run's stream
+
+
+@pytest.mark.parametrize("setting, precision, native, want", [
+    ("auto", "bf16", True, True), ("auto", "bf16", False, False), ("auto", "fp32", True, False),
+    ("auto", "fp16", True, False), ("on", "fp32", False, True), ("off", "bf16", True, False),
+])
+def test_auto_compiles_native_bf16_runs_and_on_off_are_obeyed(setting, precision, native, want):
+    wanted, why = compile_wanted(setting, precision, native)
+    assert wanted is want and why
+    assert ("no native bf16" in why) == (setting == "auto" and precision == "bf16" and not native)
