@@ -19,6 +19,7 @@ one JSON line (``speedup``, ``mfu_fast``, tokens/s, FLOPs, peak matmul rates, pe
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -34,9 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distill_recipes import FastRecipe, OriginalRecipe, build_models, make_batch, paper_configs  # noqa: E402
 
+from minialbert.compiled import compiled_kernels  # noqa: E402
 from minialbert.flops import distillation_step_flops, measure_peak_flops  # noqa: E402
+from minialbert.losses import EAGER  # noqa: E402
 
 RECIPES = ("original", "fast", "maps")
+DTYPE_OF = {"original": "fp32", "fast": "bf16", "maps": "bf16", "fast-eager": "bf16", "maps-eager": "bf16"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,6 +55,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-flop-check", action="store_true", help="skip the torch.utils.flop_counter check")
     p.add_argument("--json-out", type=Path, help="also write the JSON line to this file")
     p.add_argument("--profile", action="store_true", help="after timing, profile one step of each recipe (op table)")
+    p.add_argument("--compile", choices=("on", "off", "both"), default="on",
+                   help="the fast and maps recipes' loss terms compiled (train.compile=on, the default on bf16 "
+                        "hardware), eager, or both side by side (fast-eager, maps-eager added)")
+    p.add_argument("--attention-dropout", type=float, default=None,
+                   help="the student's attention dropout in the fast and maps recipes (default: the paper's 0.1, "
+                        "as the original's)")
     args = p.parse_args(argv)
     args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     bad = [r for r in args.recipes if r not in RECIPES]
@@ -158,13 +168,25 @@ def main(argv: list[str] | None = None) -> dict:
 
     teacher_cfg, student_cfg = paper_configs()
     teacher, student = build_models(teacher_cfg, student_cfg)
-    builders = {
-        "original": lambda: OriginalRecipe.build(teacher, student, device),
-        "fast": lambda: FastRecipe.build(teacher, student, fast_dtype, device=device),
-        "maps": lambda: FastRecipe.build(teacher, student, fast_dtype, device=device, attention_kl="materialised"),
-    }
-    recipes = {name: builders[name]() for name in args.recipes}
-    del teacher, student
+    fast_student = student
+    if args.attention_dropout is not None:
+        fast_student = copy.deepcopy(student)
+        fast_student.config.attention_probs_dropout_prob = args.attention_dropout
+        fast_student.minialbert.layer.attention.attention_dropout_p = args.attention_dropout
+    kernels = compiled_kernels()
+
+    def fast(attention_kl: str, compiled: bool):
+        return lambda: FastRecipe.build(teacher, fast_student, fast_dtype, device=device, attention_kl=attention_kl,
+                                        kernels=kernels if compiled else EAGER)
+
+    builders = {"original": lambda: OriginalRecipe.build(teacher, student, device)}
+    for name, attention_kl in (("fast", "fused"), ("maps", "materialised")):
+        if args.compile in ("on", "both"):
+            builders[name] = fast(attention_kl, True)
+        if args.compile in ("off", "both"):
+            builders[name if args.compile == "off" else f"{name}-eager"] = fast(attention_kl, False)
+    recipes = {name: builders[name]() for r in args.recipes for name in (r, f"{r}-eager") if name in builders}
+    del teacher, student, fast_student
     # Two batches, alternated, so that the number of masked positions changes as in training.
     batches = [{k: v.to(device) for k, v in make_batch(teacher_cfg.vocab_size, args.batch, args.seq,
                                                          args.masked_fraction, seed=s).items()} for s in (1, 2)]
@@ -178,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
         "fast": distillation_step_flops(teacher_cfg, student_cfg, args.batch, args.seq, frac),
         "maps": distillation_step_flops(teacher_cfg, student_cfg, args.batch, args.seq, frac, attention_kl="materialised"),
     }
+    analytic.update({f"{name}-eager": analytic[name] for name in ("fast", "maps")})
     counted, losses = {}, {name: [] for name in recipes}
     for name, r in recipes.items():
         for i in range(args.warmup):
@@ -208,15 +231,16 @@ def main(argv: list[str] | None = None) -> dict:
     peak_rates["bf16"] = max(peak_rates["bf16"], measure_peak_flops(torch.bfloat16, device))
 
     result: dict = {
-        "machine": machine(), "device": device.type, "torch": torch.__version__,
+        "machine": machine(), "device": device.type, "torch": torch.__version__, "compile": args.compile,
+        "attention_dropout": student_cfg.attention_probs_dropout_prob if args.attention_dropout is None
+        else args.attention_dropout,
         "batch": args.batch, "seq": args.seq, "steps": args.steps, "masked_positions": masked,
         "loadavg_before": load_before, "loadavg_after": load_after,
         "peak_flops_bf16": peak_rates["bf16"],
     }
     if "fp32" in peak_rates:
         result["peak_flops_fp32"] = peak_rates["fp32"]
-    dtype_of = {"original": "fp32", "fast": "bf16", "maps": "bf16"}
-    print(f"{'recipe':<9} {'step s':>8} {'tokens/s':>10} {'GFLOP/step':>11} {'counted':>9} {'TFLOP/s':>8} "
+    print(f"{'recipe':<11} {'step s':>8} {'tokens/s':>10} {'GFLOP/step':>11} {'counted':>9} {'TFLOP/s':>8} "
           f"{'MFU bf16':>9} {'peak MiB':>9} {'loss':>8}")
     for name in recipes:
         step_s = statistics.median(times[name])
@@ -229,10 +253,10 @@ def main(argv: list[str] | None = None) -> dict:
             result[f"flop_check_rel_err_{name}"] = abs(counted[name] - analytic[name]) / counted[name]
         result[f"achieved_flops_{name}"] = achieved
         result[f"mfu_{name}"] = achieved / peak_rates["bf16"]
-        result[f"mfu_{name}_own_dtype"] = achieved / peak_rates.get(dtype_of[name], peak_rates["bf16"])
+        result[f"mfu_{name}_own_dtype"] = achieved / peak_rates.get(DTYPE_OF[name], peak_rates["bf16"])
         result[f"peak_memory_bytes_{name}"] = mem[name]
         result[f"final_loss_{name}"] = losses[name][-1]
-        print(f"{name:<9} {step_s:>8.3f} {tokens / step_s:>10.1f} {analytic[name] / 1e9:>11.1f} "
+        print(f"{name:<11} {step_s:>8.3f} {tokens / step_s:>10.1f} {analytic[name] / 1e9:>11.1f} "
               f"{counted.get(name, 0) / 1e9:>9.1f} {achieved / 1e12:>8.3f} {achieved / peak_rates['bf16']:>9.3f} "
               f"{mem[name] / 2**20:>9.0f} {losses[name][-1]:>8.3f}")
     if "original" in recipes and "fast" in recipes:
@@ -242,6 +266,9 @@ def main(argv: list[str] | None = None) -> dict:
         result["goals_met"] = result["speedup"] >= goal_speedup and result["mfu_fast"] >= goal_mfu
         print(f"speedup {result['speedup']:.2f}x (goal {goal_speedup}x), MFU fast {result['mfu_fast']:.3f} "
               f"(goal {goal_mfu}) of measured bf16 peak {peak_rates['bf16'] / 1e12:.2f} TFLOP/s")
+    if "fast" in recipes and "fast-eager" in recipes:
+        result["speedup_compiled"] = result["tokens_per_s_fast"] / result["tokens_per_s_fast-eager"]
+        print(f"fast compiled vs eager: {result['speedup_compiled']:.2f}x tokens/s")
     if "fast" in recipes and "maps" in recipes:
         # The maps-free step against the materialised fast path (issue 14's goals at b8 s512 on CPU: >= 1.4x
         # tokens/s, <= 0.6x peak memory).
