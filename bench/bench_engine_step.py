@@ -5,6 +5,7 @@ attention path (``fused``: maps-free, the default; ``materialised``: the (B, hea
     .venv/bin/python bench/bench_engine_step.py --device cuda                 # b64 at L 128, 256, 512
     .venv/bin/python bench/bench_engine_step.py --device cuda --batch 8 --seqs 512
     DS_ACCELERATOR=cpu .venv/bin/python bench/bench_engine_step.py --tiny   # a tiny model on the CPU (a smoke run)
+    .venv/bin/python bench/bench_engine_step.py --device cuda --compile off   # the loss terms eager (A/B)
 
 Paper shape (``bench/distill_recipes.py``): a random bert-base teacher (12 x 768) and a 6-recursion 768-wide student,
 E 312, adapters r 16. The two paths' engines live side by side and alternate step by step after warm-up; each
@@ -33,9 +34,11 @@ from bench_distill import machine, peak_memory, reset_peak_memory, sync  # noqa:
 from distill_recipes import build_models, make_batch, paper_configs  # noqa: E402
 
 from minialbert import dist, engine as engine_setup  # noqa: E402
+from minialbert.compiled import SETTINGS, loss_kernels  # noqa: E402
 from minialbert.config import RunConfig  # noqa: E402
 from minialbert.flops import measure_peak_flops, run_step_flops  # noqa: E402
 from minialbert.precision import DTYPES, resolve_precision  # noqa: E402
+from minialbert.losses import EAGER  # noqa: E402
 from minialbert.step import train_step  # noqa: E402
 from minialbert.teacher import Teacher  # noqa: E402
 from minialbert.teacher_families import uniform_layer_map  # noqa: E402
@@ -55,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto: bf16 where the device has it natively, else fp32")
     p.add_argument("--deepspeed", type=Path, default=DS_JSON, help="DeepSpeed JSON (default configs/ds/zero2.json)")
+    p.add_argument("--compile", choices=SETTINGS, default="auto",
+                   help="train.compile for the loss terms (auto: on for bf16 on a device with native bf16)")
     p.add_argument("--tiny", action="store_true", help="a tiny teacher and student (checks the script, times nothing real)")
     p.add_argument("--json-out", type=Path, help="also write the JSON line to this file")
     args = p.parse_args(argv)
@@ -106,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         cfgs[path] = run_config(args.batch, precision, path)
         ds_config = engine_setup.build_ds_config(cfgs[path], args.deepspeed, 1, on_cuda=device.type == "cuda")
         engines[path] = engine_setup.initialize(copy.deepcopy(student), ds_config, cfgs[path].optim, max_steps=10**6)
+    cfg = cfgs[args.paths[0]]
+    kernels = loss_kernels(args.compile, precision, dtype, device, args.batch, max(args.seqs),
+                           student_cfg.hidden_size, teacher_cfg.vocab_size, (True, True), cfg.loss.temperature)
     peak = measure_peak_flops(dtype, device)
     rows, results = [], []
     for seq in args.seqs:
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 reset_peak_memory(device)
                 sync(device)
                 t0 = time.perf_counter()
-                train_step(engines[path], teacher, iter([batch]), 1, cfgs[path].loss, ctx)
+                train_step(engines[path], teacher, iter([batch]), 1, cfgs[path].loss, ctx, kernels)
                 sync(device)
                 if i >= args.warmup:
                     times[path].append(time.perf_counter() - t0)
@@ -138,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(f"| b{args.batch} s{seq} | {path} | {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | "
                         f"{r['flops_per_step'] / 1e9:,.1f} | {r['mfu']:.3f} | {r['peak_memory_mib']:,.0f} | {ratio} |")
     print(f"DeepSpeed engine step (train_step), {machine()}, {precision}, ZeRO config {args.deepspeed.name}, "
-          f"matmul peak {peak / 1e12:.2f} TFLOP/s measured")
+          f"matmul peak {peak / 1e12:.2f} TFLOP/s measured, "
+          f"train.compile={args.compile}")
     print("| shape | attention path | step s | tokens/s | GFLOP/step | MFU | peak MiB | fused vs materialised |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     line = json.dumps({"bench": "engine_step", "machine": machine(), "precision": precision, "batch": args.batch,
-                       "peak_flops": peak, "tiny": args.tiny, "results": results})
+                       "peak_flops": peak, "tiny": args.tiny,
+                       "compile": args.compile, "compiled": kernels is not EAGER, "results": results})
     print(line)
     if args.json_out:
         args.json_out.write_text(line + "\n")

@@ -261,3 +261,25 @@ def test_the_term_forward_and_backward_stay_far_below_one_map_of_memory():
 
     step()  # warm-up: the allocator's first growth
     assert _peak_rss_growth(step) < one_map / 2
+
+
+def test_a_bf16_step_keeps_no_fp32_copy_of_the_queries_and_keys_for_backward():
+    """At L 512 the fp32 copies of both models' queries and keys (four (B, heads, L, d) per recursion, plus the two
+    attention outputs) were the largest thing a bf16 step kept for backward; the term keeps its bf16 inputs and
+    one fp32 (B, heads, L, d) tensor, and makes the fp32 copies again in backward."""
+    q_s, k_s, q_t, k_t = heads(2, 4, 128, 16, torch.bfloat16, seed=11)
+    mask = padded_mask(2, 128)
+    one_fp32 = q_s.numel() * 4
+    saved: list[torch.Tensor] = []
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        loss = fused_attention_kl(q_s, k_s, TeacherAttention(q_t, k_t), mask, "default")
+    fp32_heads = [t for t in saved if t.dtype == torch.float32 and t.shape == q_s.shape]
+    assert sum(t.numel() * 4 for t in fp32_heads) == one_fp32, [tuple(t.shape) for t in fp32_heads]
+    assert {t.data_ptr() for t in (q_s, k_s, q_t, k_t)} <= {t.data_ptr() for t in saved}
+    loss.backward()
+    assert torch.isfinite(q_s.grad).all() and torch.isfinite(k_s.grad).all() and q_s.grad.abs().sum() > 0
