@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,6 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", choices=("on", "off", "both"), default="on",
                    help="the fast and maps recipes' loss terms compiled (train.compile=on, the default on bf16 "
                         "hardware), eager, or both side by side (fast-eager, maps-eager added)")
+    p.add_argument("--memory", choices=("own", "shared"), default="own",
+                   help="peak memory of each recipe measured in a process of its own (own: what a run of that "
+                        "recipe needs; the default) or in this one, where every recipe's models and optimizer "
+                        "states live side by side (shared: each peak also counts the other recipes' weights)")
+    p.add_argument("--memory-of", choices=RECIPES + tuple(f"{r}-eager" for r in RECIPES if r != "original"),
+                   help=argparse.SUPPRESS)  # the child process of --memory own: one recipe, one JSON line
     p.add_argument("--attention-dropout", type=float, default=None,
                    help="the student's attention dropout in the fast and maps recipes (default: the paper's 0.1, "
                         "as the original's)")
@@ -83,10 +91,22 @@ def _proc_status(field: str) -> int:
     return 0
 
 
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def reset_peak_memory(device: torch.device) -> None:
+    """CUDA: the allocator's peak. CPU: the process's peak RSS from now, after glibc has returned the memory freed
+    by earlier steps (the other recipes' included) to the system: without that, a step's peak RSS starts from
+    whatever the previous step left cached, as CUDA's peak does not (it counts live tensors, never the cache)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
+        if os.environ.get("BENCH_NO_TRIM") is None:
+            _malloc_trim()
         try:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) to the current RSS
         except OSError:
@@ -98,6 +118,31 @@ def peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     return _proc_status("VmHWM")
+
+
+def own_peak_memory(recipe, batches, warmup: int, device: torch.device) -> dict:
+    """--memory-of: this process holds one recipe; its peak over one step after ``warmup`` steps."""
+    for i in range(max(warmup, 1)):
+        recipe.step(batches[i % 2])
+    sync(device)
+    reset_peak_memory(device)
+    recipe.step(batches[0])
+    sync(device)
+    line = {"peak_memory_bytes": peak_memory(device)}
+    print(json.dumps(line))
+    return line
+
+
+def memory_in_own_process(name: str, argv: list[str] | None, args: argparse.Namespace) -> int:
+    """Peak memory of a step of recipe ``name`` in a fresh process that builds only it (--memory own)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv),
+           "--memory-of", name, "--no-flop-check"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"memory of {name} in its own process failed (exit {done.returncode}): "
+                         f"{(done.stderr.strip().splitlines() or [''])[-1]}")
+    return json.loads(lines[-1])["peak_memory_bytes"]
 
 
 def sync(device: torch.device) -> None:
@@ -185,7 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
             builders[name] = fast(attention_kl, True)
         if args.compile in ("off", "both"):
             builders[name if args.compile == "off" else f"{name}-eager"] = fast(attention_kl, False)
-    recipes = {name: builders[name]() for r in args.recipes for name in (r, f"{r}-eager") if name in builders}
+    recipes = {name: builders[name]() for r in args.recipes for name in (r, f"{r}-eager") if name in builders
+               if args.memory_of in (None, name)}
     del teacher, student, fast_student
     # Two batches, alternated, so that the number of masked positions changes as in training.
     batches = [{k: v.to(device) for k, v in make_batch(teacher_cfg.vocab_size, args.batch, args.seq,
@@ -201,6 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
         "maps": distillation_step_flops(teacher_cfg, student_cfg, args.batch, args.seq, frac, attention_kl="materialised"),
     }
     analytic.update({f"{name}-eager": analytic[name] for name in ("fast", "maps")})
+    if args.memory_of:
+        return own_peak_memory(recipes[args.memory_of], batches, args.warmup, device)
     counted, losses = {}, {name: [] for name in recipes}
     for name, r in recipes.items():
         for i in range(args.warmup):
@@ -227,6 +275,9 @@ def main(argv: list[str] | None = None) -> dict:
             times[name].append(time.perf_counter() - t0)
             mem[name] = max(mem[name], peak_memory(device))
     load_after = load_average()
+    shared_mem = dict(mem)
+    if args.memory == "own":
+        mem = {name: memory_in_own_process(name, argv, args) for name in recipes}
     # Peak measured again after the timed steps: the best of both windows (other load only lowers it).
     peak_rates["bf16"] = max(peak_rates["bf16"], measure_peak_flops(torch.bfloat16, device))
 
@@ -235,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
         "attention_dropout": student_cfg.attention_probs_dropout_prob if args.attention_dropout is None
         else args.attention_dropout,
         "batch": args.batch, "seq": args.seq, "steps": args.steps, "masked_positions": masked,
-        "loadavg_before": load_before, "loadavg_after": load_after,
+        "loadavg_before": load_before, "loadavg_after": load_after, "memory": args.memory,
         "peak_flops_bf16": peak_rates["bf16"],
     }
     if "fp32" in peak_rates:
@@ -255,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
         result[f"mfu_{name}"] = achieved / peak_rates["bf16"]
         result[f"mfu_{name}_own_dtype"] = achieved / peak_rates.get(DTYPE_OF[name], peak_rates["bf16"])
         result[f"peak_memory_bytes_{name}"] = mem[name]
+        result[f"peak_memory_bytes_shared_{name}"] = shared_mem[name]
         result[f"final_loss_{name}"] = losses[name][-1]
         print(f"{name:<11} {step_s:>8.3f} {tokens / step_s:>10.1f} {analytic[name] / 1e9:>11.1f} "
               f"{counted.get(name, 0) / 1e9:>9.1f} {achieved / 1e12:>8.3f} {achieved / peak_rates['bf16']:>9.3f} "

@@ -41,13 +41,25 @@ def _probs(q_block: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, he
     return scores.softmax(-1)
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(B, heads, L, d) -> contiguous (B·heads, L, d): slicing query rows then needs no copies."""
+    return t.reshape(-1, t.shape[2], t.shape[3])
+
+
+def _scaled_rows(q: torch.Tensor) -> torch.Tensor:
+    """The queries as (B·heads, L, d) rows times 1/√d (scaling the (L, d) queries, not the (L, L) scores)."""
+    rows, scale = _rows(q), 1.0 / math.sqrt(q.shape[-1])
+    return rows * scale if rows.data_ptr() == q.data_ptr() else rows.mul_(scale)  # never the caller's tensor
+
+
 class _BlockwiseAttention(torch.autograd.Function):
-    """On (B·heads, L, d) contiguous views: slicing query rows then needs no copies."""
+    """q, k (B, heads, L, d) as the projections give them: kept for backward as they are (the attention KL keeps the
+    same tensors), their (B·heads, L, d) row copies made again in backward; v kept as its row copy."""
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, p, seed, heads):
+    def forward(ctx, q_heads, k_heads, v, bias, p, seed, heads):
+        q, k = _scaled_rows(q_heads), _rows(k_heads)
         rows = max(1, min(q.shape[1], BLOCK_ELEMENTS // (q.shape[0] * k.shape[1])))
-        q = q * (1.0 / math.sqrt(q.shape[-1]))  # scaling the (L, d) queries, not the (L, L) scores
         out = q.new_empty(*q.shape[:-1], v.shape[-1])
         for block, start in enumerate(range(0, q.shape[1], rows)):
             probs = _probs(q[:, start:start + rows], k, bias, heads)
@@ -56,14 +68,15 @@ class _BlockwiseAttention(torch.autograd.Function):
             torch.bmm(probs, v, out=out[:, start:start + rows])
         if p > 0:
             out.mul_(_keep_scale(p))
-        ctx.save_for_backward(q, k, v, bias)
+        ctx.save_for_backward(q_heads, k_heads, v, bias)
         ctx.p, ctx.seed, ctx.rows, ctx.heads = p, seed, rows, heads
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out):
-        q, k, v, bias = ctx.saved_tensors  # q pre-scaled
+        q_heads, k_heads, v, bias = ctx.saved_tensors
+        q, k = _scaled_rows(q_heads), _rows(k_heads)
         p, seed, rows, heads = ctx.p, ctx.seed, ctx.rows, ctx.heads
         d_out = d_out.contiguous() if p == 0 else d_out * _keep_scale(p)  # the kept probabilities' scale, once
         d_q, d_k, d_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
@@ -82,15 +95,14 @@ class _BlockwiseAttention(torch.autograd.Function):
             # bmm then add (not baddbmm_): torch.utils.flop_counter does not count the in-place baddbmm_
             d_k += torch.bmm(d_scores.transpose(1, 2), q_b)  # q_b carries the scale already
         d_q.mul_(1.0 / math.sqrt(q.shape[-1]))
-        return d_q, d_k, d_v, None, None, None, None
+        return d_q.view(q_heads.shape), d_k.view(k_heads.shape), d_v, None, None, None, None
 
 
 def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
                         dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q kᵀ/√d + bias) with dropout ``dropout_p``, @ v: q, k (B, heads, L, d), v (B, heads, L, dv),
     ``bias`` broadcastable to (B, heads, L, L) with a single query row, e.g. (B, 1, 1, L) 0 / finfo.min."""
-    b, h, seq, d = q.shape
+    b, h, seq, _ = q.shape
     seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_p > 0 else 0
-    q3, k3, v3 = (t.reshape(b * h, t.shape[2], t.shape[3]) for t in (q, k, v))  # copies when not contiguous
-    out = _BlockwiseAttention.apply(q3, k3, v3, bias, float(dropout_p), seed, h)
+    out = _BlockwiseAttention.apply(q, k, _rows(v), bias, float(dropout_p), seed, h)
     return out.view(b, h, seq, v.shape[-1])

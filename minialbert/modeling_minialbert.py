@@ -41,6 +41,7 @@ from transformers.modeling_outputs import (
 
 from .blockwise_attention import blockwise_attention
 from .dropout import Dropout
+from .recomputed import recomputed_activation
 from .recursion_parts import LowRankDelta, NormDelta, RecursionAdapters, RecursionDelta
 from .configuration_minialbert import MiniAlbertConfig
 
@@ -178,7 +179,8 @@ class MiniAlbertFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor, delta: "RecursionDelta | None" = None) -> torch.Tensor:
         ffn, ffn_output, norm = (self.ffn, self.ffn_output, self.LayerNorm) if delta is None else delta.ffn_block(self)
-        return norm(x + self.dropout(ffn_output(self.activation(ffn(x)))))
+        # act's output is made again in backward, not kept: the largest activation of a step (recomputed.py)
+        return norm(x + self.dropout(recomputed_activation(self.activation, ffn(x), ffn_output)))
 
 
 class MiniAlbertLayer(GradientCheckpointingLayer):

@@ -42,7 +42,7 @@ def test_gradcheck_with_dropout_and_its_mask_is_regenerated_exactly(small_blocks
     q, k, v, bias = inputs()
 
     def attention(q, k, v):  # a fixed seed: the same masks on every call, so the function is deterministic
-        return blockwise._BlockwiseAttention.apply(*(t.reshape(6, 10, 4) for t in (q, k, v)), bias, 0.3, 1234, 3)
+        return blockwise._BlockwiseAttention.apply(q, k, v.reshape(6, 10, 4), bias, 0.3, 1234, 3)
 
     assert torch.autograd.gradcheck(attention, (q, k, v))
     assert torch.equal(attention(q, k, v), attention(q, k, v))
