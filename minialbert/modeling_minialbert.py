@@ -109,11 +109,25 @@ def eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
     return context.transpose(1, 2), probs
 
 
+BLOCKWISE_BF16_MAX_LEN = 256
+"""Up to this many keys, a bf16 CPU training step runs the blockwise kernel, not SDPA's flash kernel: flash's bf16
+backward measured 1.4-3x slower at L 128-256 (AMX host; docs/performance.md), faster from L 384."""
+
+
+def _blockwise_on_cpu(query: torch.Tensor, key: torch.Tensor, dropout: float) -> bool:
+    """CPU attention that runs blockwise: with dropout (SDPA has no fused kernel for it; its math path would keep
+    fp32 (B, heads, L, L) maps), and bf16 training at short lengths, where flash attention's backward is slow."""
+    if query.device.type != "cpu":
+        return False
+    training_bf16 = query.dtype == torch.bfloat16 and query.requires_grad and torch.is_grad_enabled()
+    return dropout > 0 or (training_bf16 and key.shape[-2] <= BLOCKWISE_BF16_MAX_LEN)
+
+
 def sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    key_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float = 1.0, **_: object):
-    """attn_implementation "sdpa" (the default): no maps. On CPU with dropout, SDPA has no fused kernel and its math
-    path would keep fp32 (B, heads, L, L) maps: there the attention runs blockwise instead."""
-    if dropout > 0 and query.device.type == "cpu":
+    """attn_implementation "sdpa" (the default): no maps. On CPU with dropout, and in bf16 training at short
+    lengths, the attention runs blockwise instead (``_blockwise_on_cpu``): the same math, no maps kept."""
+    if _blockwise_on_cpu(query, key, dropout):
         bias = None if key_mask is None else (~key_mask).to(query.dtype) * torch.finfo(query.dtype).min  # (B, 1, 1, L)
         context = blockwise_attention(query, key, value, bias, dropout)
     else:

@@ -76,6 +76,44 @@ def test_model_uses_it_for_training_with_dropout_on_cpu(tiny, monkeypatch):
     assert len(calls) == model.config.num_recursions  # eval: SDPA, no dropout
 
 
+def test_bf16_training_at_short_lengths_runs_blockwise_with_sdpas_losses_and_gradients(tiny, monkeypatch):
+    """No dropout, bf16, training, L <= 256: the blockwise kernel (CPU flash attention's bf16 backward is the slow
+    one there); fp32, inference and longer sequences keep SDPA. Same loss and gradients as SDPA's to bf16 rounding."""
+    import minialbert.modeling_minialbert as modeling
+    from minialbert import MiniAlbertForMaskedLM
+
+    calls = []
+    monkeypatch.setattr(modeling, "blockwise_attention",
+                        lambda *a, **kw: calls.append(a[0].shape[2]) or blockwise_attention(*a, **kw))
+    torch.manual_seed(0)
+    model = MiniAlbertForMaskedLM(tiny(attention_probs_dropout_prob=0.0, max_position_embeddings=512)).train()
+    ids = torch.randint(5, 100, (2, 40))
+    mask = torch.ones_like(ids)
+    mask[1, 25:] = 0
+
+    def loss_and_grads(m):
+        m.zero_grad()
+        loss = m(ids, mask, labels=ids).loss
+        loss.backward()
+        return loss.detach().float(), [p.grad.float() for p in m.parameters() if p.grad is not None]
+
+    bf16 = model.to(torch.bfloat16)
+    blockwise_run = loss_and_grads(bf16)
+    assert calls == [40] * model.config.num_recursions
+    with monkeypatch.context() as m:
+        m.setattr(modeling, "_blockwise_on_cpu", lambda q, k, p: False)
+        sdpa_run = loss_and_grads(bf16)
+    torch.testing.assert_close(blockwise_run[0], sdpa_run[0], rtol=2e-2, atol=0)
+    for a, b in zip(blockwise_run[1], sdpa_run[1]):
+        torch.testing.assert_close(a, b, rtol=0.1, atol=0.05 * b.abs().max().item() + 1e-6)
+    calls.clear()
+    with torch.no_grad():
+        bf16(ids, mask)
+    bf16(torch.randint(5, 100, (1, 300)))  # longer than BLOCKWISE_BF16_MAX_LEN: flash
+    model.float()(ids, mask, labels=ids).loss.backward()  # fp32: flash
+    assert calls == []
+
+
 def test_flops_are_those_of_a_flash_kernel(small_blocks):
     """Forward QKᵀ and PV; backward the recomputed QKᵀ and four products: 3.5 attention forwards in all, as
     minialbert.flops counts the student's attention (and torch.utils.flop_counter sees every product)."""

@@ -24,6 +24,9 @@ from run_watch import (DROPOUT, EVERY_2, assert_same_records, assert_same_weight
                        wait_for_step)
 
 MAX_STEPS = 8
+# Every run of this module with the loss terms compiled (train.compile=on; auto compiles only where bf16 is native):
+# exact resume holds for the compiled step as for the eager one.
+RUN = (*DROPOUT, "train.compile=on")
 LOSSES = ("loss", "loss_mlm", "loss_attention", "loss_hidden", "loss_output")
 TAGS = ("loss/total", "loss/mlm", "loss/attention", "loss/hidden", "loss/output", "loss/attention_recursion_0",
         "loss/attention_recursion_1", "loss/hidden_recursion_0", "loss/hidden_recursion_1", "train/lr",
@@ -43,7 +46,7 @@ def world(tmp_path_factory):
 def straight(world):
     """8 steps, checkpoints every 2; --no-resume into a new run dir is allowed."""
     run_dir = world[0] / "straight"
-    assert finish(start_distill(run_dir, world, EVERY_2, *DROPOUT, "--no-resume")) == 0, log_tail(run_dir)
+    assert finish(start_distill(run_dir, world, EVERY_2, *RUN, "--no-resume")) == 0, log_tail(run_dir)
     return run_dir
 
 
@@ -51,14 +54,14 @@ def straight(world):
 def killed(world):
     """SIGKILL to the launcher's whole process group once step 5 is logged, then the same command again."""
     run_dir = world[0] / "killed"
-    proc = start_distill(run_dir, world, EVERY_2, *DROPOUT)
+    proc = start_distill(run_dir, world, EVERY_2, *RUN)
     try:
         at_kill = wait_for_step(proc, run_dir, 5)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         finish(proc)
     before = {"code": proc.returncode, "logged": at_kill, "latest": latest(run_dir)}
-    assert finish(start_distill(run_dir, world, EVERY_2, *DROPOUT)) == 0, log_tail(run_dir)
+    assert finish(start_distill(run_dir, world, EVERY_2, *RUN)) == 0, log_tail(run_dir)
     return run_dir, before
 
 
@@ -68,7 +71,7 @@ def crashed_in_save(world):
     from minialbert.export import export_checkpoint
 
     run_dir = world[0] / "crashed"
-    code = finish(start_distill(run_dir, world, EVERY_2, *DROPOUT, env={"MINIALBERT_FAULT_AFTER_SHARDS": "6"}))
+    code = finish(start_distill(run_dir, world, EVERY_2, *RUN, env={"MINIALBERT_FAULT_AFTER_SHARDS": "6"}))
     ckpts = run_dir / "checkpoints"
     before = {
         "code": code, "latest": latest(run_dir), "logged": logged_steps(run_dir),
@@ -78,7 +81,7 @@ def crashed_in_save(world):
     # Loadable as it is: DeepSpeed gathers its shards into a model that loads in transformers.
     export = export_checkpoint(run_dir, None, world[0] / "crashed_export")
     before["export"] = AutoModelForMaskedLM.from_pretrained(export).state_dict()
-    assert finish(start_distill(run_dir, world, EVERY_2, *DROPOUT)) == 0, log_tail(run_dir)
+    assert finish(start_distill(run_dir, world, EVERY_2, *RUN)) == 0, log_tail(run_dir)
     return run_dir, before
 
 
@@ -86,7 +89,7 @@ def crashed_in_save(world):
 def preempted(world):
     """SIGUSR1 to rank 0 and SIGTERM to rank 1 (Slurm's --signal and scancel) after step 2; then resume on 1 rank."""
     run_dir = world[0] / "preempted"
-    proc = start_distill(run_dir, world, *DROPOUT)
+    proc = start_distill(run_dir, world, *RUN)
     try:
         sent_after = wait_for_step(proc, run_dir, 2)
         ranks = sorted(rank_processes(proc), key=lambda p: p.cmdline())  # --local_rank=0 first
@@ -101,7 +104,7 @@ def preempted(world):
               "logged": logged_steps(run_dir), "states": [trainer_state(run_dir, tag, r) for r in (0, 1)],
               "log": log_tail(run_dir)}
     _, teacher, shards = world
-    done = run_distill(run_dir, teacher, shards, *DROPOUT, ranks=1)
+    done = run_distill(run_dir, teacher, shards, *RUN, ranks=1)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return run_dir, before, done
 
@@ -315,6 +318,23 @@ def _fp16_supported() -> bool:
 
 needs_fp16 = pytest.mark.skipif(not _fp16_supported(), reason="DeepSpeed's accelerator supports no fp16 on this "
                                 "machine (a CPU without AVX512-FP16/AMX refuses it: 'Type fp16 is not supported')")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["1", "3"])
+def test_compiled_loss_terms_give_zero_2s_losses_at_stages_1_and_3(world, straight, stage):
+    """The straight run (ZeRO-2, compiled loss terms, dropout on) against the same run at ZeRO-1 / ZeRO-3: the
+    compiled kernels see the same inputs whatever the partitioning, so every logged term is ZeRO-2's."""
+    run_dir = world[0] / f"compiled_zero{stage}"
+    _, teacher, shards = world
+    done = run_distill(run_dir, teacher, shards, *RUN, "--max-steps", "4", ds_config=f"configs/ds/zero{stage}.json")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "train.compile: on" in done.stdout
+    records, reference = read_metrics(run_dir), read_metrics(straight)[:4]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for key in LOSSES:
+        torch.testing.assert_close(torch.tensor([r[key] for r in records]), torch.tensor([r[key] for r in reference]),
+                                   rtol=1e-5, atol=0, msg=lambda m: f"ZeRO-{stage} {key}: {m}")
 
 
 @pytest.mark.slow
