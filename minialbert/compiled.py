@@ -3,11 +3,11 @@ Triton on GPUs) — the hidden-state cosine of every recursion (casts, products,
 term reads logits, the (M, V) log-softmax, KL and cross-entropy — each fused into a few passes over memory,
 forward and backward.
 
-What is compiled is what measured faster (docs/performance.md, "Compiled step"; Intel Xeon with AMX, bf16, b8
-s128): the hidden cosine 4.3 -> 1.0 ms a call, the logit terms 63 -> 33 ms a step. The student's encoder is not:
-compiled whole it measured 0.84x (attention dropout's blockwise kernel breaks the graph into pieces that recompile)
-and 0.96x without attention dropout: its matrix products are the same kernels either way, and its element-wise
-work is already cheap (``dropout.py``, SDPA).
+What is compiled is what measured faster (docs/performance.md, "The step on bf16 hardware"; Intel Xeon with
+AMX, bf16, b8 s128): the hidden cosine 4.3 -> 1.0 ms a call, the logit terms 63 -> 33 ms a step. The student's
+encoder is not: compiled whole it measured 0.84x (attention dropout's blockwise kernel breaks the graph into
+pieces that recompile) and 0.96x without attention dropout: its matrix products are the same kernels either way,
+and its element-wise work is already cheap (``dropout.py``, SDPA).
 
 ``auto``: on where it pays for its compile time (about 10 s a rank, once; seconds when Inductor's on-disk cache
 has the kernels): bf16 runs on a device with native bf16 (a GPU, a CPU with AMX or AVX512-BF16), whose matrix
