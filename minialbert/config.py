@@ -156,9 +156,10 @@ class TrainConfig:
     log_every: int = 10
     """Optimizer steps between rank 0's one-line summaries on stdout (step, loss, lr, tokens/s, MFU: what a cluster
     log keeps); 0 = none. metrics.jsonl and TensorBoard get every step."""
-    compile: str = "auto"
+    compile: str | bool = "auto"
     """'auto', 'on' or 'off': the loss terms' element-wise work through torch.compile (fused kernels, compiled at
-    start-up). 'auto': on for bf16 runs (GPUs, CPUs with bf16 units), off for fp32/fp16 (minialbert/compiled.py)."""
+    start-up). 'auto': on for bf16 runs (GPUs, CPUs with bf16 units), off for fp32/fp16 (minialbert/compiled.py).
+    YAML reads a bare on / off as true / false: those mean 'on' / 'off'."""
     peak_tflops: float | None = None
     """Peak FLOP/s of one device for MFU; None = measured at start-up (a quarter-second matmul benchmark)."""
 
@@ -200,6 +201,8 @@ class RunConfig:
              self.train.precision)
         for name in ("max_steps", "global_batch_size", "micro_batch_size"):
             need(getattr(self.train, name) > 0, f"train.{name}", "a positive integer", getattr(self.train, name))
+        if isinstance(self.train.compile, bool):  # YAML 1.1: on / off / yes / no are booleans
+            self.train.compile = "on" if self.train.compile else "off"
         need(self.train.compile in ("auto", "on", "off"), "train.compile", "'auto', 'on' or 'off'", self.train.compile)
         need(self.train.log_every >= 0, "train.log_every", "0 (no log lines) or a positive integer", self.train.log_every)
         need(self.student.init in ("teacher", "random"), "student.init", "'teacher' or 'random'", self.student.init)

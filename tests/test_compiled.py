@@ -94,3 +94,18 @@ def test_auto_compiles_native_bf16_runs_and_on_off_are_obeyed(setting, precision
     wanted, why = compile_wanted(setting, precision, native)
     assert wanted is want and why
     assert ("no native bf16" in why) == (setting == "auto" and precision == "bf16" and not native)
+
+
+@pytest.mark.parametrize("written, read", [("on", "on"), ("off", "off"), ("auto", "auto"), ("'on'", "on"),
+                                           ("true", "on")])
+def test_yaml_on_and_off_are_the_settings_not_booleans(written, read, tmp_path):
+    """YAML reads a bare on / off as a boolean: `train.compile: on` in a file and `train.compile=on` on the
+    command line still mean 'on'; anything else is refused naming the field."""
+    from minialbert.config import ConfigError, load_run_config
+
+    assert load_run_config("configs/distill/tiny.yaml", [f"train.compile={written}"]).train.compile == read
+    config = tmp_path / "run.yaml"
+    config.write_text(f"train:\n  compile: {written}\n")
+    assert load_run_config(str(config), []).train.compile == read
+    with pytest.raises(ConfigError, match="train.compile='sometimes': expected 'auto', 'on' or 'off'"):
+        load_run_config("configs/distill/tiny.yaml", ["train.compile=sometimes"])
