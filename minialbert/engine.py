@@ -402,6 +402,31 @@ def has_partitions(folder: Path) -> bool:
     return any(Path(folder).glob("*optim_states.pt"))
 
 
+def _bf16_optimizer_weights(folder: Path) -> dict[str, torch.Tensor] | None:
+    """The fp32 weights of a checkpoint written by DeepSpeed's BF16_Optimizer (bf16 with ZeRO-1), which
+    ``zero_to_fp32`` refuses ("not a zero checkpoint"): each rank's file holds its slice of every parameter group
+    (``single_partition_of_fp32_groups``) and where each named parameter's fragment lies in it
+    (``param_slice_mappings``); fragments joined in rank order give the parameter. Parameters the optimizer does
+    not hold (frozen ones) come from the module's weights. None when the checkpoint is not of that layout."""
+    files = sorted(Path(folder).glob("bf16_zero_pp_rank_*_mp_rank_00_optim_states.pt"),
+                   key=lambda f: int(f.name.split("_")[4]))
+    if not files:
+        return None
+    states = [torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"] for f in files]
+    if "param_slice_mappings" not in states[0] or "zero_stage" in states[0]:
+        return None
+    module = torch.load(Path(folder) / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    pieces: dict[str, list[torch.Tensor]] = {}
+    for state in states:  # rank order
+        for flat, mapping in zip(state["single_partition_of_fp32_groups"], state["param_slice_mappings"]):
+            for name, fragment in mapping.items():
+                pieces.setdefault(name, []).append(flat.narrow(0, fragment.start, fragment.numel))
+    weights = {k: v.float() for k, v in module.items()}
+    for name, parts in pieces.items():
+        weights[name] = torch.cat(parts).view(module[name].shape).clone()
+    return weights
+
+
 def consolidated_state_dict(checkpoint_root: Path, tag: str, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """The full fp32 weights of a checkpoint (no engine needed): gathered from the partitions of ZeRO-1/2/3 (and of
     bf16 runs), or, without ZeRO (stage 0), read from the one file rank 0 wrote. An fp16 run without ZeRO keeps its
@@ -411,6 +436,9 @@ def consolidated_state_dict(checkpoint_root: Path, tag: str, model: nn.Module | 
     if has_partitions(folder):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+        bf16_optimizer = _bf16_optimizer_weights(folder)
+        if bf16_optimizer is not None:
+            return bf16_optimizer
         return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root), tag=tag)
     path = folder / "mp_rank_00_model_states.pt"
     if not path.is_file():
