@@ -5,18 +5,20 @@
 # 1,000, the issue's; NCBI-disease has 940 test sentences). GLUE sets (SETS="rte cola stsb") train on TRAIN rows
 # and are scored on the whole dev set.
 #   [SETS="NCBI-disease BC5CDR-disease BC5CDR-chem"] [TRAIN=500 DEVEL=200 TEST=500] [THREADS=2]
-#   [FLAGS="--lr 1e-4 --batch-size 16"] bash bench/cpu_recipe_eval.sh [ROWS...]
+#   [FLAGS="--lr 1e-4 --batch-size 16"] [EVAL=runs/eval] bash bench/cpu_recipe_eval.sh [ROWS...]
 #   rows: teacher student adapters init; FLAGS go to every fine-tune (the same for every row)
 #   or NAME=FOLDER: any model folder, fully fine-tuned and reported as NAME (e.g. the teacher variants of
-#   bench/init_ablation.py, or a step-0 student of bench/real_subsets.py step-zero with overrides)
-# Writes runs/eval/<train>/<row>-<set>/ (summary.json per sweep); a finished sweep is skipped. Then:
-#   python -m minialbert.finetune report runs/eval/<train>
+#   bench/init_ablation.py, or a step-0 student of bench/real_subsets.py step-zero with overrides);
+#   adapters:NAME=FOLDER: the same with --adapters-only (written to adapters-NAME-<set>)
+# Writes $EVAL/<train>/<row>-<set>/ (EVAL default runs/eval; summary.json per sweep); a finished sweep is skipped:
+#   python -m minialbert.finetune report $EVAL/<train>
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SETS=${SETS:-"NCBI-disease BC5CDR-disease BC5CDR-chem"}
 THREADS=${THREADS:-2}
 FLAGS=${FLAGS:-}
+EVAL=${EVAL:-runs/eval}
 TRAIN=${TRAIN:-2000} DEVEL=${DEVEL:-500} TEST=${TEST:-1000}
 DATA=runs/ner-$TRAIN-$DEVEL-$TEST
 [ -f $DATA/sizes.json ] || \
@@ -30,15 +32,17 @@ for row in ${@:-teacher student adapters init}; do
         student)  model=runs/cpu/distill/export; name=minialbert-cpu; flags="" ;;
         adapters) model=runs/cpu/distill/export; name=minialbert-cpu; flags="--adapters-only" ;;
         init)     model=runs/bench/teacher-init; name=minialbert-cpu-init-only; flags="" ;;
+        adapters:*=*) model=${row#*=}; name=${row%%=*}; name=${name#adapters:}; flags="--adapters-only" ;;
         *=*)      model=${row#*=}; name=${row%%=*}; flags="" ;;
-        *) echo "unknown row $row (teacher student adapters init NAME=FOLDER)" >&2; exit 2 ;;
+        *) echo "unknown row $row (teacher student adapters init NAME=FOLDER adapters:NAME=FOLDER)" >&2; exit 2 ;;
     esac
     for set in $SETS; do
         case $set in
             rte|cola|stsb) kind="glue --task $set --data $DATA/glue/$set" ;;
             *)             kind="ner --data $DATA/ner/$set" ;;
         esac
-        out=runs/eval/$TRAIN${FLAGS:+-tuned}/${row%%=*}-$set
+        tag=${row%%=*}
+        out=$EVAL/$TRAIN${FLAGS:+-tuned}/${tag/:/-}-$set
         [ -f $out/summary.json ] && continue
         echo "== $row $set"
         $PY -m minialbert.finetune $kind --model $model --name $name --epochs 3 $flags $FLAGS \

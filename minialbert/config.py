@@ -61,6 +61,10 @@ class StudentConfig:
     difference from the shared layer (relaxed recursive transformers); 0: the original, fully shared layer."""
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
+    classifier_pooling: str = "auto"
+    """What the student's sentence-level heads read (saved in its config.json): 'auto' = the teacher's own pooling
+    where the teacher is a sentence-transformers model (its ``1_Pooling``: all-MiniLM-L6-v2 means its tokens),
+    else 'cls'; or 'cls' / 'mean' outright."""
     init: str = "teacher"
     """'teacher': start from the teacher's weights (SVD embeddings, the mean of the layers it replaces or of
     ``shared_layer_from`` as the shared layer, identity adapters, its MLM head; minialbert/teacher_init.py), the
@@ -206,6 +210,8 @@ class RunConfig:
         need(self.train.compile in ("auto", "on", "off"), "train.compile", "'auto', 'on' or 'off'", self.train.compile)
         need(self.train.log_every >= 0, "train.log_every", "0 (no log lines) or a positive integer", self.train.log_every)
         need(self.student.init in ("teacher", "random"), "student.init", "'teacher' or 'random'", self.student.init)
+        need(self.student.classifier_pooling in ("auto", "cls", "mean"), "student.classifier_pooling",
+             "'auto', 'cls' or 'mean'", self.student.classifier_pooling)
         need(self.student.num_recursions > 0, "student.num_recursions", "a positive integer", self.student.num_recursions)
         need(self.student.recursion_delta_rank >= 0, "student.recursion_delta_rank", "0 (no deltas) or a positive rank",
              self.student.recursion_delta_rank)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+CLASSIFIER_POOLINGS = ("cls", "mean")
+
 
 class MiniAlbertConfig(PretrainedConfig):
     """One ALBERT-style transformer layer applied ``num_recursions`` times.
@@ -25,6 +27,9 @@ class MiniAlbertConfig(PretrainedConfig):
         hidden_dropout_prob: dropout on embeddings and on each block's output.
         attention_probs_dropout_prob: dropout on the attention probabilities.
         classifier_dropout_prob: dropout before a task head; ``None`` uses ``hidden_dropout_prob``.
+        classifier_pooling: what a sentence-level head (classification, regression) reads of the last recursion:
+            ``"cls"`` the first token's vector (the original), ``"mean"`` the mean of the real tokens' vectors —
+            a sentence-embedding teacher's pooling (all-MiniLM-L6-v2's), set at distillation from the teacher.
         max_position_embeddings: longest sequence the position embeddings cover.
         type_vocab_size: number of token types (segments).
         layer_norm_eps: epsilon of every LayerNorm.
@@ -52,6 +57,7 @@ class MiniAlbertConfig(PretrainedConfig):
         hidden_dropout_prob: float = 0.1,
         attention_probs_dropout_prob: float = 0.1,
         classifier_dropout_prob: float | None = None,
+        classifier_pooling: str = "cls",
         max_position_embeddings: int = 512,
         type_vocab_size: int = 2,
         layer_norm_eps: float = 1e-12,
@@ -76,6 +82,7 @@ class MiniAlbertConfig(PretrainedConfig):
         self.hidden_dropout_prob = hidden_dropout_prob
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
         self.classifier_dropout_prob = classifier_dropout_prob
+        self.classifier_pooling = classifier_pooling
         self.max_position_embeddings = max_position_embeddings
         self.type_vocab_size = type_vocab_size
         self.layer_norm_eps = layer_norm_eps
@@ -89,6 +96,9 @@ class MiniAlbertConfig(PretrainedConfig):
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})"
             )
+        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(f"classifier_pooling must be one of {', '.join(CLASSIFIER_POOLINGS)}, "
+                             f"got {self.classifier_pooling!r}")
         if self.num_recursions < 1:
             raise ValueError(f"num_recursions must be >= 1, got {self.num_recursions}")
         if self.use_adapters and not 1 <= self.adapter_reduction_factor <= self.hidden_size:

@@ -25,6 +25,7 @@ from .config import run_config_from_yaml
 from .losses import RECORD_KEYS
 from .remote_code import add_remote_code, check_standalone_code
 from .run_dir import RunDir
+from .sentence_transformers_files import write_sentence_transformers_files
 
 
 # The Hub's convention for a custom architecture: config.json's auto_map names classes in modules shipped in the
@@ -103,7 +104,7 @@ def select_results(paths: list[str], out: Path, model_name: str | None) -> list[
 
 
 def model_card(run_dir: Path, tag: str, meta: dict, cfg, config, counts: dict, results: list[dict] = (),
-               license: str | None = None) -> str:
+               license: str | None = None, sentence_transformers: bool = False) -> str:
     """README.md of an export: Hub metadata, the distillation recipe, losses, parameters, evaluation."""
     from .results_table import render
     from .teacher_families import layer_map_for
@@ -139,6 +140,9 @@ def model_card(run_dir: Path, tag: str, meta: dict, cfg, config, counts: dict, r
         *(_fill_mask_usage() if head_trained else _encoder_usage()),
         "`AutoModel`, `AutoModelForSequenceClassification` and `AutoModelForTokenClassification` load it the same "
         "way. With the `minialbert` package imported, no remote code is needed (`trust_remote_code` may be left out).",
+        *(["", "Sentence embeddings with the teacher's pooling and normalisation (sentence-transformers): "
+            "`SentenceTransformer(FOLDER, trust_remote_code=True).encode(sentences)`."]
+          if sentence_transformers else []),
         "", "## Distillation", "",
         f"- teacher: `{teacher}` ({teacher_layers or '?'} layers); layer map (teacher layer per recursion): "
         f"{layer_map or '?'}",
@@ -238,7 +242,13 @@ def export_checkpoint(run_dir: str | Path, tag: str | None, out: str | Path, rep
             model.save_pretrained(tmp)
             add_remote_code(tmp)
             AutoTokenizer.from_pretrained(teacher).save_pretrained(tmp)
-            card = model_card(run_dir, tag, meta, cfg, config, count_parameters(model), chosen, license)
+            try:
+                sentence = write_sentence_transformers_files(Path(teacher), tmp, config.hidden_size,
+                                                             config.max_position_embeddings)
+            except ValueError as err:  # a teacher module with weights: the export stands without those files
+                print(f"export: no sentence-transformers files ({err})", file=sys.stderr)
+                sentence = False
+            card = model_card(run_dir, tag, meta, cfg, config, count_parameters(model), chosen, license, sentence)
             (tmp / "README.md").write_text(card)
     except Exception as err:  # a full disk is named as such
         raise OSError(ckpt.describe_write_error(out, err)) from err

@@ -494,6 +494,16 @@ class MiniAlbertForMaskedLM(MiniAlbertPreTrainedModel):
         return result if return_dict else result.to_tuple()
 
 
+def _pooled(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """(B, L, H) -> (B, H): the first token's vector, or the mean over real tokens (all without a mask)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if attention_mask is None:
+        return hidden.mean(1)
+    m = attention_mask.to(hidden.dtype)[..., None]
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
 class _MiniAlbertWithClassifier(MiniAlbertPreTrainedModel):
     """The encoder plus dropout and a linear task head (``classifier``), shared by the two classification heads."""
 
@@ -509,7 +519,8 @@ class _MiniAlbertWithClassifier(MiniAlbertPreTrainedModel):
 
 
 class MiniAlbertForSequenceClassification(_MiniAlbertWithClassifier):
-    """[CLS] hidden state of the last recursion -> dropout -> linear (no pooler, as the original)."""
+    """The last recursion pooled (``config.classifier_pooling``: [CLS], as the original, or the mean of the real
+    tokens) -> dropout -> linear (no pooler)."""
 
     def forward(
         self,
@@ -527,7 +538,8 @@ class MiniAlbertForSequenceClassification(_MiniAlbertWithClassifier):
             output_attentions, output_hidden_states, return_dict)
         out = self.minialbert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)
-        logits = self.classifier(self.dropout(out.last_hidden_state[:, 0]))  # (B, num_labels)
+        logits = self.classifier(self.dropout(_pooled(out.last_hidden_state, attention_mask,
+                                                      self.config.classifier_pooling)))  # (B, num_labels)
         loss = None
         if labels is not None:
             problem = self.config.problem_type or (

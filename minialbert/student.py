@@ -33,8 +33,19 @@ def student_config(cfg: RunConfig, teacher_config) -> MiniAlbertConfig:
         hidden_dropout_prob=s.hidden_dropout_prob, attention_probs_dropout_prob=s.attention_probs_dropout_prob,
         max_position_embeddings=max_positions(t), type_vocab_size=max(getattr(t, "type_vocab_size", 0) or 0, 1),
         layer_norm_eps=layer_norm_eps(t), pad_token_id=t.pad_token_id or 0,
-        hidden_act=getattr(t, "hidden_act", None) or "gelu",
+        hidden_act=getattr(t, "hidden_act", None) or "gelu", classifier_pooling=classifier_pooling(cfg),
     )
+
+
+def classifier_pooling(cfg: RunConfig) -> str:
+    """``student.classifier_pooling``, with 'auto' resolved: the teacher's sentence-transformers pooling when it
+    is one the student's heads have ('mean', 'cls'), else 'cls'."""
+    if cfg.student.classifier_pooling != "auto":
+        return cfg.student.classifier_pooling
+    from .sentence_transformers_files import teacher_pooling
+
+    pooling = teacher_pooling(Path(cfg.teacher_path()))
+    return pooling if pooling in ("mean", "cls") else "cls"
 
 
 def architecture(cfg: RunConfig, teacher: Teacher | TeacherShape) -> MiniAlbertConfig:

@@ -35,6 +35,27 @@ def build_teacher(out: Path, layers: int = 4, hidden: int = 32, mlm_head: bool =
     return out
 
 
+def make_sentence_transformer(teacher: Path, pooling: str = "mean") -> Path:
+    """Make a teacher folder a sentence-transformers model (Transformer, Pooling, Normalize) with the JSON files
+    sentence-transformers itself writes; the folder's weights and tokenizer stay as they are."""
+    import shutil
+    import tempfile
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    hidden = json.loads((teacher / "config.json").read_text())["hidden_size"]
+    model = SentenceTransformer(modules=[Transformer(str(teacher)), Pooling(hidden, pooling), Normalize()],
+                                device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(tmp, create_model_card=False)
+        for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):
+            shutil.copyfile(Path(tmp) / name, teacher / name)
+        for name in ("1_Pooling", "2_Normalize"):
+            shutil.copytree(Path(tmp) / name, teacher / name, dirs_exist_ok=True)
+    return teacher
+
+
 def pack_shards(tokenizer: Path, out: Path, n_docs: int = 120, seed: int = 0, seq_len: int = 32) -> Path:
     corpus = out.parent / f"{out.name}_corpus.txt"
     corpus.write_text("\n\n".join(make_texts(n_docs, seed=seed, max_words=60)) + "\n")

@@ -6,7 +6,8 @@ Run by tests/test_export_standalone.py in a fresh interpreter (``-I``: no PYTHON
 sys.path). minialbert is installed editable in the venv, so first its import finder and any sys.path entry
 holding a ``minialbert`` folder are removed; ``find_spec("minialbert")`` must then be None, and a finder that
 refuses the name stays in place to the end. SPEC: ``{"texts": [...], "out": path, "loads": [{"key", "folder",
-"auto", optional "input_ids"}...], "pipelines": folder or null}``; every output tensor is saved to ``out`` (torch.save).
+"auto", optional "input_ids"}...], "pipelines": folder or null, "sentence_transformers": folder or null}``; every
+output tensor is saved to ``out`` (torch.save).
 """
 
 import importlib.util
@@ -68,6 +69,18 @@ if spec.get("pipelines"):
     results["fill_mask"] = fill(spec["masked_text"], top_k=5)
     features = transformers.pipeline("feature-extraction", model=folder, trust_remote_code=True, device="cpu")
     results["features"] = torch.tensor(features(spec["texts"][0]))
+if spec.get("sentence_transformers"):  # as the model card shows it
+    from sentence_transformers import SentenceTransformer
+
+    folder = spec["sentence_transformers"]
+    try:  # the folder's own files cannot grant trust_remote_code either
+        SentenceTransformer(folder, device="cpu")
+        refused = ""
+    except ValueError as err:
+        refused = str(err)
+    st = SentenceTransformer(folder, device="cpu", trust_remote_code=True)
+    results["sentence_transformers"] = {"refused_without_trust": refused, "class": type(st[0].auto_model).__module__,
+                                        "embeddings": st.encode(spec["texts"], convert_to_tensor=True)}
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in OURS)
 assert not leaked, f"imported in the standalone process: {leaked}"
 torch.save(results, spec["out"])

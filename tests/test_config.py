@@ -21,16 +21,28 @@ def test_shipped_run_configs_load_and_round_trip(path):
 
 
 def test_paper_recipes_hold_the_paper_numbers():
-    for name in ("general.yaml", "bio.yaml"):
+    for name in ("general-paper.yaml", "bio-paper.yaml"):
         cfg = load_run_config(REPO / "configs" / "distill" / name)
         assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.weight_decay) == (5e-4, 5000, 1e-4)
         assert cfg.train.global_batch_size == 192 and cfg.student.num_recursions == 6
         assert cfg.student.embedding_size == 312 and cfg.student.adapter_reduction_factor == 16
         assert (cfg.loss.mlm, cfg.loss.attention, cfg.loss.hidden, cfg.loss.output) == (1, 3, 3, 5)
         assert cfg.loss.mode == "paper"  # named after the paper: its objective
+        assert cfg.student.init == "random" and cfg.student.classifier_pooling == "cls"  # the original's student
     # E = 312 embeddings from a 312-wide model, as the original's general and bio scripts did.
-    assert load_run_config(REPO / "configs/distill/general.yaml").student.init_embeddings_from.endswith("TinyBERT_General_4L_312D")
-    assert load_run_config(REPO / "configs/distill/bio.yaml").student.init_embeddings_from == "models/tiny-biobert"
+    assert load_run_config(REPO / "configs/distill/general-paper.yaml").student.init_embeddings_from.endswith(
+        "TinyBERT_General_4L_312D")
+    assert load_run_config(REPO / "configs/distill/bio-paper.yaml").student.init_embeddings_from == "models/tiny-biobert"
+
+
+def test_recommended_recipes_start_from_the_teacher_and_train_adapters():
+    """The recipes issue 33 measured, at the paper's size and batch: the teacher init (no TinyBERT embeddings
+    overwriting its SVD basis), adapters trained in distillation, the teacher's pooling, the default objective."""
+    for name in ("general.yaml", "bio.yaml"):
+        cfg = load_run_config(REPO / "configs" / "distill" / name)
+        s = cfg.student
+        assert (s.init, s.init_embeddings_from, s.use_adapters, s.classifier_pooling) == ("teacher", None, True, "auto")
+        assert s.num_recursions == 6 and cfg.train.global_batch_size == 192 and cfg.loss.mode == "default"
 
 
 @pytest.mark.parametrize("path", JSONS, ids=[p.name for p in JSONS])

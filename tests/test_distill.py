@@ -39,6 +39,10 @@ def test_zero2_bf16_run_completes_and_its_export_loads(world, tmp_path):
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000008"
     model = AutoModelForMaskedLM.from_pretrained(run_dir / "export")
     assert type(model).__name__ == "MiniAlbertForMaskedLM"
+    # The adapters train during distillation and ship: the teacher init starts every up-projection at zero (an
+    # identity adapter), so a non-zero one in the export has been trained.
+    ups = {k: v for k, v in model.state_dict().items() if ".adapters." in k and k.endswith("up.weight")}
+    assert len(ups) == 2 * 2 and all(v.abs().max() > 0 for v in ups.values()), "adapters left untrained"
     assert (run_dir / "export" / "tokenizer.json").is_file()
     assert "tokens seen" in (run_dir / "export" / "README.md").read_text()
     # DeepSpeed's CPU all-reduce segments (~69 MB of RAM each) are gone with the ranks, not left in /dev/shm.

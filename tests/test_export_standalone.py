@@ -3,8 +3,9 @@
 Each folder is loaded by ``standalone_child.py`` in a fresh ``python -I`` whose import system cannot reach
 minialbert (it checks so itself), and compared here with the package's classes loading the same folder without
 remote code. Folders: a tiny student saved with ``add_remote_code`` (masked LM, sequence and token
-classification), the export at the end of a real 1-rank DeepSpeed run (and ``python -m minialbert.export`` with a
-fine-tuning result in its card), and ``minialbert.convert reference`` output of a golden case.
+classification), the export at the end of a real 1-rank DeepSpeed run of a sentence-transformers teacher (also
+loaded by ``SentenceTransformer``; and ``python -m minialbert.export`` with a fine-tuning result in its card), and
+``minialbert.convert reference`` output of a golden case.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import torch
 import transformers
 from transformers import AutoTokenizer
 
-from distill_helpers import REPO, build_teacher, pack_shards, run_distill
+from distill_helpers import REPO, build_teacher, make_sentence_transformer, pack_shards, run_distill
 from minialbert import MiniAlbertForMaskedLM, MiniAlbertForSequenceClassification, MiniAlbertForTokenClassification
 from minialbert.config import installed_minilm_teacher
 from minialbert.remote_code import AUTO_MAP, CODE_FILES, add_remote_code, check_standalone_code
+from minialbert.sentence_similarity import embed
 from reference_cases import CASES, require_cases
 from tiny_models import tiny_config
 
@@ -32,8 +34,10 @@ CHILD = Path(__file__).with_name("standalone_child.py")
 TEXTS = ["the patient was given aspirin for a headache .", "a short one ."]
 
 
-def run_child(tmp_path: Path, loads: list[dict], pipelines: Path | None = None, masked_text: str = "") -> dict:
+def run_child(tmp_path: Path, loads: list[dict], pipelines: Path | None = None, masked_text: str = "",
+              sentence_transformers: Path | None = None) -> dict:
     spec = {"texts": TEXTS, "out": str(tmp_path / "child.pt"), "pipelines": str(pipelines) if pipelines else None,
+            "sentence_transformers": str(sentence_transformers) if sentence_transformers else None,
             "masked_text": masked_text, "loads": [{**x, "folder": str(x["folder"])} for x in loads]}
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "spec.json").write_text(json.dumps(spec))
@@ -122,9 +126,10 @@ def test_saved_student_and_task_heads_load_without_minialbert(tmp_path):
 
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory):
-    """A real run's end-of-run export: tiny teacher, 1 CPU rank, 2 steps (tests/distill_helpers.py)."""
+    """A real run's end-of-run export: tiny sentence-transformers teacher (mean pooling, normalised), 1 CPU rank,
+    2 steps (tests/distill_helpers.py)."""
     root = tmp_path_factory.mktemp("standalone")
-    teacher = build_teacher(root / "teacher")
+    teacher = make_sentence_transformer(build_teacher(root / "teacher"))
     shards = pack_shards(teacher, root / "general", seed=0)
     run_dir = root / "run"
     done = run_distill(run_dir, teacher, [shards], "--max-steps", "2", ranks=1)
@@ -138,9 +143,13 @@ def test_end_of_run_export_loads_without_minialbert_and_its_card_names_no_path(d
     assert_self_contained(export)
     loads = [{"key": "mlm", "folder": export, "auto": "AutoModelForMaskedLM"},
              {"key": "base", "folder": export, "auto": "AutoModel"}]
-    got = run_child(tmp_path, loads)
+    got = run_child(tmp_path, loads, sentence_transformers=export)
     for load in loads:
         assert_same_as_package(got[load["key"]], load)
+    st = got["sentence_transformers"]  # the teacher's mean pooling and normalisation, through the folder's own code
+    assert "trust_remote_code=True" in st["refused_without_trust"] and st["class"].startswith("transformers_modules.")
+    want = embed(transformers.AutoModel.from_pretrained(export), AutoTokenizer.from_pretrained(export), TEXTS, "mean")
+    torch.testing.assert_close(st["embeddings"], torch.nn.functional.normalize(want, dim=-1), rtol=0, atol=1e-5)
     card = (export / "README.md").read_text()
     assert str(root) not in card and "/tmp" not in card, card
     header = card.split("---")[1]
@@ -149,7 +158,8 @@ def test_end_of_run_export_loads_without_minialbert_and_its_card_names_no_path(d
     for needle in ("teacher: `teacher` (4 layers); layer map (teacher layer per recursion): [2, 4]",
                    "- adapters: yes, two per recursion, reduction factor r = 4", "- optimizer steps: 2",
                    "global batch: 8", "precision bf16", "loss mode default; weights: mlm 1.0, attention 3.0",
-                   "- `general`: weight 1.0,", "training tokens", "## Parameters", "- total:", "trust_remote_code=True"):
+                   "- `general`: weight 1.0,", "training tokens", "## Parameters", "- total:", "trust_remote_code=True",
+                   "`SentenceTransformer(FOLDER, trust_remote_code=True).encode(sentences)`"):
         assert needle in card, needle
     assert "## Evaluation" not in card
 

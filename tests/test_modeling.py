@@ -190,3 +190,21 @@ def test_from_pretrained_of_a_saved_mlm_model_is_exact(tiny, tmp_path):
     loaded = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
+
+
+def test_mean_pooling_head_reads_the_real_tokens_mean(tiny):
+    """classifier_pooling 'mean' (a sentence-embedding teacher's pooling): the head sees the mean of the last
+    recursion over real tokens — so padding a sentence leaves its logits alone — where 'cls' reads position 0."""
+    torch.manual_seed(0)
+    model = MiniAlbertForSequenceClassification(tiny(num_labels=3, classifier_pooling="mean")).eval()
+    ids, mask = _batch()
+    hidden = model.minialbert(ids, mask).last_hidden_state
+    m = mask[..., None].float()
+    expected = model.classifier((hidden * m).sum(1) / m.sum(1))
+    torch.testing.assert_close(model(ids, mask).logits, expected)
+    alone = model(ids[2:, :4], mask[2:, :4]).logits  # row 2 has 4 real tokens
+    torch.testing.assert_close(model(ids, mask).logits[2:], alone, atol=1e-5, rtol=1e-5)
+    model.config.classifier_pooling = "cls"
+    torch.testing.assert_close(model(ids, mask).logits, model.classifier(hidden[:, 0]))
+    with pytest.raises(ValueError, match="classifier_pooling must be one of cls, mean, got 'max'"):
+        tiny(classifier_pooling="max")

@@ -114,7 +114,14 @@ def test_every_documented_recipe_resolves_at_its_world_size(where, command):
     assert f"world size {world}:" in done.stdout
 
 
-@pytest.mark.parametrize("recipe", ["general", "bio"])
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs" / "distill").glob("*.yaml")))
+def test_every_shipped_recipe_resolves_on_2_ranks(recipe):
+    done = check("--config", f"configs/distill/{recipe}", "--world-size", "2")
+    assert done.returncode == 0, done.stderr
+    assert "world size 2:" in done.stdout
+
+
+@pytest.mark.parametrize("recipe", ["general-paper", "bio-paper"])
 @pytest.mark.parametrize("world", [4, 8, 16])
 def test_paper_recipes_keep_the_papers_batch_on_4_8_and_16_gpus(recipe, world):
     done = check("--config", f"configs/distill/{recipe}.yaml", "--world-size", str(world))
@@ -136,7 +143,7 @@ def test_large_batch_recipe_resolves_on_64_and_128_gpus_with_lamb(world, accumul
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_check_plans_every_zero_stage(stage):
-    done = check("--config", "configs/distill/general.yaml", "--world-size", "8", "--deepspeed",
+    done = check("--config", "configs/distill/general-paper.yaml", "--world-size", "8", "--deepspeed",
                  f"configs/ds/zero{stage}.json", "train.precision=fp32")
     assert done.returncode == 0, done.stderr
     assert f"precision fp32, ZeRO stage {stage}, loss mode paper" in done.stdout
