@@ -79,14 +79,16 @@ def render(summaries: list[dict]) -> str:
             row[s["task"]] = s
         columns[s["task"]] = s["report_metrics"]
     order = [t for t in GLUE_ORDER if t in columns] + sorted(t for t in columns if t not in GLUE_ORDER)
-    header = ["Model", "Tuning", "Params (trainable)"]
+    header = ["Model", "Tuning", "Params (trainable, %)"]
     header += [f"{t.upper() if t in GLUE_ORDER else t} ({'/'.join(METRIC_LABELS.get(k, k) for k in columns[t])})"
                for t in order]
     header.append("Avg")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (name, mode), row in sorted(cells.items()):
         params = next((s["params"] for s in row.values() if s.get("params")), None)
-        shown = "–" if params is None else f"{_count(params['trainable'] + params['frozen'])} ({_count(params['trainable'])})"
+        total = None if params is None else params["trainable"] + params["frozen"]
+        shown = ("–" if params is None else
+                 f"{_count(total)} ({_count(params['trainable'])}, {100 * params['trainable'] / total:.3g}%)")
         avg = f"{100 * statistics.fmean(_headline(row[t]) for t in order):.1f}" if set(order) <= set(row) else "–"
         values = [_cell(row[t]) if t in row else "–" for t in order]
         lines.append("| " + " | ".join([name, mode, shown, *values, avg]) + " |")

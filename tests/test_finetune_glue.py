@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -136,6 +137,7 @@ def test_lr_grid_with_seeds_keeps_the_best_weights_and_reports(toys, tmp_path, c
     assert main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "table.md")]) == 0
     table = (tmp_path / "table.md").read_text()
     assert "| student | full |" in table and "RTE (Acc)" in table
+    assert re.search(r"\| student \| full \| [0-9.]+K \([0-9.]+K, 100%\) \|", table)  # the trainable share
     best = summary["best"]
     assert f"{100 * best['mean']['accuracy']:.1f}±{100 * best['std']['accuracy']:.1f}" in table
 

@@ -161,7 +161,8 @@ def make_runner(args, spec: SweepSpec, head: str, id2label: dict[int, str], regr
             hf_logging.set_verbosity(verbosity)
         if not logged:
             logged.append(True)
-            print(f"{spec.model_name} ({spec.mode}): {counts['trainable']:,} trainable parameters, "
+            share = counts["trainable"] / (counts["trainable"] + counts["frozen"])
+            print(f"{spec.model_name} ({spec.mode}): {counts['trainable']:,} trainable parameters ({share:.2%}), "
                   f"{counts['frozen']:,} frozen; {device}, {spec.settings['precision']}")
         cfg = TrainConfig(lr=lr, epochs=args.epochs, batch_size=args.batch_size, seed=seed, device=device,
                           autocast_dtype=dtype, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
