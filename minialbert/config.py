@@ -114,6 +114,9 @@ class LossConfig:
     output: float = 5.0
     temperature: float = 1.0
     """Softmax temperature of the output-logit KL."""
+    sentence: float = 0.0
+    """Weight of the sentence-embedding term (1 - cosine of the mean-pooled last recursion and last mapped teacher
+    layer; minialbert/losses.py): for a sentence-embedding teacher whose output is its mean-pooled last layer."""
     attention_kl: str = "fused"
     """'fused': the attention term without any (B, heads, L, L) map (minialbert/attention_kl.py); 'materialised':
     from both models' maps, the reference (same value and gradient, memory and time grow with L²)."""
@@ -230,6 +233,7 @@ class RunConfig:
         need(self.optim.warmup_steps >= 0, "optim.warmup_steps", "an integer >= 0", self.optim.warmup_steps)
         need(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", "an integer >= 1", self.checkpoint.keep_last)
         need(self.loss.temperature > 0, "loss.temperature", "a positive number", self.loss.temperature)
+        need(self.loss.sentence >= 0, "loss.sentence", "a weight >= 0", self.loss.sentence)
         if self.teacher.layer_map is not None:
             need(len(self.teacher.layer_map) == self.student.num_recursions, "teacher.layer_map",
                  f"one teacher layer per recursion ({self.student.num_recursions})", self.teacher.layer_map)

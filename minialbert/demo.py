@@ -168,8 +168,8 @@ def plot_losses(run_dir: Path, resumed_at: int | None) -> Path:
     records = RunDir(run_dir).read_metrics()
     steps = [r["step"] for r in records]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for key, label in zip(RECORD_KEYS, ("total", "mlm", "attention KL", "hidden 1-cos", "output KL")):
-        values = [r[key] for r in records]
+    for key, label in zip(RECORD_KEYS, ("total", "mlm", "attention KL", "hidden 1-cos", "output KL", "sentence 1-cos")):
+        values = [r.get(key, 0.0) for r in records]
         if any(values):
             ax.plot(steps, values, label=label)
     if resumed_at:

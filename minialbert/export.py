@@ -38,7 +38,7 @@ INSTALLED_TEACHER_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # the model t
 def _final_losses(run_dir: Path, step: int) -> dict:
     for record in reversed(RunDir(run_dir).read_metrics()):
         if record["step"] == step:
-            return {k: record[k] for k in RECORD_KEYS}
+            return {k: record[k] for k in RECORD_KEYS if k in record}  # runs from before a term existed
     return {}
 
 

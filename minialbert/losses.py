@@ -4,7 +4,10 @@ Terms (weights default to the paper's 1, 3, 3, 5):
   mlm        cross-entropy of the student's logits on the masked tokens (mean over masked tokens);
   attention  KL(teacher || student) of the attention maps of each recursion and its mapped teacher layer;
   hidden     1 - cosine of hidden states (each recursion's output vs its mapped teacher layer), mean over real tokens;
-  output     KL(teacher || student) of the MLM distributions at temperature T, times T^2, mean over masked tokens.
+  output     KL(teacher || student) of the MLM distributions at temperature T, times T^2, mean over masked tokens;
+  sentence   1 - cosine of the sentence embeddings: the mean over real tokens of the last recursion and of the last
+             mapped teacher layer (a sentence-embedding teacher's output pooled as it pools), mean over sentences
+             (weight 0 unless a recipe sets it: not in the paper).
 Per-recursion attention and hidden terms are summed over recursions.
 
 Two modes, differing only in the attention term:
@@ -33,9 +36,9 @@ from .attention_kl import TeacherAttention, fused_attention_kl
 
 EPS = 1e-12  # the original's epsilon in log(map + eps), and torch's in CosineEmbeddingLoss
 
-TERMS = ("total", "mlm", "attention", "hidden", "output")
+TERMS = ("total", "mlm", "attention", "hidden", "output", "sentence")
 """The whole-batch terms, in the order of ``LossTerms.scalars()``."""
-RECORD_KEYS = ("loss", "loss_mlm", "loss_attention", "loss_hidden", "loss_output")
+RECORD_KEYS = ("loss", "loss_mlm", "loss_attention", "loss_hidden", "loss_output", "loss_sentence")
 """Their names in ``metrics.jsonl`` and model cards (TensorBoard: ``loss/<term>``)."""
 PER_RECURSION = ("attention", "hidden")
 """The terms also reported per recursion, in the order of ``LossTerms.scalars()``."""
@@ -48,13 +51,14 @@ class LossTerms:
     attention: torch.Tensor
     hidden: torch.Tensor
     output: torch.Tensor
+    sentence: torch.Tensor
     attention_per_recursion: torch.Tensor
     """(N,)"""
     hidden_per_recursion: torch.Tensor
     """(N,)"""
 
     def scalars(self) -> torch.Tensor:
-        """(5 + 2N,) float tensor: total, mlm, attention, hidden, output, per-recursion terms — for all-reduce."""
+        """(6 + 2N,) float tensor: the ``TERMS``, then the per-recursion terms — for all-reduce."""
         head = torch.stack([getattr(self, t) for t in TERMS]).detach().float()
         return torch.cat([head, self.attention_per_recursion.detach().float(), self.hidden_per_recursion.detach().float()])
 
@@ -98,6 +102,15 @@ def hidden_cosine_sum(s_hidden: torch.Tensor, t_hidden: torch.Tensor, token_mask
     s, t = s_hidden.float(), t_hidden.float()
     cos = (s * t).sum(-1) / ((s.pow(2).sum(-1) + EPS) * (t.pow(2).sum(-1) + EPS)).sqrt()  # (B, L)
     return ((1 - cos) * token_mask.to(cos.dtype)).sum()
+
+
+def sentence_cosine(s_hidden: torch.Tensor, t_hidden: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the B sentences of 1 - cos of their mean-pooled (B, L, H) hidden states (real tokens only). Every
+    micro-batch holds the same number of sentences, so the engine's average of these means is the global one."""
+    m = token_mask.to(torch.float32)[..., None]
+    s = (s_hidden.float() * m).sum(1)  # the sums: the cosine ignores the division by the token count
+    t = (t_hidden.float() * m).sum(1)
+    return (1 - F.cosine_similarity(s, t, dim=-1, eps=EPS)).mean()
 
 
 def output_kl_sum(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -181,9 +194,13 @@ def distillation_losses(
     mlm = zero if student_logits is None else mlm_cross_entropy(student_logits, masked_labels, num_masked, kernels)
     out = (output_kl(student_logits, teacher_logits, temperature, num_masked, kernels)
            if teacher_logits is not None and student_logits is not None else zero)
+    sentence = (sentence_cosine(student_hidden[-1], teacher_hidden[-1], attention_mask)
+                if weights.get("sentence", 0) > 0 else zero)
     total = weights["attention"] * att.sum() + weights["hidden"] * hid.sum()
+    if weights.get("sentence", 0) > 0:
+        total = total + weights["sentence"] * sentence
     if student_logits is not None:
         total = total + weights["mlm"] * mlm
     if teacher_logits is not None and student_logits is not None:
         total = total + weights["output"] * out
-    return LossTerms(total, mlm, att.sum(), hid.sum(), out, att, hid)
+    return LossTerms(total, mlm, att.sum(), hid.sum(), out, sentence, att, hid)

@@ -19,7 +19,7 @@ METRICS = "metrics.jsonl"
 
 def _record(step: int) -> dict:
     return {"loss": 10.0 - step, "loss_mlm": 1.0, "loss_attention": 2.0, "loss_hidden": 3.0, "loss_output": 4.0,
-            "tokens": 100 * step, "step_tokens": 100, "lr": 1e-3, "grad_norm": 0.5, "loss_scale": None}
+            "loss_sentence": 0.0, "tokens": 100 * step, "step_tokens": 100, "lr": 1e-3, "grad_norm": 0.5, "loss_scale": None}
 
 
 def _log(monitor: Monitor, steps) -> None:
