@@ -5,13 +5,15 @@
 # 1,000, the issue's; NCBI-disease has 940 test sentences). GLUE sets (SETS="rte cola stsb") train on TRAIN rows
 # and are scored on the whole dev set.
 #   [SETS="NCBI-disease BC5CDR-disease BC5CDR-chem"] [TRAIN=500 DEVEL=200 TEST=500] [THREADS=2]
-#   [FLAGS="--lr 1e-4 --batch-size 16"] [EVAL=runs/eval] bash bench/cpu_recipe_eval.sh [ROWS...]
+#   [FLAGS="--lr 1e-4 --batch-size 16"] [EVAL=runs/eval] [ROOT=name] [GLUE_DATA=../shared/data/glue] \
+#   bash bench/cpu_recipe_eval.sh [ROWS...]      (GLUE_DATA=../shared/data/glue: the whole GLUE training sets)
 #   rows: teacher student adapters init; FLAGS go to every fine-tune (the same for every row)
 #   or NAME=FOLDER: any model folder, fully fine-tuned and reported as NAME (e.g. the teacher variants of
 #   bench/init_ablation.py, or a step-0 student of bench/real_subsets.py step-zero with overrides);
 #   adapters:NAME=FOLDER: the same with --adapters-only (written to adapters-NAME-<set>)
-# Writes $EVAL/<train>/<row>-<set>/ (EVAL default runs/eval; summary.json per sweep); a finished sweep is skipped:
-#   python -m minialbert.finetune report $EVAL/<train>
+# Writes $EVAL/<ROOT>/<row>-<set>/ (EVAL default runs/eval, ROOT <train>[-tuned]; summary.json per sweep); a
+# finished sweep is skipped:
+#   python -m minialbert.finetune report $EVAL/<ROOT>
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -38,11 +40,11 @@ for row in ${@:-teacher student adapters init}; do
     esac
     for set in $SETS; do
         case $set in
-            rte|cola|stsb) kind="glue --task $set --data $DATA/glue/$set" ;;
+            rte|cola|stsb) kind="glue --task $set --data ${GLUE_DATA:-$DATA/glue}/$set" ;;
             *)             kind="ner --data $DATA/ner/$set" ;;
         esac
         tag=${row%%=*}
-        out=$EVAL/$TRAIN${FLAGS:+-tuned}/${tag/:/-}-$set
+        out=$EVAL/${ROOT:-$TRAIN${FLAGS:+-tuned}}/${tag/:/-}-$set
         [ -f $out/summary.json ] && continue
         echo "== $row $set"
         $PY -m minialbert.finetune $kind --model $model --name $name --epochs 3 $flags $FLAGS \

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from finetune_toys import pair_rows, write_bert, write_pair_task, write_student
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModel, AutoModelForSequenceClassification
 
 from minialbert.finetune import InputError, glue
 from minialbert.finetune import metrics as M
@@ -235,3 +235,61 @@ def test_bf16_autocast_on_cpu(toys, tmp_path):
                    "--epochs", "12", "--batch-size", "16", "--no-progress", "--precision", "auto")
     assert summary["settings"]["precision"] == "bf16"
     assert summary["best"]["mean"]["accuracy"] >= 0.9
+
+
+def _sentence_transformers_copy(student: Path, out: Path) -> Path:
+    """The toy student as an export of a sentence-transformers teacher's student: its modules.json and mean
+    Pooling (what minialbert.export writes), nothing else changed."""
+    import shutil
+
+    shutil.copytree(student, out)
+    hidden = json.loads((student / "config.json").read_text())["hidden_size"]
+    (out / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (out / "1_Pooling").mkdir()
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": hidden,
+                                                               "pooling_mode_mean_tokens": True}))
+    return out
+
+
+def test_a_sentence_embedding_model_scores_similarity_pairs_by_the_cosine_of_its_embeddings(toys, tmp_path):
+    """STS-B on a sentence-transformers folder runs as a bi-encoder (--pair-encoding auto): the prediction of a
+    pair is 5 x the cosine of the two sentences' mean-pooled embeddings, from the saved encoder alone."""
+    from minialbert.sentence_similarity import embed
+
+    folder = _sentence_transformers_copy(toys.student, tmp_path / "st-student")
+    rows = pair_rows(200, 1)
+    as_sts = lambda rs: "".join(f"{r['sentence1']}\t{r['sentence2']}\t{5.0 * (1 - r['label'])}\n" for r in rs)
+    (tmp_path / "stsb").mkdir()
+    (tmp_path / "stsb" / "train.tsv").write_text("sentence1\tsentence2\tlabel\n" + as_sts(rows))
+    val = pair_rows(60, 2)
+    (tmp_path / "stsb" / "dev.tsv").write_text("sentence1\tsentence2\tlabel\n" + as_sts(val))
+    summary = _run(tmp_path, "--task", "stsb", "--model", folder, "--data", tmp_path / "stsb", "--lr", "1e-3",
+                   "--epochs", "4", *QUIET)
+    assert summary["settings"]["pair_encoding"] == "siamese"
+    encoder = AutoModel.from_pretrained(Path(summary["best_run"]["weights"]))
+    tokenizer = load_tokenizer(folder)
+    a = embed(encoder, tokenizer, [r["sentence1"] for r in val], "mean")
+    b = embed(encoder, tokenizer, [r["sentence2"] for r in val], "mean")
+    scores = 5 * torch.nn.functional.cosine_similarity(a, b, dim=-1).numpy()
+    gold = np.array([5.0 * (1 - r["label"]) for r in val])
+    assert summary["best"]["mean"]["pearson"] == pytest.approx(M.pearson(scores, gold), abs=1e-4)
+    assert summary["best"]["mean"]["pearson"] > 0.5  # it learnt the toy similarity
+
+    adapters = _run(tmp_path / "ad", "--task", "stsb", "--model", folder, "--data", tmp_path / "stsb",
+                    "--adapters-only", "--lr", "1e-2", "--epochs", "2", *QUIET)
+    assert adapters["settings"]["pair_encoding"] == "siamese"
+    counts = json.loads(next((tmp_path / "ad" / "out").glob("*/result.json")).read_text())["params"]
+    model, _ = build_model(folder, "similarity", {0: "score"}, True, adapters_only=True)
+    assert counts["trainable"] == sum(p.numel() for n, p in model.named_parameters() if ".adapters." in n)
+
+
+def test_cross_encoding_stays_the_default_elsewhere_and_siamese_needs_a_similarity_task(toys, tmp_path, capsys):
+    assert glue.pair_encoding(glue.TASKS["stsb"], str(toys.student), "auto") == "cross"  # no modules.json
+    folder = _sentence_transformers_copy(toys.student, tmp_path / "st-student")
+    assert glue.pair_encoding(glue.TASKS["rte"], str(folder), "auto") == "cross"
+    assert main(["glue", "--task", "rte", "--model", str(folder), "--data", str(toys.data), "--pair-encoding",
+                 "siamese", "--out", str(tmp_path / "x"), *QUIET]) == 2
+    assert "--pair-encoding siamese: rte is not a similarity task (expected one of stsb)" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     glue.add_argument("--data", nargs="+",
                       help="local data: a save_to_disk folder, a folder of split files, or files "
                            "(train.tsv dev.tsv | split=path); default: the datasets hub")
+    glue.add_argument("--pair-encoding", choices=["auto", "cross", "siamese"], default="auto",
+                      help="sentence pairs of a similarity task (stsb): 'cross' one sequence into a head, 'siamese' "
+                           "each sentence pooled alone, scored by cosine; auto: siamese for a sentence-transformers "
+                           "folder (modules.json), else cross")
     add_training_flags(glue)
     ner = sub.add_parser("ner", help="fine-tune on a BioBERT-layout NER folder; entity-level P/R/F1")
     ner.add_argument("--data", required=True, help="folder with train.tsv, devel.tsv, test.tsv (token<TAB>label)")

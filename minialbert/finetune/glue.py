@@ -281,6 +281,24 @@ def load_glue(task: GlueTask, data: list[str] | None) -> dict[str, dict[str, lis
 
 
 # ----- encoding and metrics -----------------------------------------------------------------------------------
+SIMILARITY_SCALE = {"stsb": 5.0}
+"""The similarity tasks (a bi-encoder can score their pairs by cosine) and their top score."""
+
+
+def pair_encoding(task: GlueTask, model_dir: str, requested: str) -> str:
+    """'cross' ([CLS] a [SEP] b [SEP] into one head) or 'siamese' (``similarity.PairSimilarity``): ``auto`` is
+    siamese for a similarity task on a sentence-transformers folder (the model was built to be used so), else
+    cross."""
+    if requested == "siamese" and task.name not in SIMILARITY_SCALE:
+        raise InputError(f"--pair-encoding siamese: {task.name} is not a similarity task "
+                         f"(expected one of {', '.join(SIMILARITY_SCALE)})")
+    if requested == "auto":
+        from .similarity import is_sentence_transformers_folder
+
+        return "siamese" if task.name in SIMILARITY_SCALE and is_sentence_transformers_folder(model_dir) else "cross"
+    return requested
+
+
 def encode(task: GlueTask, columns: dict[str, list], tokenizer, max_length: int) -> dict[str, list]:
     """Token ids (+ token types) per example, truncated to ``max_length`` (longest sentence first), and labels."""
     enc = tokenizer(*(columns[c] for c in task.text_columns), truncation=True, max_length=max_length)
@@ -304,16 +322,24 @@ def compute_metrics(task: GlueTask, logits: dict[str, list[np.ndarray]], labels:
 
 def run_glue(args) -> dict:
     """Fine-tune ``args.model`` on one GLUE task over the lr x seed sweep; returns the summary."""
+    from .similarity import encode_pairs
     from .sweep import make_runner, make_spec, run_sweep
     from .training import load_tokenizer, max_sequence_length, predict
 
     task = TASKS[args.task]
     spec = make_spec(args, "glue", task.name, task.metric_keys)
+    siamese = pair_encoding(task, args.model, args.pair_encoding) == "siamese"
     data = load_glue(task, args.data)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     max_length = max_sequence_length(args.model, tokenizer, args.max_length)
-    train_features = encode(task, data["train"], tokenizer, max_length)
-    eval_features = {s: encode(task, data[s], tokenizer, max_length) for s in task.eval_splits}
+
+    def features(columns):
+        if siamese:
+            return encode_pairs(*(columns[c] for c in task.text_columns), columns["label"], tokenizer, max_length)
+        return encode(task, columns, tokenizer, max_length)
+
+    train_features = features(data["train"])
+    eval_features = {s: features(data[s]) for s in task.eval_splits}
 
     def evaluate(model, device, dtype, pad_id):
         logits = {s: predict(model, f, args.eval_batch_size, device, dtype, pad_id) for s, f in eval_features.items()}
@@ -321,6 +347,8 @@ def run_glue(args) -> dict:
         return metrics, float(np.mean(list(metrics.values())))
 
     id2label = dict(enumerate(task.label_names)) or {0: "score"}
-    spec.settings.update(max_length=max_length, eval_examples={s: len(f["labels"]) for s, f in eval_features.items()})
-    run_one = make_runner(args, spec, "sequence", id2label, task.regression, tokenizer, train_features, evaluate)
+    spec.settings.update(max_length=max_length, eval_examples={s: len(f["labels"]) for s, f in eval_features.items()},
+                         pair_encoding="siamese" if siamese else "cross")
+    run_one = make_runner(args, spec, "similarity" if siamese else "sequence", id2label, task.regression, tokenizer,
+                          train_features, evaluate, similarity_scale=SIMILARITY_SCALE.get(task.name, 1.0))
     return run_sweep(spec, run_one)

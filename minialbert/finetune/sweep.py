@@ -130,7 +130,8 @@ def make_spec(args, kind: str, task: str, report_metrics: list[str]) -> SweepSpe
 
 
 def make_runner(args, spec: SweepSpec, head: str, id2label: dict[int, str], regression: bool, tokenizer,
-                train_features: dict[str, list], evaluate: Callable) -> Callable[[float, int], RunResult]:
+                train_features: dict[str, list], evaluate: Callable,
+                similarity_scale: float = 1.0) -> Callable[[float, int], RunResult]:
     """``run_one(lr, seed)``: fresh head from the model folder, train, ``evaluate(model, device, dtype)``.
 
     ``evaluate`` returns ``(metrics, score)``.
@@ -156,7 +157,7 @@ def make_runner(args, spec: SweepSpec, head: str, id2label: dict[int, str], regr
         if logged:  # the load report (fresh head, unused MLM head) is worth reading once, not once per run
             hf_logging.set_verbosity_error()
         try:
-            model, counts = build_model(args.model, head, id2label, regression, args.adapters_only)
+            model, counts = build_model(args.model, head, id2label, regression, args.adapters_only, similarity_scale)
         finally:
             hf_logging.set_verbosity(verbosity)
         if not logged:

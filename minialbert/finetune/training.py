@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import (
+    AutoModel,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -85,32 +86,49 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
-def build_model(model_dir: str | Path, head: str, id2label: dict[int, str], regression: bool, adapters_only: bool):
-    """Load an encoder folder with a fresh task head; returns ``(model, {"trainable": n, "frozen": m})``.
-
-    ``adapters_only`` freezes all but the adapters and the head (MiniALBERT models only).
+def build_model(model_dir: str | Path, head: str, id2label: dict[int, str], regression: bool, adapters_only: bool,
+                similarity_scale: float = 1.0):
+    """Load an encoder folder with a fresh task head (``head`` "similarity": no head, a bi-encoder scoring
+    pairs by cosine x ``similarity_scale``, ``similarity.PairSimilarity``); returns ``(model, {"trainable": n,
+    "frozen": m})``. ``adapters_only`` freezes all but the adapters and the head (MiniALBERT models only).
     """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise InputError(f"{model_dir}: not a model folder (expected config.json and weights from save_pretrained)")
+    if head == "similarity":
+        from .similarity import PairSimilarity, pooling_of
+
+        encoder = AutoModel.from_pretrained(str(model_dir))
+        model = PairSimilarity(encoder, pooling_of(model_dir, encoder.config), similarity_scale)
+        return model, _freeze(model, encoder, model_dir, adapters_only)
     kwargs = dict(num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()})
     if regression:
         kwargs["problem_type"] = "regression"
     # A folder that already holds a task head of another size gets a fresh head of the right size.
     model = HEADS[head].from_pretrained(str(model_dir), ignore_mismatched_sizes=True, **kwargs)
+    return model, _freeze(model, model, model_dir, adapters_only)
+
+
+def _freeze(model, minialbert_model, model_dir: Path, adapters_only: bool) -> dict[str, int]:
+    """Parameter counts of ``model``, after freezing all but adapters and head where ``adapters_only``."""
     if adapters_only:
-        if not hasattr(model, "train_adapters_only"):
+        if not hasattr(minialbert_model, "train_adapters_only"):
             raise InputError(
                 f"--adapters-only needs a MiniALBERT model; {model_dir} holds a '{model.config.model_type}' model"
             )
-        counts = model.train_adapters_only()
+        counts = minialbert_model.train_adapters_only()
     else:
         counts = {"trainable": sum(p.numel() for p in model.parameters()), "frozen": 0}
-    return model, counts
+    return counts
 
 
 def save_weights(model, tokenizer, directory: Path, adapters_only: bool) -> Path:
-    """Adapter-only runs keep just adapters + head (``adapters.safetensors``); full runs a whole model folder."""
+    """Adapter-only runs keep just adapters + head (``adapters.safetensors``); full runs a whole model folder (a
+    bi-encoder: its encoder)."""
+    from .similarity import PairSimilarity
+
+    if isinstance(model, PairSimilarity):
+        model = model.encoder
     if adapters_only:
         model.save_adapters(directory)
     else:
@@ -129,14 +147,17 @@ def batches(
     order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        seqs = [features["input_ids"][i] for i in idx]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)  # (B, L)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, s in enumerate(seqs):
-            ids[row, : len(s)] = torch.tensor(s)
-            mask[row, : len(s)] = 1
-        batch = {"input_ids": ids, "attention_mask": mask}
+        batch = {}
+        for suffix in ("", "_b") if "input_ids_b" in features else ("",):  # a bi-encoder's second sentences
+            seqs = [features["input_ids" + suffix][i] for i in idx]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)  # (B, L)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, s in enumerate(seqs):
+                ids[row, : len(s)] = torch.tensor(s)
+                mask[row, : len(s)] = 1
+            batch.update({"input_ids" + suffix: ids, "attention_mask" + suffix: mask})
+        ids = batch["input_ids"]
         if "token_type_ids" in features:
             types = torch.zeros_like(ids)
             for row, i in enumerate(idx):
