@@ -28,7 +28,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapters-only", action="store_true",
                    help="train only the adapters and the task head (MiniALBERT); saves only those weights")
     p.add_argument("--lr", type=float, nargs="+",
-                   help="learning rate(s); several run a grid (default 5e-5, or 5e-4 with --adapters-only)")
+                   help="learning rate(s); several run a grid (default 5e-5, or 2e-3 with --adapters-only)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=128)
