@@ -24,6 +24,13 @@ def student_config(cfg: RunConfig, teacher_config) -> MiniAlbertConfig:
     t, s = teacher_config, cfg.student
     # The student's own positions 0..L-1 cover the teacher's usable rows (RoBERTa: 514 - 2); its single token type
     # when the teacher has none (ModernBERT, DeBERTa-v3): the data's all-zero token_type_ids.
+    try:
+        return _student_config(cfg, t, s)
+    except ValueError as err:  # MiniAlbertConfig.validate names the field: a run config's is student.<field>
+        raise ConfigError(f"student.{err}") from None
+
+
+def _student_config(cfg: RunConfig, t, s) -> MiniAlbertConfig:
     return MiniAlbertConfig(
         vocab_size=t.vocab_size, embedding_size=s.embedding_size, hidden_size=s.hidden_size or t.hidden_size,
         num_attention_heads=s.num_attention_heads or t.num_attention_heads,

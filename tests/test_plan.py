@@ -267,3 +267,14 @@ def test_under_the_deepspeed_launcher_check_plans_for_the_launchers_world_size(t
     done = subprocess.run(cmd, cwd=REPO, env=distill_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("world size 2: micro-batch 4 per rank x accumulation 1") == 1  # rank 0 prints
+
+
+@pytest.mark.parametrize("override, message", [
+    ("student.recursion_delta_rank=500", "student.recursion_delta_rank must be in [0, 384], got 500"),
+    ("student.adapter_reduction_factor=1000", "student.adapter_reduction_factor must be in [1, hidden_size=384], "
+                                              "got 1000"),
+])
+def test_a_student_field_the_architecture_refuses_is_one_line_naming_it(override, message):
+    """Widths only the teacher's sizes can judge (a delta rank above min(H, I)): one line, exit 2, no traceback."""
+    done = check("--config", "configs/distill/cpu.yaml", "--world-size", "2", override)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [f"error: {message}"], done.stderr
