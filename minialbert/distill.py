@@ -169,9 +169,11 @@ class StopFlag:
 def build_run(run: ResolvedRun, restart: bool, ctx: dist.DistContext, run_dir: Path):
     """Teacher, student, data stream and the checkpoint to resume from; errors name the field or file."""
     cfg = run.cfg
-    teacher = load_weights(run.teacher, DTYPES[cfg.train.precision], ctx.device)
+    # The student's init reads the teacher's exact (fp32) weights; the teacher then runs in the run's dtype.
+    teacher = load_weights(run.teacher, torch.float32, ctx.device)
     torch.manual_seed(cfg.train.seed)  # the same initial student on every rank
     student = build_student(cfg, teacher, run.student)
+    teacher = teacher.to(dtype=DTYPES[cfg.train.precision])
     stream = build_stream(cfg, teacher, ctx)
     resume = ckpt.prepare_resume(run_dir, cfg, restart=restart)
     if resume:

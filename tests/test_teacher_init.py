@@ -184,3 +184,19 @@ def test_the_cpu_recipe_plans_for_two_ranks_and_is_a_third_of_its_teacher():
         student = count_parameters(MiniAlbertForMaskedLM(student_config(cfg, teacher_config)))["encoder"]
     assert student <= teacher / 3, (student, teacher)
     assert cfg.student.init == "teacher" and cfg.student.use_adapters  # adapters trained in distillation (issue 33)
+
+
+def test_a_bf16_run_initialises_its_student_from_the_teachers_fp32_weights(world, tmp_path):
+    """distill.build_run (what every rank runs) builds the student from the fp32 teacher, then casts the teacher to
+    the run's dtype: the student equals the fp32 init exactly, not one computed from bf16-rounded weights."""
+    from minialbert import dist
+    from minialbert.distill import build_run
+    from minialbert.resolved_run import resolve_run
+
+    cfg = _config(world, DELTAS, "train.precision=bf16")
+    run = resolve_run(cfg, REPO / "configs" / "ds" / "zero2.json", 1, on_cuda=False)
+    ctx = dist.DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    teacher, student, _, _ = build_run(run, False, ctx, tmp_path / "run")
+    assert next(teacher.parameters()).dtype == torch.bfloat16
+    expected, _ = _student(world, DELTAS)  # from load_teacher's fp32 weights, same seed
+    _assert_same_tensors(expected, student)
