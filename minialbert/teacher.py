@@ -231,13 +231,31 @@ def load_weights(shape: TeacherShape, dtype: torch.dtype = torch.float32,
 
     # The generic path reads attention probabilities from the model's outputs: eager attention makes them.
     kw = {"attn_implementation": "eager"} if shape.family.runner == "outputs" else {}
+    if shape.has_mlm_head and _checkpoint_has(shape.path, "lm_predictions."):
+        # Microsoft's DeBERTa checkpoints keep the head as lm_predictions.*, which transformers builds only with
+        # legacy=False (its default, legacy=True, builds cls.predictions.* and would leave the head random).
+        kw["legacy"] = False
     try:
         auto = AutoModelForMaskedLM if shape.has_mlm_head else AutoModel
-        hf = auto.from_pretrained(shape.path, dtype=torch.float32, **kw)
+        hf, info = auto.from_pretrained(shape.path, dtype=torch.float32, output_loading_info=True, **kw)
     except (ValueError, KeyError, OSError) as e:
         raise TeacherError(f"{shape.path}: cannot load model_type={shape.config.model_type!r} "
                            f"({str(e).splitlines()[0]})") from e
+    fresh = [k for k in info["missing_keys"] if k.startswith(shape.family.head_prefixes or ("",))]
+    if shape.has_mlm_head and fresh:  # a head the logit term would distil from random weights
+        raise TeacherError(f"{shape.path}: the MLM head's {fresh[0]} is not in the checkpoint (its head is laid out "
+                           f"as transformers does not build it); set loss.output=0 to distil without logits")
     return Teacher(hf, shape.layer_map, shape.family).to(device=device, dtype=dtype)
+
+
+def _checkpoint_has(path: Path, prefix: str) -> bool:
+    from safetensors import safe_open
+
+    st = path / "model.safetensors"
+    if not st.is_file():
+        return False
+    with safe_open(str(st), "pt") as f:
+        return any(k.startswith(prefix) for k in f.keys())
 
 
 def load_teacher(path: str | Path, num_recursions: int, layer_map: list[int] | None = None,

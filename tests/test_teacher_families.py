@@ -214,3 +214,26 @@ def test_a_deberta_v3_folder_with_only_its_sentencepiece_model_loads_and_has_a_f
     assert tokenizer.is_fast and tokenizer.mask_token == "[MASK]"
     assert tokenizer(TEXTS[0])["input_ids"] == AutoTokenizer.from_pretrained(folders["deberta-v2"])(TEXTS[0])["input_ids"]
     assert tokenizer_fingerprint(str(raw)) != tokenizer_fingerprint(str(folders["deberta-v2"]))  # other files, other hash
+
+
+def test_a_deberta_checkpoint_with_its_head_as_lm_predictions_distils_that_head(tmp_path):
+    """Microsoft's DeBERTa checkpoints keep the MLM head as lm_predictions.* and their config.json has no 'legacy'
+    (transformers then builds cls.predictions.*): the teacher must load the saved head, not a random one."""
+    from family_teachers import build_tokenizer, teacher_model
+
+    build_tokenizer("deberta-v2", tmp_path)
+    model = teacher_model("deberta-v2", AutoTokenizer.from_pretrained(tmp_path), True, 0)
+    model.config.legacy = False
+    model = type(model)(model.config)  # rebuilt with the lm_predictions head
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("legacy", None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    teacher = load_teacher(tmp_path, num_recursions=2)
+    assert teacher.has_mlm_head
+    vocab = model.config.vocab_size
+    ids, mask = torch.randint(5, vocab, (2, 10)), torch.ones(2, 10, dtype=torch.long)
+    positions = torch.tensor([1, 3, 12])
+    got = teacher(ids, mask, torch.zeros_like(ids), logits_positions=positions).logits
+    want = model.eval()(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want.reshape(-1, vocab)[positions], rtol=1e-4, atol=1e-5)
