@@ -21,18 +21,11 @@ from transformers import AutoModel
 
 from .finetune.glue import TASKS, read_split
 from .finetune.metrics import pearson, spearman
+from .finetune.similarity import pool
 from .finetune import InputError
 from .finetune.training import load_tokenizer
 
 POOLINGS = ("mean", "cls")
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(B, L, H) hidden states and (B, L) mask -> (B, H) sentence embeddings."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    m = mask.to(hidden.dtype)[..., None]
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
 
 
 @torch.no_grad()

@@ -17,12 +17,19 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from ..sentence_similarity import pool
 from ..sentence_transformers_files import teacher_pooling
 
 PAIR_ENCODINGS = ("auto", "cross", "siamese")
 SECOND = "_b"
 """Suffix of the second sentence's features and batch tensors (``input_ids_b``, ``attention_mask_b``)."""
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(B, L, H) hidden states and (B, L) mask -> (B, H) sentence embeddings: [CLS], or the real tokens' mean."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    m = mask.to(hidden.dtype)[..., None]
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
 
 
 def is_sentence_transformers_folder(model_dir: str | Path) -> bool:
