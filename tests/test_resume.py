@@ -325,7 +325,8 @@ needs_fp16 = pytest.mark.skipif(not _fp16_supported(), reason="DeepSpeed's accel
 def test_compiled_loss_terms_give_zero_2s_losses_at_stages_1_and_3(world, straight, stage):
     """The straight run (ZeRO-2, compiled loss terms, dropout on) against the same run at ZeRO-1 / ZeRO-3: the
     compiled kernels see the same inputs whatever the partitioning, so every logged term is ZeRO-2's up to the
-    order of the fp32 gradient reductions (measured 4e-5 relative by step 4; bf16 resolution is 4e-3). A bf16
+    order of the fp32 gradient reductions (measured 4e-5 relative by step 4; bf16 resolution is 4e-3; a term near
+    zero, the output KL at ~2e-3, moved by 2e-6 once: hence an absolute floor of 1e-5). A bf16
     ZeRO-1 run (DeepSpeed's BF16_Optimizer layout) also exports its weights: the engine's own, to bf16 rounding."""
     run_dir = world[0] / f"compiled_zero{stage}"
     _, teacher, shards = world
@@ -336,7 +337,7 @@ def test_compiled_loss_terms_give_zero_2s_losses_at_stages_1_and_3(world, straig
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     for key in LOSSES:
         torch.testing.assert_close(torch.tensor([r[key] for r in records]), torch.tensor([r[key] for r in reference]),
-                                   rtol=5e-4, atol=0, msg=lambda m: f"ZeRO-{stage} {key}: {m}")
+                                   rtol=5e-4, atol=1e-5, msg=lambda m: f"ZeRO-{stage} {key}: {m}")
     if stage == "1":  # the engine's bf16 weights (ZeRO-3 keeps no whole module in one file)
         exported = AutoModelForMaskedLM.from_pretrained(run_dir / "export").state_dict()
         module = torch.load(run_dir / "checkpoints" / latest(run_dir) / "mp_rank_00_model_states.pt",
