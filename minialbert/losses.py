@@ -194,10 +194,10 @@ def distillation_losses(
     mlm = zero if student_logits is None else mlm_cross_entropy(student_logits, masked_labels, num_masked, kernels)
     out = (output_kl(student_logits, teacher_logits, temperature, num_masked, kernels)
            if teacher_logits is not None and student_logits is not None else zero)
-    sentence = (sentence_cosine(student_hidden[-1], teacher_hidden[-1], attention_mask)
-                if weights.get("sentence", 0) > 0 else zero)
     total = weights["attention"] * att.sum() + weights["hidden"] * hid.sum()
-    if weights.get("sentence", 0) > 0:
+    sentence = zero
+    if weights.get("sentence", 0) > 0:  # off (the default): nothing computed
+        sentence = sentence_cosine(student_hidden[-1], teacher_hidden[-1], attention_mask)
         total = total + weights["sentence"] * sentence
     if student_logits is not None:
         total = total + weights["mlm"] * mlm

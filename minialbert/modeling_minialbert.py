@@ -494,8 +494,9 @@ class MiniAlbertForMaskedLM(MiniAlbertPreTrainedModel):
         return result if return_dict else result.to_tuple()
 
 
-def _pooled(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
-    """(B, L, H) -> (B, H): the first token's vector, or the mean over real tokens (all without a mask)."""
+def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """(B, L, H) -> (B, H): the first token's vector ("cls"), or the mean over real tokens ("mean"; all tokens
+    without a mask). The sentence-level heads' pooling, and the bi-encoder's (``finetune/similarity.py``)."""
     if pooling == "cls":
         return hidden[:, 0]
     if attention_mask is None:
@@ -538,8 +539,8 @@ class MiniAlbertForSequenceClassification(_MiniAlbertWithClassifier):
             output_attentions, output_hidden_states, return_dict)
         out = self.minialbert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)
-        logits = self.classifier(self.dropout(_pooled(out.last_hidden_state, attention_mask,
-                                                      self.config.classifier_pooling)))  # (B, num_labels)
+        logits = self.classifier(self.dropout(pool_hidden(out.last_hidden_state, attention_mask,
+                                                          self.config.classifier_pooling)))  # (B, num_labels)
         loss = None
         if labels is not None:
             problem = self.config.problem_type or (

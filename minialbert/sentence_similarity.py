@@ -21,7 +21,7 @@ from transformers import AutoModel
 
 from .finetune.glue import TASKS, read_split
 from .finetune.metrics import pearson, spearman
-from .finetune.similarity import pool
+from .modeling_minialbert import pool_hidden
 from .finetune import InputError
 from .finetune.training import load_tokenizer
 
@@ -38,7 +38,7 @@ def embed(model, tokenizer, sentences: list[str], pooling: str, batch_size: int 
         enc = tokenizer(sentences[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
                         return_tensors="pt")
         hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        out.append(pool(hidden.float(), enc["attention_mask"], pooling))
+        out.append(pool_hidden(hidden.float(), enc["attention_mask"], pooling))
     return torch.cat(out)
 
 
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if not Path(args.data).is_file():
+            raise InputError(f"{args.data}: no such file (expected an STS-B split: the benchmark's TSV or GLUE's)")
         pairs = read_split(TASKS["stsb"], Path(args.data))
         tokenizer = load_tokenizer(args.model)
         model = AutoModel.from_pretrained(args.model, trust_remote_code=True)

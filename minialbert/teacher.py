@@ -179,14 +179,22 @@ class Teacher(nn.Module):
         return res.last_hidden_state, out
 
 
-def has_mlm_head(path: Path, config, family: Family) -> bool:
-    """Whether the teacher folder holds its family's MLM head (read from the checkpoint's keys, loads nothing)."""
+def _checkpoint_keys(path: Path) -> list[str] | None:
+    """The tensor names of the folder's model.safetensors (read from its header), None without one."""
     from safetensors import safe_open
 
-    st = path / "model.safetensors"
-    if st.is_file() and family.head_prefixes:
-        with safe_open(str(st), "pt") as f:
-            return any(k.startswith(family.head_prefixes) for k in f.keys())
+    st = Path(path) / "model.safetensors"
+    if not st.is_file():
+        return None
+    with safe_open(str(st), "pt") as f:
+        return list(f.keys())
+
+
+def has_mlm_head(path: Path, config, family: Family) -> bool:
+    """Whether the teacher folder holds its family's MLM head (read from the checkpoint's keys, loads nothing)."""
+    keys = _checkpoint_keys(path)
+    if keys is not None and family.head_prefixes:
+        return any(k.startswith(family.head_prefixes) for k in keys)
     # Without safetensors, the saved class tells (BertForPreTraining has the head, ElectraForPreTraining none).
     kinds = ("ForMaskedLM", "BertForPreTraining")
     return family.logits is not None and any(a.endswith(kinds) for a in (config.architectures or []))
@@ -231,7 +239,7 @@ def load_weights(shape: TeacherShape, dtype: torch.dtype = torch.float32,
 
     # The generic path reads attention probabilities from the model's outputs: eager attention makes them.
     kw = {"attn_implementation": "eager"} if shape.family.runner == "outputs" else {}
-    if shape.has_mlm_head and _checkpoint_has(shape.path, "lm_predictions."):
+    if shape.has_mlm_head and any(k.startswith("lm_predictions.") for k in _checkpoint_keys(shape.path) or ()):
         # Microsoft's DeBERTa checkpoints keep the head as lm_predictions.*, which transformers builds only with
         # legacy=False (its default, legacy=True, builds cls.predictions.* and would leave the head random).
         kw["legacy"] = False
@@ -248,14 +256,7 @@ def load_weights(shape: TeacherShape, dtype: torch.dtype = torch.float32,
     return Teacher(hf, shape.layer_map, shape.family).to(device=device, dtype=dtype)
 
 
-def _checkpoint_has(path: Path, prefix: str) -> bool:
-    from safetensors import safe_open
 
-    st = path / "model.safetensors"
-    if not st.is_file():
-        return False
-    with safe_open(str(st), "pt") as f:
-        return any(k.startswith(prefix) for k in f.keys())
 
 
 def load_teacher(path: str | Path, num_recursions: int, layer_map: list[int] | None = None,

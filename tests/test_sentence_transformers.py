@@ -116,3 +116,29 @@ def test_the_students_heads_pool_as_the_teacher_does_unless_told(tmp_path, setti
     cfg = load_run_config(None, [f"teacher.path={teacher}", f"student.classifier_pooling={setting}"])
     config = AutoModel.from_pretrained(teacher).config
     assert student_config(cfg, config).classifier_pooling == expected
+
+
+def test_zero_shot_similarity_command_scores_pairs_by_the_cosine_of_pooled_embeddings(tmp_path, capsys):
+    """The README's `python -m minialbert.sentence_similarity --model DIR --data FILE`: one JSON line whose Spearman
+    is that of the cosines of the model's own mean-pooled embeddings; a missing file is one line, exit 2."""
+    from minialbert.finetune.metrics import spearman
+    from minialbert.sentence_similarity import main
+
+    student = saved_student(tmp_path / "student", tiny_st_teacher(tmp_path / "teacher", "mean"))
+    rows = [("the patient was given aspirin .", "aspirin was given to the patient .", 4.5),
+            ("a short one .", "the weather is cold today .", 0.5),
+            ("the dog runs in the park .", "a dog is running in a park .", 4.0),
+            ("he reads a book .", "prices rose sharply in may .", 0.2)]
+    data = tmp_path / "sts.tsv"
+    data.write_text("sentence1\tsentence2\tlabel\n" + "".join(f"{a}\t{b}\t{y}\n" for a, b, y in rows))
+    assert main(["--model", str(student), "--data", str(data)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    model, tokenizer = AutoModel.from_pretrained(student), AutoTokenizer.from_pretrained(student)
+    cos = torch.nn.functional.cosine_similarity(embed(model, tokenizer, [r[0] for r in rows], "mean"),
+                                                embed(model, tokenizer, [r[1] for r in rows], "mean"), dim=-1)
+    assert result["pairs"] == 4 and result["pooling"] == "mean"
+    assert result["spearman"] == pytest.approx(spearman(cos.numpy(), [r[2] for r in rows]))
+    capsys.readouterr()  # the loads' progress bars
+    assert main(["--model", str(student), "--data", str(tmp_path / "missing.tsv")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {tmp_path / 'missing.tsv'}: no such file (expected an STS-B split: the benchmark's TSV or GLUE's)"]

@@ -17,19 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from ..modeling_minialbert import pool_hidden
 from ..sentence_transformers_files import teacher_pooling
-
-PAIR_ENCODINGS = ("auto", "cross", "siamese")
-SECOND = "_b"
-"""Suffix of the second sentence's features and batch tensors (``input_ids_b``, ``attention_mask_b``)."""
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(B, L, H) hidden states and (B, L) mask -> (B, H) sentence embeddings: [CLS], or the real tokens' mean."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    m = mask.to(hidden.dtype)[..., None]
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
 
 
 def is_sentence_transformers_folder(model_dir: str | Path) -> bool:
@@ -56,7 +45,7 @@ class PairSimilarity(nn.Module):
         return self.encoder.config
 
     def _embed(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return pool(self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask, self.pooling)
+        return pool_hidden(self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask, self.pooling)
 
     def forward(self, input_ids, attention_mask, input_ids_b, attention_mask_b, labels=None, **_unused):
         cos = F.cosine_similarity(self._embed(input_ids, attention_mask).float(),
@@ -66,7 +55,8 @@ class PairSimilarity(nn.Module):
 
 
 def encode_pairs(first: list[str], second: list[str], labels: list, tokenizer, max_length: int) -> dict[str, list]:
-    """Each sentence encoded alone (no token types: one segment each)."""
+    """Each sentence encoded alone (no token types: one segment each); the second as ``input_ids_b``, which
+    ``training.batches`` pads into ``input_ids_b`` / ``attention_mask_b``."""
     a = tokenizer(first, truncation=True, max_length=max_length)["input_ids"]
     b = tokenizer(second, truncation=True, max_length=max_length)["input_ids"]
-    return {"input_ids": a, "input_ids" + SECOND: b, "labels": list(labels)}
+    return {"input_ids": a, "input_ids_b": b, "labels": list(labels)}
