@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,15 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared" / "data"
 SEQ_LEN = 128
 SENTENCES_PER_DOCUMENT = 10
-
-
-def ensure_wordnet(wordnet: Path) -> None:
-    if (wordnet / "data.noun").is_file():
-        return
-    print("installing Debian's wordnet-base (real English text, offline after this)", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wordnet-base"], env=env, check=True, stdout=subprocess.DEVNULL)
 
 
 def glue_sentences(glue: Path):
@@ -111,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     raw = out / "text"
     raw.mkdir(parents=True, exist_ok=True)
     if not (raw / "bio.jsonl").is_file():
+        from data_prep.wordnet import ensure_wordnet, write_corpus
+
         ensure_wordnet(Path(args.wordnet))
-        from data_prep.wordnet import write_corpus
 
         write_corpus(raw / "wordnet", args.wordnet)
         if not shared.is_dir():

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +26,16 @@ DEFAULT_WORDNET = "/usr/share/wordnet"
 # Lexicographer files (wndb(5WN)): 05 noun.animal, 08 noun.body, 20 noun.plant, 26 noun.state, 27 noun.substance.
 BIO_LEXFILES = {5, 8, 20, 26, 27}
 PARTS = ("noun", "verb", "adj", "adv")
+
+
+def ensure_wordnet(wordnet_dir: str | Path = DEFAULT_WORDNET) -> None:
+    """Install Debian's wordnet-base when ``wordnet_dir`` lacks it (the package's default place only)."""
+    if (Path(wordnet_dir) / "data.noun").is_file():
+        return
+    print("installing Debian's wordnet-base (real English text, offline after this)", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wordnet-base"], env=env, check=True, stdout=subprocess.DEVNULL)
 
 
 def read_synsets(wordnet_dir: str = DEFAULT_WORDNET):

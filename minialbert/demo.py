@@ -41,14 +41,10 @@ def run(cmd: list[str], **kw) -> None:
 
 def prepare_data(root: Path, max_docs: int | None, task_size: int) -> dict[str, Path]:
     """WordNet -> JSONL -> packed shards (general, bio) + the labelled task. Idempotent."""
+    from data_prep.wordnet import ensure_wordnet
     from minialbert.config import installed_minilm_teacher
 
-    wordnet = Path("/usr/share/wordnet")
-    if not (wordnet / "data.noun").is_file():
-        print("installing Debian's wordnet-base (real English text, offline after this)", flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, stdout=subprocess.DEVNULL)
-        run(["apt-get", "install", "-y", "-qq", "wordnet-base"], env=env, stdout=subprocess.DEVNULL)
+    ensure_wordnet()
     raw = root / "wordnet"
     if not (raw / "task" / "validation.jsonl").is_file():
         run([PY, "-m", "data_prep.wordnet", "--out", str(raw), "--task-size", str(task_size)], cwd=Path.cwd())

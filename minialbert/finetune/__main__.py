@@ -44,6 +44,19 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="auto: bf16 autocast where the device supports it")
     p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest for tiny models on a busy machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = p.add_argument_group("task distillation (docs/finetune.md)")
+    d.add_argument("--distill-from", metavar="DIR",
+                   help="learn from a fine-tuned teacher: the --out folder of its finetune run on this task (or a "
+                        "saved model folder); its predictions are mixed with the gold labels")
+    d.add_argument("--distill-weight", type=float, default=0.5,
+                   help="the teacher term's share on examples with a gold label (copies from --augment: all)")
+    d.add_argument("--distill-temperature", type=float, default=2.0, help="softens both distributions (classes)")
+    d.add_argument("--augment", type=int, default=0, metavar="K",
+                   help="K new copies of each training sentence (word replacement), labelled by the teacher only")
+    d.add_argument("--augment-source", choices=["auto", "wordnet"], default="auto",
+                   help="auto: the general teacher's MLM head where it has one, and WordNet synonyms")
+    d.add_argument("--augment-seed", type=int, default=1, help="the copies are the same for the same seed")
+    d.add_argument("--wordnet", default="/usr/share/wordnet", help="WordNet data (Debian's wordnet-base)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,8 +18,10 @@ text holds bare quotes. Results are reported on the validation split(s), as in t
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -320,10 +322,55 @@ def compute_metrics(task: GlueTask, logits: dict[str, list[np.ndarray]], labels:
     return out
 
 
+def with_augmented_copies(task: GlueTask, columns: dict[str, list], plan) -> dict[str, list]:
+    """The training columns followed by ``--augment`` copies (words split on spaces; no gold label)."""
+    if not plan.augment:
+        return columns
+    from .augment import augment, cached
+
+    rows = [[columns[c][i].split() for c in task.text_columns] for i in range(len(columns["label"]))]
+    what = {"inputs": rows, "k": plan.augment, "seed": plan.augment_seed, "source": plan.augmenter.source,
+            "mlm": plan.teacher.base_model if "mlm" in plan.augmenter.source else None}
+    started = time.perf_counter()
+    copies = cached(plan.teacher.cache_dir, what, lambda: augment(rows, None, plan.augment, plan.augment_seed,
+                                                                  plan.augmenter))
+    plan.augment_seconds = round(time.perf_counter() - started, 2)
+    no_label = float("nan") if task.regression else -100
+    out = {c: list(v) for c, v in columns.items()}
+    for _row, segments in copies:
+        for c, words in zip(task.text_columns, segments):
+            out[c].append(" ".join(words))
+        out["label"].append(no_label)
+    return out
+
+
+def glue_teacher_outputs(task: GlueTask, columns: dict[str, list], plan, args) -> list[np.ndarray]:
+    """The fine-tuned teacher's logits (1, C) in this task's label order, or its score (1, 1), per example."""
+    from .similarity import encode_pairs
+    from .task_teacher import check_labels, load_teacher_tokenizer, teacher_outputs
+    from .training import max_sequence_length
+
+    order = check_labels(plan.teacher, list(task.label_names), task.regression, task.name in SIMILARITY_SCALE)
+    tokenizer = load_teacher_tokenizer(plan.teacher, word_aligned=False)
+    max_length = max_sequence_length(plan.teacher.model_dir, tokenizer, args.max_length)
+    siamese = plan.teacher.pair_encoding == "siamese"
+    if siamese:
+        feats = encode_pairs(*(columns[c] for c in task.text_columns), columns["label"], tokenizer, max_length)
+    else:
+        feats = encode(task, columns, tokenizer, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    outputs, plan.teacher_seconds = teacher_outputs(
+        plan.teacher, "similarity" if siamese else "sequence", feats, args.eval_batch_size, plan.device, plan.dtype,
+        pad_id, SIMILARITY_SCALE.get(task.name, 1.0))
+    return [o[:, order] if order else o for o in outputs]
+
+
 def run_glue(args) -> dict:
     """Fine-tune ``args.model`` on one GLUE task over the lr x seed sweep; returns the summary."""
+    from .distill_loss import distillation_loss
     from .similarity import encode_pairs
     from .sweep import make_runner, make_spec, run_sweep
+    from .task_teacher import plan_distillation
     from .training import load_tokenizer, max_sequence_length, predict
 
     task = TASKS[args.task]
@@ -338,8 +385,17 @@ def run_glue(args) -> dict:
             return encode_pairs(*(columns[c] for c in task.text_columns), columns["label"], tokenizer, max_length)
         return encode(task, columns, tokenizer, max_length)
 
-    train_features = features(data["train"])
+    plan = plan_distillation(args, "glue", task.name)
+    train_columns = data["train"]
+    if plan:
+        train_columns = with_augmented_copies(task, train_columns, plan)
+    train_features = features(train_columns)
     eval_features = {s: features(data[s]) for s in task.eval_splits}
+    loss_fn = None
+    if plan:
+        train_features["teacher"] = glue_teacher_outputs(task, train_columns, plan, args)
+        loss_fn = functools.partial(distillation_loss, settings=plan.settings, regression=task.regression)
+        spec.settings.update(plan.describe(), augmented_examples=len(train_columns["label"]) - len(data["train"]["label"]))
 
     def evaluate(model, device, dtype, pad_id):
         logits = {s: predict(model, f, args.eval_batch_size, device, dtype, pad_id) for s, f in eval_features.items()}
@@ -350,5 +406,6 @@ def run_glue(args) -> dict:
     spec.settings.update(max_length=max_length, eval_examples={s: len(f["labels"]) for s, f in eval_features.items()},
                          pair_encoding="siamese" if siamese else "cross")
     run_one = make_runner(args, spec, "similarity" if siamese else "sequence", id2label, task.regression, tokenizer,
-                          train_features, evaluate, similarity_scale=SIMILARITY_SCALE.get(task.name, 1.0))
+                          train_features, evaluate, similarity_scale=SIMILARITY_SCALE.get(task.name, 1.0),
+                          loss_fn=loss_fn)
     return run_sweep(spec, run_one)

@@ -18,7 +18,9 @@ window where it sits farthest from a cut. The learning rate is chosen on devel F
 
 from __future__ import annotations
 
+import functools
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ class Sentence:
     words: list[str]
     labels: list[str]
     lines: list[int]  # line number of each word in its file, for error messages
+    gold: bool = True  # False: an --augment copy, labelled by the teacher only
 
 
 @dataclass
@@ -181,19 +184,69 @@ def encode_ner(sentences: list[Sentence], tokenizer, label2id: dict[str, int], m
     return features, windows
 
 
-def rejoin(windows: list[Window], logits: list[np.ndarray], lengths: list[int]) -> list[list[int]]:
-    """Per sentence, per word: the label id predicted where the word has the most context on both sides."""
-    preds = [[-1] * n for n in lengths]
+def rejoin_scores(windows: list[Window], logits: list[np.ndarray], lengths: list[int]) -> list[np.ndarray]:
+    """Per sentence (n_words, num_labels): each word's scores where it has the most context on both sides."""
+    scores = [np.zeros((n, logits[0].shape[-1]), dtype=np.float32) if logits else np.zeros((n, 0)) for n in lengths]
     margin = [[-1.0] * n for n in lengths]
-    for win, scores in zip(windows, logits):  # scores: (window length, num_labels)
+    for win, window_scores in zip(windows, logits):  # window_scores: (window length, num_labels)
         n = lengths[win.sentence]
         for k, w in enumerate(range(win.start, win.end)):
             left = w - win.start if win.start > 0 else float("inf")  # a sentence edge is not a cut
             right = win.end - 1 - w if win.end < n else float("inf")
             if min(left, right) > margin[win.sentence][w]:
                 margin[win.sentence][w] = min(left, right)
-                preds[win.sentence][w] = int(scores[win.first_piece[k]].argmax())
-    return preds
+                scores[win.sentence][w] = window_scores[win.first_piece[k]]
+    return scores
+
+
+def rejoin(windows: list[Window], logits: list[np.ndarray], lengths: list[int]) -> list[list[int]]:
+    """Per sentence, per word: the label id predicted where the word has the most context on both sides."""
+    return [s.argmax(axis=1).tolist() for s in rejoin_scores(windows, logits, lengths)]
+
+
+def with_augmented_copies(sentences: list[Sentence], plan) -> list[Sentence]:
+    """The training sentences followed by ``--augment`` copies: entity words (gold label not ``O``) kept, context
+    words replaced; a copy's labels are placeholders (``O``) that training never reads (``gold`` False)."""
+    if not plan.augment:
+        return sentences
+    from .augment import augment, cached
+
+    rows = [[s.words] for s in sentences]
+    keeps = [[[lab != "O" for lab in s.labels]] for s in sentences]
+    what = {"inputs": rows, "keep": keeps, "k": plan.augment, "seed": plan.augment_seed,
+            "source": plan.augmenter.source, "mlm": plan.teacher.base_model if "mlm" in plan.augmenter.source else None}
+    started = time.perf_counter()
+    copies = cached(plan.teacher.cache_dir, what,
+                    lambda: augment(rows, keeps, plan.augment, plan.augment_seed, plan.augmenter))
+    plan.augment_seconds = round(time.perf_counter() - started, 2)
+    return sentences + [Sentence(words, ["O"] * len(words), [0] * len(words), gold=False) for _i, (words,) in copies]
+
+
+def ner_teacher_outputs(sentences: list[Sentence], windows: list[Window], student_ids: list[list[int]],
+                        labels: list[str], plan, args) -> list[np.ndarray]:
+    """Per student window (L, C): the fine-tuned teacher's logits for each word, in this run's label order, on
+    the word's first piece (NaN elsewhere). The teacher reads the same words with its own tokenizer; words are
+    the unit both share."""
+    from .task_teacher import check_labels, load_teacher_tokenizer, teacher_outputs
+    from .training import max_sequence_length
+
+    order = check_labels(plan.teacher, labels, False, False)
+    tokenizer = for_split_words(load_teacher_tokenizer(plan.teacher, word_aligned=True))
+    max_length = max_sequence_length(plan.teacher.model_dir, tokenizer, args.max_length)
+    overlap = min(args.window_overlap, (max_length - 2) // 2)
+    label2id = {lab: i for i, lab in enumerate(labels)}
+    feats, teacher_windows = encode_ner(sentences, tokenizer, label2id, max_length, overlap)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    outputs, plan.teacher_seconds = teacher_outputs(plan.teacher, "token", feats, args.eval_batch_size, plan.device,
+                                                    plan.dtype, pad_id)
+    words = rejoin_scores(teacher_windows, [o[:, order] for o in outputs], [len(s.words) for s in sentences])
+    per_window = []
+    for win, ids in zip(windows, student_ids):
+        target = np.full((len(ids), len(labels)), np.nan, dtype=np.float32)
+        for k, w in enumerate(range(win.start, win.end)):
+            target[win.first_piece[k]] = words[win.sentence][w]
+        per_window.append(target)
+    return per_window
 
 
 def entity_scores(true: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
@@ -207,7 +260,9 @@ def entity_scores(true: list[list[str]], pred: list[list[str]]) -> dict[str, flo
 
 def run_ner(args) -> dict:
     """Fine-tune ``args.model`` on one NER folder over the lr x seed sweep; returns the summary."""
+    from .distill_loss import distillation_loss
     from .sweep import make_runner, make_spec, run_sweep
+    from .task_teacher import plan_distillation
     from .training import load_tokenizer, max_sequence_length, predict
 
     folder = Path(args.data)
@@ -219,7 +274,18 @@ def run_ner(args) -> dict:
         raise InputError(f"--max-length {max_length}: too short for [CLS] word [SEP]")
     overlap = min(args.window_overlap, (max_length - 2) // 2)
     label2id = {lab: i for i, lab in enumerate(labels)}
-    train_features, _ = encode_ner(splits["train"], tokenizer, label2id, max_length, overlap)
+    plan = plan_distillation(args, "ner", spec.task)
+    train = with_augmented_copies(splits["train"], plan) if plan else splits["train"]
+    train_features, train_windows = encode_ner(train, tokenizer, label2id, max_length, overlap)
+    loss_fn = None
+    if plan:
+        for labs, win in zip(train_features["labels"], train_windows):
+            if not train[win.sentence].gold:
+                labs[:] = [-100] * len(labs)
+        train_features["teacher"] = ner_teacher_outputs(train, train_windows, train_features["input_ids"], labels,
+                                                        plan, args)
+        loss_fn = functools.partial(distillation_loss, settings=plan.settings, regression=False)
+        spec.settings.update(plan.describe(), augmented_sentences=len(train) - len(splits["train"]))
     evals = {s: encode_ner(splits[s], tokenizer, label2id, max_length, overlap) for s in ("devel", "test")}
 
     def evaluate(model, device, dtype, pad_id):
@@ -236,5 +302,6 @@ def run_ner(args) -> dict:
                          sentences={s: len(v) for s, v in splits.items()},
                          windows={"train": len(train_features["input_ids"]),
                                   **{s: len(w) for s, (_, w) in evals.items()}})
-    run_one = make_runner(args, spec, "token", dict(enumerate(labels)), False, tokenizer, train_features, evaluate)
+    run_one = make_runner(args, spec, "token", dict(enumerate(labels)), False, tokenizer, train_features, evaluate,
+                          loss_fn=loss_fn)
     return run_sweep(spec, run_one)

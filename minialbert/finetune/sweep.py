@@ -63,7 +63,7 @@ def run_sweep(spec: SweepSpec, run_one: Callable[[float, int], RunResult], log: 
     """Run every (lr, seed), write the JSON files, return the summary."""
     spec.out.mkdir(parents=True, exist_ok=True)
     header = {k: getattr(spec, k) for k in ("kind", "task", "model", "model_name", "mode")}
-    weights_name = "adapters" if spec.mode == "adapters" else "model"
+    weights_name = "adapters" if spec.mode.startswith("adapters") else "model"
     grid, best_run, params = [], None, None
     for lr in spec.lrs:
         scores, per_metric = [], {}
@@ -124,7 +124,10 @@ def make_spec(args, kind: str, task: str, report_metrics: list[str]) -> SweepSpe
     mode = "adapters" if args.adapters_only else "full"
     name = args.name or Path(args.model).resolve().name
     lrs = list(dict.fromkeys(args.lr or DEFAULT_LR[mode]))  # a repeated value would overwrite its own run
-    out = Path(args.out) if args.out else Path("runs/finetune") / f"{kind}-{task}-{name}-{mode}"
+    if args.distill_from:  # "full + distil, aug 4": a report row of its own
+        mode += " + distil" + (f", aug {args.augment}" if args.augment else "")
+    slug = mode.replace(" + ", "-").replace(", aug ", "-aug")
+    out = Path(args.out) if args.out else Path("runs/finetune") / f"{kind}-{task}-{name}-{slug}"
     settings = {"epochs": args.epochs, "batch_size": args.batch_size, "max_length": args.max_length,
                 "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio}
     return SweepSpec(kind=kind, task=task, model=str(args.model), model_name=name, mode=mode, lrs=lrs,
@@ -133,10 +136,10 @@ def make_spec(args, kind: str, task: str, report_metrics: list[str]) -> SweepSpe
 
 def make_runner(args, spec: SweepSpec, head: str, id2label: dict[int, str], regression: bool, tokenizer,
                 train_features: dict[str, list], evaluate: Callable,
-                similarity_scale: float = 1.0) -> Callable[[float, int], RunResult]:
+                similarity_scale: float = 1.0, loss_fn: Callable | None = None) -> Callable[[float, int], RunResult]:
     """``run_one(lr, seed)``: fresh head from the model folder, train, ``evaluate(model, device, dtype)``.
 
-    ``evaluate`` returns ``(metrics, score)``.
+    ``evaluate`` returns ``(metrics, score)``; ``loss_fn(model, batch)`` replaces the model's loss.
     """
     import torch
     from transformers import set_seed
@@ -170,7 +173,7 @@ def make_runner(args, spec: SweepSpec, head: str, id2label: dict[int, str], regr
         cfg = TrainConfig(lr=lr, epochs=args.epochs, batch_size=args.batch_size, seed=seed, device=device,
                           autocast_dtype=dtype, weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
                           progress=not args.no_progress, desc=f"{spec.task} lr={lr:g} seed={seed}")
-        stats = train(model, train_features, cfg, pad_id)
+        stats = train(model, train_features, cfg, pad_id, loss_fn)
         metrics, score = evaluate(model, device, dtype, pad_id)
         return RunResult(metrics=metrics, score=score, info={"params": counts, **stats},
                          save=lambda d: save_weights(model, tokenizer, d, args.adapters_only))

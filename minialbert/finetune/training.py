@@ -164,6 +164,15 @@ def batches(
                 t = features["token_type_ids"][i]
                 types[row, : len(t)] = torch.tensor(t)
             batch["token_type_ids"] = types
+        if "teacher" in features:  # task distillation's targets: (1, C) per example, or (L_i, C) per window
+            rows = [features["teacher"][i] for i in idx]
+            if len(rows[0]) == 1 and not isinstance(features["labels"][idx[0]], list):
+                batch["teacher"] = torch.from_numpy(np.concatenate(rows))  # (B, C)
+            else:
+                soft = torch.full((len(idx), ids.shape[1], rows[0].shape[1]), float("nan"))  # NaN: no target
+                for row, t in enumerate(rows):
+                    soft[row, : len(t)] = torch.from_numpy(t)
+                batch["teacher"] = soft  # (B, L, C)
         if "labels" in features:
             first = features["labels"][idx[0]]
             if isinstance(first, list):  # token labels (B, L), -100 on padding
@@ -182,8 +191,9 @@ def _autocast(cfg_device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(cfg_device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def train(model, features: dict[str, list], cfg: TrainConfig, pad_id: int) -> dict[str, float]:
-    """Train in place; returns ``{"train_loss": mean loss of the last epoch, "steps": n, "train_seconds": s}``."""
+def train(model, features: dict[str, list], cfg: TrainConfig, pad_id: int, loss_fn=None) -> dict[str, float]:
+    """Train in place; returns ``{"train_loss": mean loss of the last epoch, "steps": n, "train_seconds": s}``.
+    ``loss_fn(model, batch)`` replaces the model's own loss (task distillation: ``distill_loss``)."""
     set_seed(cfg.seed)
     model.to(cfg.device).train()
     optimizer = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -198,7 +208,7 @@ def train(model, features: dict[str, list], cfg: TrainConfig, pad_id: int) -> di
         for _idx, batch in batches(features, cfg.batch_size, pad_id, generator):
             batch = {k: v.to(cfg.device, non_blocking=True) for k, v in batch.items()}
             with _autocast(cfg.device, cfg.autocast_dtype):
-                loss = model(**batch).loss
+                loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
             optimizer.step()
@@ -220,7 +230,7 @@ def predict(
     """Float32 logits per example, in input order: (num_labels,) for sequence heads, (L_i, num_labels) for token heads."""
     model.to(device).eval()
     out: list[np.ndarray] = []
-    feats = {k: v for k, v in features.items() if k != "labels"}
+    feats = {k: v for k, v in features.items() if k not in ("labels", "teacher")}
     for idx, batch in batches(feats, batch_size, pad_id):
         lengths = batch["attention_mask"].sum(dim=1).tolist()
         with _autocast(device, dtype):

@@ -1,0 +1,50 @@
+"""Task distillation's loss: the fine-tuned teacher's outputs mixed with the gold labels, row by row.
+
+A row is an example (GLUE) or a word's first piece (NER). A row with a gold label learns
+``weight x teacher term + (1 - weight) x gold term``; an augmented row (no gold label) learns the teacher term
+alone; the loss is the mean over rows.
+- classification (GLUE, NER): teacher term = KL(teacher || student) of the temperature-softened distributions
+  x T^2 (Hinton et al.: the gradient's scale does not change with T); gold term = cross-entropy;
+- regression (STS-B): squared error to ``weight x teacher score + (1 - weight) x gold score`` (equal to the
+  mixture of the two squared errors up to a constant), on the bi-encoder's scale (cosine) when it is one.
+Defaults (``--distill-weight 0.5 --distill-temperature 2``), docs/finetune.md: an even mix keeps the gold labels
+where the teacher errs; T = 2 lets the teacher's near-miss classes count (TinyBERT uses T = 1 and the teacher's
+term alone; with labels mixed in, T = 2 scored higher in docs/results.md's measurements).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    weight: float  # the teacher term's share on rows with a gold label
+    temperature: float
+
+
+def distillation_loss(model, batch: dict[str, torch.Tensor], settings: DistillSettings, regression: bool) -> torch.Tensor:
+    """``batch`` as ``training.batches`` makes it, with ``teacher``: (B, C) logits, (B, L, C) per-piece logits
+    (NaN where no target), or (B, 1) scores; labels -100 (classes) or NaN (scores) where there is no gold."""
+    teacher, labels = batch["teacher"].float(), batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k not in ("teacher", "labels")}
+    logits = model(**inputs).logits.float()
+    w = settings.weight
+    if regression:
+        pred, score = logits[:, 0], teacher[:, 0]
+        gold = labels.float()
+        target = torch.where(torch.isnan(gold), score, w * score + (1 - w) * torch.nan_to_num(gold))
+        scale = getattr(model, "scale", 1.0)  # a bi-encoder's scores are scale x cosine
+        return F.mse_loss(pred / scale, target / scale)
+    rows = ~torch.isnan(teacher[..., 0])  # (B,) or (B, L)
+    s, t, y = logits[rows], teacher[rows], labels[rows]  # (R, C), (R, C), (R,)
+    temp = settings.temperature
+    soft = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True,
+                    reduction="none").sum(-1) * temp**2  # (R,)
+    has_gold = y != -100
+    hard = F.cross_entropy(s, y.clamp(min=0), reduction="none") * has_gold  # (R,)
+    per_row = torch.where(has_gold, w * soft + (1 - w) * hard, soft)
+    return per_row.mean()
