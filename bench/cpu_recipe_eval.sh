@@ -11,6 +11,8 @@
 #   or NAME=FOLDER: any model folder, fully fine-tuned and reported as NAME (e.g. the teacher variants of
 #   bench/init_ablation.py, or a step-0 student of bench/real_subsets.py step-zero with overrides);
 #   adapters:NAME=FOLDER: the same with --adapters-only (written to adapters-NAME-<set>)
+#   [TEACHERS=DIR]: task distillation: every row but teacher learns from DIR/teacher-<set> (the teacher row's
+#   sweeps of an earlier call, run with FLAGS="--save best"): --distill-from DIR/teacher-<set>
 # Writes $EVAL/<ROOT>/<row>-<set>/ (EVAL default runs/eval, ROOT <train>[-tuned]; summary.json per sweep); a
 # finished sweep is skipped:
 #   python -m minialbert.finetune report $EVAL/<ROOT>
@@ -43,11 +45,13 @@ for row in ${@:-teacher student adapters init}; do
             rte|cola|stsb) kind="glue --task $set --data ${GLUE_DATA:-$DATA/glue}/$set" ;;
             *)             kind="ner --data $DATA/ner/$set" ;;
         esac
+        distill=""
+        [ -n "${TEACHERS:-}" ] && [ $row != teacher ] && distill="--distill-from $TEACHERS/teacher-$set"
         tag=${row%%=*}
         out=$EVAL/${ROOT:-$TRAIN${FLAGS:+-tuned}}/${tag/:/-}-$set
         [ -f $out/summary.json ] && continue
         echo "== $row $set"
-        $PY -m minialbert.finetune $kind --model $model --name $name --epochs 3 $flags $FLAGS \
+        $PY -m minialbert.finetune $kind --model $model --name $name --epochs 3 $flags $distill $FLAGS \
             --out $out --save none --no-progress --threads $THREADS
     done
 done

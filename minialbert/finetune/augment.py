@@ -156,7 +156,7 @@ def cached(cache_dir: Path, what: dict, make) -> list:
     path = cache_dir / f"augment-{key}.json"
     if path.is_file():
         return json.loads(path.read_text())["copies"]
-    result = make()
+    result = json.loads(json.dumps(make()))  # the same types (lists) whether made now or read back
     cache_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {"settings": {k: v for k, v in what.items() if k != "inputs"}, "copies": result})
     return result
