@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from finetune_toys import VOCAB, SPECIALS, write_bert, write_ner_task, write_pair_task, write_student, write_tokenizer
-from transformers import BertConfig, BertForMaskedLM, BertForTokenClassification, BertTokenizerFast
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertForTokenClassification, BertTokenizerFast
 
 from minialbert.finetune.__main__ import build_parser, main
 
@@ -72,6 +72,35 @@ def test_adapters_only_learns_from_the_teacher(toys, tmp_path):
     assert summary["mode"] == "adapters + distil"
     assert summary["best"]["mean"]["accuracy"] >= 0.8, summary["best"]
     assert (tmp_path / "ad" / "lr0.01-seed1" / "adapters").is_dir()
+
+
+def test_hidden_state_term_with_the_teacher_alongside(toys, tmp_path, capsys):
+    """--distill-hidden: the student's recursions are pulled toward the teacher's layers on the task's inputs."""
+    from transformers import AutoModel
+
+    from minialbert.finetune.distill_loss import hidden_term
+
+    summary = _glue(toys, tmp_path / "h", "--data", toys.flipped, "--distill-from", toys.teacher, "--distill-weight",
+                    "1", "--distill-hidden", "1", "--lr", "1e-3", "--epochs", "12")
+    assert summary["settings"]["distill_hidden"] == 1.0
+    assert summary["best"]["mean"]["accuracy"] >= 0.85, summary["best"]
+    tokenizer = AutoTokenizer.from_pretrained(str(toys.student))
+    enc = tokenizer(["the cat runs here", "a dog sleeps today"], padding=True, return_tensors="pt")
+    teacher = AutoModel.from_pretrained(str(toys.teacher / "lr0.001-seed1" / "model"))
+
+    def distance(folder):
+        student = AutoModel.from_pretrained(str(folder))
+        with torch.no_grad():
+            return hidden_term(student(**enc, output_hidden_states=True).hidden_states,
+                               teacher(**enc, output_hidden_states=True).hidden_states, enc["attention_mask"]).item()
+
+    assert distance(tmp_path / "h" / "lr0.001-seed1" / "model") < 0.5 * distance(toys.student)
+    wide = write_student(tmp_path / "wide", hidden_size=48)
+    capsys.readouterr()
+    assert main(["glue", "--task", "rte", "--model", str(wide), "--data", str(toys.data), "--distill-from",
+                 str(toys.teacher), "--distill-hidden", "1", "--out", str(tmp_path / "never"), *QUIET]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --distill-hidden 1.0: the student's hidden size 48 is not the teacher's 32")
 
 
 def test_loss_mixes_teacher_and_gold_row_by_row(toys):

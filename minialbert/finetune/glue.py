@@ -18,7 +18,6 @@ text holds bare quotes. Results are reported on the validation split(s), as in t
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import logging
 import time
@@ -367,10 +366,9 @@ def glue_teacher_outputs(task: GlueTask, columns: dict[str, list], plan, args) -
 
 def run_glue(args) -> dict:
     """Fine-tune ``args.model`` on one GLUE task over the lr x seed sweep; returns the summary."""
-    from .distill_loss import distillation_loss
     from .similarity import encode_pairs
     from .sweep import make_runner, make_spec, run_sweep
-    from .task_teacher import plan_distillation
+    from .task_teacher import loss_function, plan_distillation
     from .training import load_tokenizer, max_sequence_length, predict
 
     task = TASKS[args.task]
@@ -394,7 +392,7 @@ def run_glue(args) -> dict:
     loss_fn = None
     if plan:
         train_features["teacher"] = glue_teacher_outputs(task, train_columns, plan, args)
-        loss_fn = functools.partial(distillation_loss, settings=plan.settings, regression=task.regression)
+        loss_fn = loss_function(plan, "similarity" if siamese else "sequence", args.model, tokenizer, task.regression)
         spec.settings.update(plan.describe(), augmented_examples=len(train_columns["label"]) - len(data["train"]["label"]))
 
     def evaluate(model, device, dtype, pad_id):

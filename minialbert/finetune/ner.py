@@ -18,7 +18,6 @@ window where it sits farthest from a cut. The learning rate is chosen on devel F
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -260,9 +259,8 @@ def entity_scores(true: list[list[str]], pred: list[list[str]]) -> dict[str, flo
 
 def run_ner(args) -> dict:
     """Fine-tune ``args.model`` on one NER folder over the lr x seed sweep; returns the summary."""
-    from .distill_loss import distillation_loss
     from .sweep import make_runner, make_spec, run_sweep
-    from .task_teacher import plan_distillation
+    from .task_teacher import loss_function, plan_distillation
     from .training import load_tokenizer, max_sequence_length, predict
 
     folder = Path(args.data)
@@ -284,7 +282,7 @@ def run_ner(args) -> dict:
                 labs[:] = [-100] * len(labs)
         train_features["teacher"] = ner_teacher_outputs(train, train_windows, train_features["input_ids"], labels,
                                                         plan, args)
-        loss_fn = functools.partial(distillation_loss, settings=plan.settings, regression=False)
+        loss_fn = loss_function(plan, "token", args.model, tokenizer, False)
         spec.settings.update(plan.describe(), augmented_sentences=len(train) - len(splits["train"]))
     evals = {s: encode_ner(splits[s], tokenizer, label2id, max_length, overlap) for s in ("devel", "test")}
 

@@ -204,10 +204,44 @@ class DistillPlan:
     def describe(self) -> dict:
         """For every run's JSON (``settings``)."""
         return {"distill_from": self.teacher.name, "distill_weight": self.settings.weight,
-                "distill_temperature": self.settings.temperature, "augment": self.augment,
+                "distill_temperature": self.settings.temperature, "distill_hidden": self.settings.hidden,
+                "augment": self.augment,
                 "augment_seed": self.augment_seed,
                 "augment_source": self.augmenter.source if self.augmenter else None,
                 "teacher_seconds": self.teacher_seconds, "augment_seconds": self.augment_seconds}
+
+
+def teacher_alongside(plan: DistillPlan, head: str, student_dir: str, student_tokenizer, teacher_tokenizer):
+    """The fine-tuned teacher on the run's device, for ``--distill-hidden``: refused where the shapes do not allow
+    the term (another width, another tokenizer: the term compares the same tokens' states)."""
+    flag = f"--distill-hidden {plan.settings.hidden}"
+    if head == "similarity":
+        raise InputError(f"{flag}: a bi-encoder (siamese) run has no token states in its loss; use it with "
+                         "--pair-encoding cross or leave it 0")
+    student = json.loads((Path(student_dir) / "config.json").read_text())
+    teacher = json.loads((plan.teacher.model_dir / "config.json").read_text())
+    if student.get("hidden_size") != teacher.get("hidden_size"):
+        raise InputError(f"{flag}: the student's hidden size {student.get('hidden_size')} is not the teacher's "
+                         f"{teacher.get('hidden_size')}")
+    if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+        raise InputError(f"{flag}: the student's tokenizer is not the teacher's (the term compares the states of "
+                         "the same tokens)")
+    return _load(plan.teacher, head, 1.0).to(plan.device).eval()
+
+
+def loss_function(plan: DistillPlan, head: str, student_dir: str, student_tokenizer, regression: bool):
+    """``loss_fn(model, batch)`` for ``training.train``: ``distill_loss.distillation_loss`` with the teacher
+    alongside where ``--distill-hidden`` asks for it."""
+    import functools
+
+    from .distill_loss import distillation_loss
+
+    alongside = None
+    if plan.settings.hidden:
+        alongside = teacher_alongside(plan, head, student_dir, student_tokenizer,
+                                      load_teacher_tokenizer(plan.teacher, word_aligned=False))
+    return functools.partial(distillation_loss, settings=plan.settings, regression=regression,
+                             teacher_model=alongside)
 
 
 def plan_distillation(args, kind: str, task: str) -> DistillPlan | None:
@@ -223,6 +257,8 @@ def plan_distillation(args, kind: str, task: str) -> DistillPlan | None:
         return None
     if not 0 <= args.distill_weight <= 1:
         raise InputError(f"--distill-weight {args.distill_weight}: expected a share between 0 and 1")
+    if args.distill_hidden < 0:
+        raise InputError(f"--distill-hidden {args.distill_hidden}: expected a weight of 0 or more")
     if args.distill_temperature <= 0:
         raise InputError(f"--distill-temperature {args.distill_temperature}: expected a positive number")
     if args.augment < 0:
@@ -230,6 +266,7 @@ def plan_distillation(args, kind: str, task: str) -> DistillPlan | None:
     teacher = find_teacher(args.distill_from, kind, task)
     augmenter = make_augmenter(args.augment_source, args.wordnet, teacher.base_model) if args.augment else None
     device = pick_device(args.device)
-    return DistillPlan(teacher=teacher, settings=DistillSettings(args.distill_weight, args.distill_temperature),
+    return DistillPlan(teacher=teacher, settings=DistillSettings(args.distill_weight, args.distill_temperature,
+                                                                      args.distill_hidden),
                        augment=args.augment, augment_seed=args.augment_seed, augmenter=augmenter,
                        device=device, dtype=pick_autocast(args.precision, device))
