@@ -117,6 +117,13 @@ def has_mlm_head(model_dir: str) -> bool:
     return not info["missing_keys"]
 
 
+def _cased(candidate: str, word: str) -> str:
+    """The candidate written as the word is: Capitalised, UPPER or lower."""
+    if word.isupper() and len(word) > 1:
+        return candidate.upper()
+    return candidate.capitalize() if word[:1].isupper() else candidate
+
+
 class Augmenter:
     """``copies(words, keep, k, seed, index)``: k new word lists for one sentence."""
 
@@ -140,7 +147,7 @@ class Augmenter:
             return out
         for _ in range(k):
             for _try in range(TRIES):
-                new = [rng.choice(c) if c and rng.random() < REPLACE_PROBABILITY else w
+                new = [_cased(rng.choice(c), w) if c and rng.random() < REPLACE_PROBABILITY else w
                        for w, c in zip(words, candidates)]
                 if new != words:
                     out.append(new)
