@@ -293,3 +293,25 @@ def test_cross_encoding_stays_the_default_elsewhere_and_siamese_needs_a_similari
                  "siamese", "--out", str(tmp_path / "x"), *QUIET]) == 2
     assert "--pair-encoding siamese: rte is not a similarity task (expected one of stsb)" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_merge_of_per_seed_sweeps_is_the_sweep_over_both_seeds(toys, tmp_path, capsys):
+    """Seeds run as separate jobs, merged: the same grid (mean ± std) as one sweep over both; another row refused."""
+    quick = ["--task", "rte", "--model", toys.student, "--data", toys.data, "--epochs", "1", "--save", "none", *QUIET]
+    both = _run(tmp_path / "both", *quick, "--seeds", "1", "2")
+    for seed in (1, 2):
+        _run(tmp_path / f"s{seed}", *quick, "--seeds", str(seed))
+    sources = [str(tmp_path / f"s{seed}" / "out") for seed in (1, 2)]
+    assert main(["merge", *sources, "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "summary.json").read_text())
+    assert merged["grid"][0]["seeds"] == [1, 2]
+    for key in ("mean", "std"):
+        assert merged["best"][key] == pytest.approx(both["best"][key])
+    assert merged["best_run"]["dir"].startswith(sources[merged["best_run"]["seed"] - 1])
+    _run(tmp_path / "ad", *quick, "--seeds", "3", "--adapters-only")
+    capsys.readouterr()
+    assert main(["merge", sources[0], str(tmp_path / "ad" / "out"), "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path / 'ad' / 'out'}: another sweep (mode 'adapters') "
+                                               f"than {sources[0]} (mode 'full')")
+    assert main(["merge", sources[0], sources[0], "--out", str(tmp_path / "x")]) == 2
+    assert "lr 5e-05 seed 1 also in" in capsys.readouterr().err

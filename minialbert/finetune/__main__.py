@@ -7,6 +7,7 @@ One process (CPU or one GPU; bf16 autocast where the device has it)::
     python -m minialbert.finetune glue --task sst2 --model bert-base-uncased-folder --name bert-base
     python -m minialbert.finetune ner --data biobert/NCBI-disease --model runs/student/export --epochs 5
     python -m minialbert.finetune report runs/finetune > results.md
+    python -m minialbert.finetune merge runs/ft/seed1 runs/ft/seed2 runs/ft/seed3 --out runs/ft/all-seeds
 
 On Slurm, wrap the same command in ``srun`` (one task, one GPU); runs are independent, so a grid over
 tasks is best submitted as a job array. Every run writes ``result.json``; every sweep ``summary.json``
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="markdown table of the summaries found under the given folders")
     report.add_argument("paths", nargs="+", help="summary.json files or folders searched recursively")
     report.add_argument("--out", help="also write the table to this file")
+    merge = sub.add_parser("merge", help="one summary.json over sweeps of one model and task run as separate jobs")
+    merge.add_argument("sources", nargs="+", help="finetune --out folders (e.g. one per seed)")
+    merge.add_argument("--out", required=True, help="folder for the merged summary.json (the runs stay in place)")
     return parser
 
 
@@ -100,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
             from .ner import run_ner
 
             run_ner(args)
+        elif args.command == "merge":
+            from .sweep import merge_sweeps
+
+            summary = merge_sweeps(args.sources, args.out)
+            print(f"merged {sum(len(g['seeds']) for g in summary['grid'])} runs into {args.out}/summary.json")
         else:
             from .report import run_report
 

@@ -59,18 +59,34 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def summarise(header: dict, report_metrics: list[str], settings: dict, records: list[dict], best_run: dict) -> dict:
+    """``summary.json``: per learning rate the mean/std over its seeds, the best rate, the best single run."""
+    grid, params = [], next((r["params"] for r in records if r.get("params")), None)
+    for lr in dict.fromkeys(r["lr"] for r in records):
+        runs = [r for r in records if r["lr"] == lr]
+        per_metric = {k: [r["metrics"][k] for r in runs] for k in runs[0]["metrics"]}
+        scores = [r["score"] for r in runs]
+        grid.append({
+            "lr": lr, "seeds": [r["seed"] for r in runs],
+            "mean": {k: statistics.fmean(v) for k, v in per_metric.items()},
+            "std": {k: _std(v) for k, v in per_metric.items()},
+            "score_mean": statistics.fmean(scores), "score_std": _std(scores),
+        })
+    best = max(grid, key=lambda g: g["score_mean"])
+    return {**header, "report_metrics": report_metrics, "settings": settings, "params": params, "grid": grid,
+            "best": best, "best_run": {k: str(v) if isinstance(v, Path) else v for k, v in best_run.items()}}
+
+
 def run_sweep(spec: SweepSpec, run_one: Callable[[float, int], RunResult], log: Callable[[str], None] = print) -> dict:
     """Run every (lr, seed), write the JSON files, return the summary."""
     spec.out.mkdir(parents=True, exist_ok=True)
     header = {k: getattr(spec, k) for k in ("kind", "task", "model", "model_name", "mode")}
     weights_name = "adapters" if spec.mode.startswith("adapters") else "model"
-    grid, best_run, params = [], None, None
+    records, best_run = [], None
     for lr in spec.lrs:
-        scores, per_metric = [], {}
         for seed in spec.seeds:
             run_dir = spec.out / f"lr{lr:g}-seed{seed}"
             result = run_one(lr, seed)
-            params = params or result.info.get("params")
             record = {**header, "lr": lr, "seed": seed, "settings": spec.settings, **result.info,
                       "metrics": result.metrics, "score": result.score, "weights": None}
             improves = best_run is None or result.score > best_run["score"]
@@ -84,25 +100,47 @@ def run_sweep(spec: SweepSpec, run_one: Callable[[float, int], RunResult], log: 
                     old = json.loads((best_run["dir"] / "result.json").read_text())
                     write_json(best_run["dir"] / "result.json", {**old, "weights": None})
                 best_run = {"dir": run_dir, "score": result.score, "weights": record["weights"], "lr": lr, "seed": seed}
-            scores.append(result.score)
-            for k, v in result.metrics.items():
-                per_metric.setdefault(k, []).append(v)
+            records.append(record)
             shown = ", ".join(f"{k} {result.metrics[k]:.4f}" for k in spec.report_metrics)
             log(f"{spec.task} | {spec.model_name} | {spec.mode} | lr {lr:g} seed {seed}: {shown}")
-        grid.append({
-            "lr": lr, "seeds": list(spec.seeds),
-            "mean": {k: statistics.fmean(v) for k, v in per_metric.items()},
-            "std": {k: _std(v) for k, v in per_metric.items()},
-            "score_mean": statistics.fmean(scores), "score_std": _std(scores),
-        })
-    best = max(grid, key=lambda g: g["score_mean"])
-    summary = {**header, "report_metrics": spec.report_metrics, "settings": spec.settings, "params": params,
-               "grid": grid, "best": best,
-               "best_run": {k: str(v) if isinstance(v, Path) else v for k, v in best_run.items()}}
+    summary = summarise(header, spec.report_metrics, spec.settings, records, best_run)
     write_json(spec.out / "summary.json", summary)
+    best = summary["best"]
     shown = ", ".join(f"{k} {best['mean'][k]:.4f} ± {best['std'][k]:.4f}" for k in spec.report_metrics)
     log(f"{spec.task} | {spec.model_name} | {spec.mode} | best lr {best['lr']:g} over {len(spec.seeds)} seed(s): {shown}")
     log(f"wrote {spec.out / 'summary.json'}")
+    return summary
+
+
+def merge_sweeps(sources: list[str], out: str) -> dict:
+    """One ``summary.json`` in ``out`` over the runs of several sweeps of the same model, mode and task (seeds or
+    rates run as separate jobs); each run stays where it is. Refuses sweeps of different rows or a run twice."""
+    header_keys = ("kind", "task", "model", "model_name", "mode")
+    records, header, first = [], None, None
+    for source in sources:
+        path = Path(source) / "summary.json"
+        if not path.is_file():
+            raise InputError(f"{source}: no summary.json (expected a finished finetune --out folder)")
+        summary = json.loads(path.read_text())
+        this = {k: summary.get(k) for k in header_keys}
+        if header is None:
+            header, first = this, summary
+        elif this != header:
+            diff = [k for k in header_keys if this[k] != header[k]]
+            raise InputError(f"{source}: another sweep ({', '.join(f'{k} {this[k]!r}' for k in diff)}) than "
+                             f"{sources[0]} ({', '.join(f'{k} {header[k]!r}' for k in diff)})")
+        for result in sorted(Path(source).glob("lr*-seed*/result.json")):
+            record = {**json.loads(result.read_text()), "dir": str(result.parent)}
+            twin = next((r for r in records if (r["lr"], r["seed"]) == (record["lr"], record["seed"])), None)
+            if twin:
+                raise InputError(f"{result}: lr {record['lr']:g} seed {record['seed']} also in {twin['dir']}")
+            records.append(record)
+    best = max(records, key=lambda r: r["score"])
+    best_run = {"dir": best["dir"], "score": best["score"], "weights": best["weights"], "lr": best["lr"],
+                "seed": best["seed"]}
+    summary = summarise(header, first["report_metrics"], {**first["settings"], "merged_from": sources}, records,
+                        best_run)
+    write_json(Path(out) / "summary.json", summary)
     return summary
 
 
