@@ -7,7 +7,8 @@
 #   [SETS="NCBI-disease BC5CDR-disease BC5CDR-chem"] [TRAIN=500 DEVEL=200 TEST=500] [THREADS=2]
 #   [FLAGS="--lr 1e-4 --batch-size 16"] [EVAL=runs/eval] [ROOT=name] [GLUE_DATA=../shared/data/glue] \
 #   bash bench/cpu_recipe_eval.sh [ROWS...]      (GLUE_DATA=../shared/data/glue: the whole GLUE training sets)
-#   rows: teacher student adapters init; FLAGS go to every fine-tune (the same for every row)
+#   rows: teacher student adapters init; FLAGS go to every fine-tune (the same for every row), last: they
+#   override the defaults here (--save none, --threads)
 #   or NAME=FOLDER: any model folder, fully fine-tuned and reported as NAME (e.g. the teacher variants of
 #   bench/init_ablation.py, or a step-0 student of bench/real_subsets.py step-zero with overrides);
 #   adapters:NAME=FOLDER: the same with --adapters-only (written to adapters-NAME-<set>)
@@ -51,7 +52,7 @@ for row in ${@:-teacher student adapters init}; do
         out=$EVAL/${ROOT:-$TRAIN${FLAGS:+-tuned}}/${tag/:/-}-$set
         [ -f $out/summary.json ] && continue
         echo "== $row $set"
-        $PY -m minialbert.finetune $kind --model $model --name $name --epochs 3 $flags $distill $FLAGS \
-            --out $out --save none --no-progress --threads $THREADS
+        $PY -m minialbert.finetune $kind --model $model --name $name --epochs 3 --save none $flags $distill \
+            --out $out --no-progress --threads $THREADS $FLAGS
     done
 done

@@ -196,8 +196,13 @@ def _result_settings(results) -> list[str]:
         st = s.get("settings", {})
         sizes = st.get("sentences") or {"train": st.get("train_examples"), **st.get("eval_examples", {})}
         shown = ", ".join(f"{split} {n:,}" if isinstance(n, int) else f"{split} ?" for split, n in sizes.items())
+        distil = ""
+        if st.get("distill_from"):  # task distillation: from which teacher, how mixed, how many copies
+            distil = (f"; distilled from the fine-tuned teacher {st['distill_from']} (weight {st['distill_weight']}, "
+                      f"T {st['distill_temperature']}" + (f", {st['augment']} augmented copies per sentence"
+                                                          if st.get("augment") else "") + ")")
         lines.append(f"- {s['task']} ({s['mode']}): {shown}; {st.get('epochs', '?')} epochs, batch "
-                     f"{st.get('batch_size', '?')}, lr {s['best']['lr']}, seeds {s['best']['seeds']}")
+                     f"{st.get('batch_size', '?')}, lr {s['best']['lr']}, seeds {s['best']['seeds']}{distil}")
     return lines
 
 
