@@ -233,16 +233,16 @@ class _BlockwiseRowKL(torch.autograd.Function):
     """KL(t_i || s_i) per query row, (B, heads, L), from pre-scaled contiguous queries: blocks of query rows."""
 
     @staticmethod
-    def forward(ctx, q_s, k_s, q_t, k_t, bias, window=None):
+    def forward(ctx, q_s, k_s, q_t, k_t, bias, window=None, s_window=None):
         b, h, seq, _ = q_s.shape
         rows = max(1, min(seq, BLOCK_ELEMENTS // (b * h * k_s.shape[-2])))
         out = []
         for start in range(0, seq, rows):
-            log_s = _log_probs(q_s[..., start:start + rows, :], k_s, bias)
+            log_s = _log_probs(q_s[..., start:start + rows, :], k_s, _window_bias(bias, start, rows, s_window))
             log_t = _log_probs(q_t[..., start:start + rows, :], k_t, _window_bias(bias, start, rows, window))
             out.append((log_t.exp() * (log_t - log_s)).sum(-1))
         ctx.save_for_backward(q_s, k_s, q_t, k_t, bias)
-        ctx.rows, ctx.window = rows, window
+        ctx.rows, ctx.window, ctx.s_window = rows, window, s_window
         return torch.cat(out, -1)
 
     @staticmethod
@@ -253,23 +253,24 @@ class _BlockwiseRowKL(torch.autograd.Function):
         d_q, d_k = torch.empty_like(q_s), torch.zeros_like(k_s)
         for start in range(0, q_s.shape[-2], rows):
             q_b = q_s[..., start:start + rows, :]
-            s = _log_probs(q_b, k_s, bias).exp_()
+            s = _log_probs(q_b, k_s, _window_bias(bias, start, rows, ctx.s_window)).exp_()
             t_bias = _window_bias(bias, start, rows, ctx.window)
             t = _log_probs(q_t[..., start:start + rows, :], k_t, t_bias).exp_()
             d_scores = (s - t) * grad[..., start:start + rows, None]  # (B, heads, rows, Lk): g_i (s_ij - t_ij)
             d_q[..., start:start + rows, :] = d_scores @ k_s
             d_k += d_scores.transpose(-1, -2) @ q_b  # q_b carries the scale already
-        return d_q, d_k, None, None, None, None  # d_q: of the pre-scaled queries (autograd applies the scale)
+        return d_q, d_k, None, None, None, None, None  # d_q: of the pre-scaled queries (autograd applies the scale)
 
 
 # ----- the term ---------------------------------------------------------------------------------------------------
 def fused_attention_kl(query: torch.Tensor, key: torch.Tensor, teacher: TeacherAttention,
                        attention_mask: torch.Tensor, mode: str, num_tokens: float | None = None,
-                       method: str | None = None) -> torch.Tensor:
+                       method: str | None = None, student_window: int | None = None) -> torch.Tensor:
     """The attention term of one recursion from the student's (B, heads, L, d) queries and keys and the mapped
     teacher layer's ``TeacherAttention``; same value and scaling as ``losses.maps_attention_kl`` on the maps (see the
     module docstring for the EPS difference). ``attention_mask`` (B, L): padded query rows are ignored.
-    ``method``: "attention" (default) or "blockwise" (see the module docstring)."""
+    ``method``: "attention" (default) or "blockwise" (see the module docstring). ``student_window``: the student
+    recursion attends only to |i - j| <= it (a ``modernbert``-form local recursion)."""
     method = method or "attention"
     if method not in METHODS:
         raise ValueError(f"method={method!r}: expected one of {METHODS}")
@@ -278,14 +279,14 @@ def fused_attention_kl(query: torch.Tensor, key: torch.Tensor, teacher: TeacherA
     if teacher.probs is not None:
         bias, real = key_bias(attention_mask, dt)
         row_kl = map_row_kl(query.to(dt), key.to(dt), teacher.probs.to(dt), bias, real)
-    elif method == "blockwise" or teacher.window is not None:  # a local window: only the blocks carry it
+    elif method == "blockwise" or teacher.window is not None or student_window is not None:  # only blocks window
         q_t, k_t = teacher.query.to(dt), teacher.key.to(dt)
         bias, real = key_bias(attention_mask, dt, torch.finfo(dt).min)
         scale = 1.0 / math.sqrt(query.shape[-1])
         # Pre-scaled contiguous queries: the (L, d) scaling replaces an (L, L) one, and row blocks slice freely.
         row_kl = _BlockwiseRowKL.apply((query.to(dt) * scale).contiguous(), key.to(dt).contiguous(),
                                        (q_t * scale).contiguous(), k_t.contiguous(), bias,
-                                       teacher.window)  # (B, heads, L)
+                                       teacher.window, student_window)  # (B, heads, L)
     else:
         bias, real = key_bias(attention_mask, dt)
         row_kl = _RowKL.apply(query, key, teacher.query, teacher.key, bias, real, dt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 CLASSIFIER_POOLINGS = ("cls", "mean")
+LAYER_FORMS = ("bert", "modernbert")
 
 
 class MiniAlbertConfig(PretrainedConfig):
@@ -34,6 +35,17 @@ class MiniAlbertConfig(PretrainedConfig):
         type_vocab_size: number of token types (segments).
         layer_norm_eps: epsilon of every LayerNorm.
         initializer_range: std of the normal initialisation of weights.
+        layer_form: the shared layer's form, its teacher's: ``"bert"`` (post-LayerNorm blocks, GELU feed-forward,
+            learned absolute positions and token types: BERT, RoBERTa, ELECTRA, MiniLM) or ``"modernbert"``
+            (pre-LayerNorm blocks and a final LayerNorm, GeGLU feed-forward, rotary positions with a global or a
+            local sliding-window attention per recursion, no token types; biases only where ``use_bias``).
+        use_bias: whether the shared layer's linear maps and LayerNorms (and the embeddings' LayerNorm) have biases
+            (ModernBERT's have none).
+        rope_theta: rotary base of the global-attention recursions (``modernbert`` form).
+        local_rope_theta: rotary base of the local-attention recursions.
+        local_window: a local recursion attends to keys with |i - j| <= local_window (ModernBERT's
+            ``local_attention // 2``).
+        local_recursions: the recursions (0-based) that attend locally; the others attend globally.
         mlm_head_trained: False when the MLM head was never trained (a distillation whose loss read no logits:
             ``loss.mlm`` 0 and no teacher logits); its predictions are then its initialisation's, not a fill-mask.
     """
@@ -64,6 +76,12 @@ class MiniAlbertConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         pad_token_id: int = 0,
         mlm_head_trained: bool = True,
+        layer_form: str = "bert",
+        use_bias: bool = True,
+        rope_theta: float = 160000.0,
+        local_rope_theta: float = 10000.0,
+        local_window: int = 64,
+        local_recursions: list[int] | None = None,
         **kwargs,
     ):
         # The MLM decoder (H wide) is never tied to the word embeddings (E wide).
@@ -88,6 +106,12 @@ class MiniAlbertConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.mlm_head_trained = mlm_head_trained
+        self.layer_form = layer_form
+        self.use_bias = use_bias
+        self.rope_theta = rope_theta
+        self.local_rope_theta = local_rope_theta
+        self.local_window = local_window
+        self.local_recursions = list(local_recursions or [])
         self.validate()
 
     def validate(self) -> None:
@@ -105,6 +129,17 @@ class MiniAlbertConfig(PretrainedConfig):
             raise ValueError(
                 f"adapter_reduction_factor must be in [1, hidden_size={self.hidden_size}], got {self.adapter_reduction_factor}"
             )
+        if self.layer_form not in LAYER_FORMS:
+            raise ValueError(f"layer_form must be one of {', '.join(LAYER_FORMS)}, got {self.layer_form!r}")
+        if self.layer_form == "bert" and (self.local_recursions or not self.use_bias):
+            raise ValueError("layer_form 'bert' has biases and global attention: local_recursions must be empty "
+                             "and use_bias true")
+        bad = [i for i in self.local_recursions if not 0 <= i < self.num_recursions]
+        if bad:
+            raise ValueError(f"local_recursions must be recursion indices in [0, {self.num_recursions}), got {bad}")
+        if self.layer_form == "modernbert" and (self.hidden_size // self.num_attention_heads) % 2:
+            raise ValueError(f"layer_form 'modernbert' rotates pairs of head dimensions: hidden_size / "
+                             f"num_attention_heads ({self.hidden_size // self.num_attention_heads}) must be even")
         if not 0 <= self.recursion_delta_rank <= min(self.hidden_size, self.intermediate_size):
             raise ValueError(f"recursion_delta_rank must be in [0, {min(self.hidden_size, self.intermediate_size)}], "
                              f"got {self.recursion_delta_rank}")

@@ -89,11 +89,12 @@ def maps_attention_kl(s_probs: torch.Tensor, t_probs: torch.Tensor, row_mask: to
 
 def attention_term(student, teacher, row_mask: torch.Tensor, mode: str,
                    num_tokens: float | None = None) -> torch.Tensor:
-    """One recursion's attention KL: maps (B, heads, L, L) for both, or the student's (query, key) heads and the
-    teacher layer's ``TeacherAttention`` (maps-free)."""
+    """One recursion's attention KL: maps (B, heads, L, L) for both, or the student's (query, key) heads — (query,
+    key, window) for a local recursion — and the teacher layer's ``TeacherAttention`` (maps-free)."""
     if isinstance(teacher, TeacherAttention):
-        query, key = student
-        return fused_attention_kl(query, key, teacher, row_mask, mode, num_tokens)
+        query, key, *window = student
+        return fused_attention_kl(query, key, teacher, row_mask, mode, num_tokens,
+                                  student_window=window[0] if window else None)
     return maps_attention_kl(student, teacher, row_mask, mode, num_tokens)
 
 

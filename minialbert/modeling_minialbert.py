@@ -64,15 +64,17 @@ class MiniAlbertMaskedLMOutput(MaskedLMOutput):
 
 
 class MiniAlbertEmbeddings(nn.Module):
-    """Word + position + token-type embeddings of width E, LayerNorm, dropout."""
+    """Word + position + token-type embeddings of width E, LayerNorm, dropout (the ``modernbert`` form: words
+    only; its positions are rotary, in the attention)."""
 
     def __init__(self, config: MiniAlbertConfig):
         super().__init__()
         e = config.embedding_size
         self.word_embeddings = nn.Embedding(config.vocab_size, e, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, e)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, e)
-        self.LayerNorm = nn.LayerNorm(e, eps=config.layer_norm_eps)
+        absolute = config.layer_form == "bert"
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, e) if absolute else None
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, e) if absolute else None
+        self.LayerNorm = nn.LayerNorm(e, eps=config.layer_norm_eps, bias=config.use_bias)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
@@ -81,6 +83,8 @@ class MiniAlbertEmbeddings(nn.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         words = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, E)
+        if self.position_embeddings is None:
+            return self.dropout(self.LayerNorm(words))
         seq_len = words.shape[1]
         if seq_len > self.position_embeddings.num_embeddings:
             raise ValueError(
@@ -114,11 +118,12 @@ BLOCKWISE_BF16_MAX_LEN = 256
 backward measured 1.4-3x slower at L 128-256 (AMX host; docs/performance.md), faster from L 384."""
 
 
-def _blockwise_on_cpu(query: torch.Tensor, key: torch.Tensor, dropout: float) -> bool:
+def _blockwise_on_cpu(query: torch.Tensor, key: torch.Tensor, dropout: float, key_mask: torch.Tensor | None = None
+                      ) -> bool:
     """CPU attention that runs blockwise: with dropout (SDPA has no fused kernel for it; its math path would keep
     fp32 (B, heads, L, L) maps), and bf16 training at short lengths, where flash attention's backward is slow."""
-    if query.device.type != "cpu":
-        return False
+    if query.device.type != "cpu" or (key_mask is not None and key_mask.shape[-2] != 1):
+        return False  # a local window's (B, 1, L, L) mask: SDPA
     training_bf16 = query.dtype == torch.bfloat16 and query.requires_grad and torch.is_grad_enabled()
     return dropout > 0 or (training_bf16 and key.shape[-2] <= BLOCKWISE_BF16_MAX_LEN)
 
@@ -127,7 +132,7 @@ def sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, va
                    key_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float = 1.0, **_: object):
     """attn_implementation "sdpa" (the default): no maps. On CPU with dropout, and in bf16 training at short
     lengths, the attention runs blockwise instead (``_blockwise_on_cpu``): the same math, no maps kept."""
-    if _blockwise_on_cpu(query, key, dropout):
+    if _blockwise_on_cpu(query, key, dropout, key_mask):
         bias = None if key_mask is None else (~key_mask).to(query.dtype) * torch.finfo(query.dtype).min  # (B, 1, 1, L)
         context = blockwise_attention(query, key, value, bias, dropout)
     else:
@@ -135,20 +140,42 @@ def sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, va
     return context.transpose(1, 2), None
 
 
+def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (…, L, d) of rotary positions (RoFormer; the half-split layout ModernBERT and Llama use):
+    ``positions`` (L,) or (B, L)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float) / head_dim))
+    freqs = positions[..., None].float() * inv_freq  # (…, L, d/2)
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """(B, heads, L, d) query or key heads turned by their positions' angles (computed in fp32)."""
+    if cos.dim() == 3:  # per-row positions (B, L, d)
+        cos, sin = cos[:, None], sin[:, None]
+    half = x.shape[-1] // 2
+    xf = x.float()
+    turned = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+    return (xf * cos + turned * sin).to(x.dtype)
+
+
 class MiniAlbertAttention(nn.Module):
-    """Post-LN multi-head self-attention block: LN(x + dropout(Wo · MHA(x)))."""
+    """Multi-head self-attention block: post-LN, LN(x + dropout(Wo · MHA(x))) (``bert`` form), or pre-LN with
+    rotary queries and keys, x + dropout(Wo · MHA(LN(x))) (``modernbert`` form)."""
 
     def __init__(self, config: MiniAlbertConfig):
         super().__init__()
         self.config = config  # the model's: config._attn_implementation ("eager" / "sdpa") is read at each call
-        h = config.hidden_size
+        h, bias = config.hidden_size, config.use_bias
+        self.pre_norm = config.layer_form == "modernbert"
         self.num_heads = config.num_attention_heads
         self.head_dim = h // self.num_heads
-        self.query = nn.Linear(h, h)
-        self.key = nn.Linear(h, h)
-        self.value = nn.Linear(h, h)
-        self.dense = nn.Linear(h, h)
-        self.LayerNorm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.query = nn.Linear(h, h, bias=bias)
+        self.key = nn.Linear(h, h, bias=bias)
+        self.value = nn.Linear(h, h, bias=bias)
+        self.dense = nn.Linear(h, h, bias=bias)
+        self.LayerNorm = nn.LayerNorm(h, eps=config.layer_norm_eps, bias=bias)
         self.attention_dropout_p = config.attention_probs_dropout_prob
         self.output_dropout = Dropout(config.hidden_dropout_prob)
 
@@ -159,42 +186,69 @@ class MiniAlbertAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, key_mask: torch.Tensor | None, output_attentions: bool = False,
         output_query_key: bool = False, delta: "RecursionDelta | None" = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
-        """``key_mask``: (B, 1, 1, L) bool, True where the key is a real token (None: attend everywhere).
-        ``delta``: the recursion's own change to these weights (None: the shared weights alone).
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None, adapter: nn.Module | None = None,
+        window: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple | None]:
+        """``key_mask``: (B, 1, 1, L) bool, True where the key is a real token (None: attend everywhere), or
+        (B, 1, L, L) for a local recursion (its window in it). ``delta``: the recursion's own change to these
+        weights (None: the shared weights alone). ``modernbert`` form: ``rotary`` (cos, sin) turn the queries and
+        keys, ``adapter`` transforms the normalised input, ``window`` is the local half-width (None: global).
 
         Returns the block's output, the maps when ``output_attentions`` and the (B, heads, L, d) query and key
-        heads when ``output_query_key`` (what a maps-free attention distillation reads; attention stays SDPA)."""
+        heads when ``output_query_key`` — (query, key), or (query, key, window) for a local recursion: what a
+        maps-free attention distillation reads (queries and keys after rotary); attention stays SDPA."""
         if delta is None:
             query, key, value, dense, norm = self.query, self.key, self.value, self.dense, self.LayerNorm
         else:
             query, key, value, dense, norm = delta.attention_block(self)
-        q, k, v = self._heads(query(x)), self._heads(key(x)), self._heads(value(x))
+        h = norm(x) if self.pre_norm else x
+        if adapter is not None:
+            h = adapter(h)
+        q, k, v = self._heads(query(h)), self._heads(key(h)), self._heads(value(h))
+        if rotary is not None:
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         dropout_p = self.attention_dropout_p if self.training else 0.0
         implementation = "eager" if output_attentions else self.config._attn_implementation
         attention = sdpa_attention if implementation == "sdpa" else ALL_ATTENTION_FUNCTIONS.get_interface(
             implementation, eager_attention)
         context, probs = attention(self, q, k, v, key_mask, dropout=dropout_p, scaling=1 / math.sqrt(self.head_dim))
         context = context.flatten(2)  # (B, L, heads, d) -> (B, L, H)
-        out = norm(x + self.output_dropout(dense(context)))
-        return out, probs if output_attentions else None, (q, k) if output_query_key else None
+        out = x + self.output_dropout(dense(context))
+        if not self.pre_norm:
+            out = norm(out)
+        query_key = None if not output_query_key else (q, k) if window is None else (q, k, window)
+        return out, probs if output_attentions else None, query_key
 
 
 class MiniAlbertFeedForward(nn.Module):
-    """Post-LN feed-forward block: LN(x + dropout(W2 · act(W1 · x)))."""
+    """Feed-forward block: post-LN, LN(x + dropout(W2 · act(W1 · x))) (``bert`` form), or pre-LN GeGLU,
+    x + dropout(W2 · (act(a) * g)) with (a, g) = W1 · LN(x) (``modernbert`` form)."""
 
     def __init__(self, config: MiniAlbertConfig):
         super().__init__()
-        self.ffn = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.pre_norm = config.layer_form == "modernbert"
+        h, i, bias = config.hidden_size, config.intermediate_size, config.use_bias
+        self.ffn = nn.Linear(h, 2 * i if self.pre_norm else i, bias=bias)
         self.activation = ACT2FN[config.hidden_act]
-        self.ffn_output = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.ffn_output = nn.Linear(i, h, bias=bias)
         self.dropout = Dropout(config.hidden_dropout_prob)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = nn.LayerNorm(h, eps=config.layer_norm_eps, bias=bias)
 
-    def forward(self, x: torch.Tensor, delta: "RecursionDelta | None" = None) -> torch.Tensor:
+    def _gated(self, pre: torch.Tensor) -> torch.Tensor:
+        a, g = pre.chunk(2, dim=-1)
+        return self.activation(a) * g
+
+    def forward(self, x: torch.Tensor, delta: "RecursionDelta | None" = None,
+                adapter: nn.Module | None = None) -> torch.Tensor:
+        """``adapter`` (``modernbert`` form): transforms the normalised input."""
         ffn, ffn_output, norm = (self.ffn, self.ffn_output, self.LayerNorm) if delta is None else delta.ffn_block(self)
         # act's output is made again in backward, not kept: the largest activation of a step (recomputed.py)
-        return norm(x + self.dropout(recomputed_activation(self.activation, ffn(x), ffn_output)))
+        if not self.pre_norm:
+            return norm(x + self.dropout(recomputed_activation(self.activation, ffn(x), ffn_output)))
+        h = norm(x)
+        if adapter is not None:
+            h = adapter(h)
+        return x + self.dropout(recomputed_activation(self._gated, ffn(h), ffn_output))
 
 
 class MiniAlbertLayer(GradientCheckpointingLayer):
@@ -203,13 +257,21 @@ class MiniAlbertLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: MiniAlbertConfig):
         super().__init__()
+        self.pre_norm = config.layer_form == "modernbert"
         self.attention = MiniAlbertAttention(config)
         self.ffn = MiniAlbertFeedForward(config)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, adapters: "RecursionAdapters | None" = None,
                 output_attentions: bool = False, output_query_key: bool = False,
-                delta: "RecursionDelta | None" = None):
-        """(B, L, H) in; returns (B, L, H), the maps or None, the (query, key) heads or None."""
+                delta: "RecursionDelta | None" = None, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                window: int | None = None):
+        """(B, L, H) in; returns (B, L, H), the maps or None, the (query, key) heads or None. The ``bert`` form's
+        adapters transform each block's input; the ``modernbert`` form's each block's normalised input."""
+        if self.pre_norm:
+            att, ffn = (None, None) if adapters is None else (adapters.attention, adapters.ffn)
+            x, probs, query_key = self.attention(x, key_mask, output_attentions, output_query_key, delta, rotary,
+                                                 att, window)
+            return self.ffn(x, delta, ffn), probs, query_key
         if adapters is not None:
             x = adapters.attention(x)
         x, probs, query_key = self.attention(x, key_mask, output_attentions, output_query_key, delta)
@@ -233,17 +295,20 @@ class MiniAlbertPreTrainedModel(PreTrainedModel):
         if isinstance(module, LowRankDelta):
             init.normal_(module.down, mean=0.0, std=self.config.initializer_range)
             init.zeros_(module.up)
-            init.zeros_(module.bias)
+            if module.bias is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, NormDelta):
             init.zeros_(module.weight)
-            init.zeros_(module.bias)
+            if module.bias is not None:
+                init.zeros_(module.bias)
         else:
             super()._init_weights(module)
 
     def _base(self) -> "MiniAlbertModel":
         return self if isinstance(self, MiniAlbertModel) else self.minialbert
 
-    def get_position_embeddings(self) -> nn.Embedding:
+    def get_position_embeddings(self) -> nn.Embedding | None:
+        """The learned position table (None for the ``modernbert`` form: rotary positions)."""
         return self._base().embeddings.position_embeddings
 
     @torch.no_grad()
@@ -251,6 +316,9 @@ class MiniAlbertPreTrainedModel(PreTrainedModel):
         """Longer (or shorter) inputs: keep the first positions' vectors, initialise new ones as at construction."""
         embeddings = self._base().embeddings
         old = embeddings.position_embeddings
+        if old is None:  # rotary positions: any length, nothing to resize
+            self.config.max_position_embeddings = new_num_position_embeddings
+            return
         new = nn.Embedding(new_num_position_embeddings, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
         self._init_weights(new)
         keep = min(old.num_embeddings, new_num_position_embeddings)
@@ -352,6 +420,8 @@ class MiniAlbertModel(MiniAlbertPreTrainedModel):
             nn.Linear(config.embedding_size, config.hidden_size) if config.embedding_size != config.hidden_size else None
         )
         self.layer = MiniAlbertLayer(config)
+        self.final_norm = (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=config.use_bias)
+                           if config.layer_form == "modernbert" else None)
         self.adapters = (
             nn.ModuleList(RecursionAdapters(config) for _ in range(config.num_recursions)) if config.use_adapters else None
         )
@@ -380,6 +450,27 @@ class MiniAlbertModel(MiniAlbertPreTrainedModel):
                 raise ValueError(f"source embeddings: '{name}' has shape {got}, expected {tuple(target.shape)}")
             target.copy_(src)
 
+    def _rotary_and_masks(self, x: torch.Tensor, key_mask: torch.Tensor | None, position_ids: torch.Tensor | None):
+        """``modernbert`` form: per recursion (key mask, rotary (cos, sin), window) — a local recursion's mask keeps
+        keys with |i - j| <= local_window, its rotary base is local_rope_theta. None for the ``bert`` form."""
+        c = self.config
+        if c.layer_form != "modernbert":
+            return None
+        seq = x.shape[1]
+        positions = torch.arange(seq, device=x.device) if position_ids is None else position_ids
+        head_dim = c.hidden_size // c.num_attention_heads
+        rotary = {theta: rotary_tables(positions, head_dim, theta, x.dtype)
+                  for theta in {c.rope_theta, c.local_rope_theta}}
+        local_mask = None
+        if c.local_recursions:
+            pos = torch.arange(seq, device=x.device)
+            band = ((pos[:, None] - pos[None, :]).abs() <= c.local_window)[None, None]  # (1, 1, L, L)
+            # A padded query whose window holds no real key still sees itself: no row is empty (no NaN anywhere).
+            local_mask = band if key_mask is None else (band & key_mask) | torch.eye(seq, dtype=torch.bool,
+                                                                                     device=x.device)
+        return [(local_mask, rotary[c.local_rope_theta], c.local_window) if i in c.local_recursions
+                else (key_mask, rotary[c.rope_theta], None) for i in range(c.num_recursions)]
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -401,14 +492,19 @@ class MiniAlbertModel(MiniAlbertPreTrainedModel):
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, L, E)
         if self.embedding_projection is not None:
             x = self.embedding_projection(x)  # (B, L, H)
+        positional = self._rotary_and_masks(x, key_mask, position_ids)
         hidden_states, attentions, query_keys = [x], [], []
         for i in range(self.config.num_recursions):
             adapters = None if self.adapters is None else self.adapters[i]
             delta = None if self.deltas is None else self.deltas[i]
-            x, probs, qk = self.layer(x, key_mask, adapters, output_attentions, output_query_key, delta)
+            mask, rotary, window = positional[i] if positional else (key_mask, None, None)
+            x, probs, qk = self.layer(x, mask, adapters, output_attentions, output_query_key, delta, rotary, window)
             hidden_states.append(x)
             attentions.append(probs)
             query_keys.append(qk)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+            hidden_states[-1] = x  # the last recursion's state as the teacher's last layer reports it: normalised
         out = MiniAlbertModelOutput(
             last_hidden_state=x,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,

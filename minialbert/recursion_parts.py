@@ -35,32 +35,37 @@ class RecursionAdapters(nn.Module):
         self.ffn = BottleneckAdapter(*args)
 
 
-class LowRankDelta(nn.Module):
-    """One recursion's change to one linear map of the shared layer: weight + up·down (rank R), bias + bias."""
+def _plus(shared: torch.Tensor | None, own: torch.Tensor | None) -> torch.Tensor | None:
+    return None if shared is None else shared + own
 
-    def __init__(self, in_features: int, out_features: int, rank: int):
+
+class LowRankDelta(nn.Module):
+    """One recursion's change to one linear map of the shared layer: weight + up·down (rank R), bias + bias (a
+    shared map without bias: none)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
         super().__init__()
         self.down = nn.Parameter(torch.empty(rank, in_features))
         self.up = nn.Parameter(torch.zeros(out_features, rank))
-        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def applied_to(self, shared: nn.Linear):
         """The recursion's linear map, as a function of (…, in) -> (…, out). The weight is formed once per call
         (2·R·in·out FLOPs, no per-token cost)."""
-        weight, bias = shared.weight + self.up @ self.down, shared.bias + self.bias
+        weight, bias = shared.weight + self.up @ self.down, _plus(shared.bias, self.bias)
         return lambda x: F.linear(x, weight, bias)
 
 
 class NormDelta(nn.Module):
     """One recursion's change to one LayerNorm of the shared layer: gain + weight, bias + bias."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, bias: bool = True):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(width))
-        self.bias = nn.Parameter(torch.zeros(width))
+        self.bias = nn.Parameter(torch.zeros(width)) if bias else None
 
     def applied_to(self, shared: nn.LayerNorm):
-        weight, bias = shared.weight + self.weight, shared.bias + self.bias
+        weight, bias = shared.weight + self.weight, _plus(shared.bias, self.bias)
         return lambda x: F.layer_norm(x, shared.normalized_shape, weight, bias, shared.eps)
 
 
@@ -69,12 +74,13 @@ class RecursionDelta(nn.Module):
 
     def __init__(self, config: MiniAlbertConfig):
         super().__init__()
-        h, i, r = config.hidden_size, config.intermediate_size, config.recursion_delta_rank
-        self.query, self.key, self.value, self.dense = (LowRankDelta(h, h, r) for _ in range(4))
-        self.ffn = LowRankDelta(h, i, r)
-        self.ffn_output = LowRankDelta(i, h, r)
-        self.attention_norm = NormDelta(h)
-        self.ffn_norm = NormDelta(h)
+        h, i, r, bias = config.hidden_size, config.intermediate_size, config.recursion_delta_rank, config.use_bias
+        gated = 2 if config.layer_form == "modernbert" else 1  # GeGLU: one map to the input and the gate
+        self.query, self.key, self.value, self.dense = (LowRankDelta(h, h, r, bias) for _ in range(4))
+        self.ffn = LowRankDelta(h, gated * i, r, bias)
+        self.ffn_output = LowRankDelta(i, h, r, bias)
+        self.attention_norm = NormDelta(h, bias)
+        self.ffn_norm = NormDelta(h, bias)
 
     def attention_block(self, block: nn.Module):
         """query, key, value, dense and LayerNorm of ``block`` with this recursion's changes."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .config import ConfigError, RunConfig
 from .configuration_minialbert import MiniAlbertConfig
-from .teacher_families import copy_init_refusal, layer_norm_eps, max_positions, position_offset
+from .teacher_families import copy_init_refusal, layer_norm_eps, max_positions, position_offset, student_form
 
 if TYPE_CHECKING:  # the plan (--check) reads student_config without importing torch's training stack
     from .modeling_minialbert import MiniAlbertForMaskedLM
@@ -31,6 +31,7 @@ def student_config(cfg: RunConfig, teacher_config) -> MiniAlbertConfig:
 
 
 def _student_config(cfg: RunConfig, t, s) -> MiniAlbertConfig:
+    form = layer_form(cfg, t)
     return MiniAlbertConfig(
         vocab_size=t.vocab_size, embedding_size=s.embedding_size, hidden_size=s.hidden_size or t.hidden_size,
         num_attention_heads=s.num_attention_heads or t.num_attention_heads,
@@ -40,8 +41,34 @@ def _student_config(cfg: RunConfig, t, s) -> MiniAlbertConfig:
         hidden_dropout_prob=s.hidden_dropout_prob, attention_probs_dropout_prob=s.attention_probs_dropout_prob,
         max_position_embeddings=max_positions(t), type_vocab_size=max(getattr(t, "type_vocab_size", 0) or 0, 1),
         layer_norm_eps=layer_norm_eps(t), pad_token_id=t.pad_token_id or 0,
-        hidden_act=getattr(t, "hidden_act", None) or "gelu", classifier_pooling=classifier_pooling(cfg),
+        hidden_act=getattr(t, "hidden_act", None) or getattr(t, "hidden_activation", None) or "gelu",
+        classifier_pooling=classifier_pooling(cfg), layer_form=form,
+        **(_modernbert_form(cfg, t) if form == "modernbert" else {}),
     )
+
+
+def layer_form(cfg: RunConfig, teacher_config) -> str:
+    """``student.layer_form`` with 'auto' resolved: the form that mirrors the teacher's layers."""
+    return student_form(teacher_config) if cfg.student.layer_form == "auto" else cfg.student.layer_form
+
+
+def _modernbert_form(cfg: RunConfig, t) -> dict:
+    """The ``modernbert`` form's settings from a ModernBERT teacher (defaults for another teacher): rotary bases,
+    the local window, which recursions attend locally (those mapped to its sliding-window layers), biases."""
+    from .teacher_families import layer_map_for
+
+    if t.model_type != "modernbert":
+        return {"use_bias": False}
+    rope = getattr(t, "rope_parameters", None) or {}
+    layer_map = layer_map_for(cfg.teacher.layer_map, t.num_hidden_layers, cfg.student.num_recursions)
+    return {
+        "use_bias": bool(t.attention_bias or t.mlp_bias or t.norm_bias),
+        "rope_theta": (rope.get("full_attention") or {}).get("rope_theta", getattr(t, "global_rope_theta", 160000.0)),
+        "local_rope_theta": (rope.get("sliding_attention") or {}).get("rope_theta",
+                                                                       getattr(t, "local_rope_theta", 10000.0)),
+        "local_window": t.sliding_window,  # |i - j| <= local_attention // 2, as the teacher runs it
+        "local_recursions": [i for i, m in enumerate(layer_map) if t.layer_types[m - 1] == "sliding_attention"],
+    }
 
 
 def classifier_pooling(cfg: RunConfig) -> str:
@@ -86,7 +113,7 @@ def build_student(cfg: RunConfig, teacher: Teacher, config: MiniAlbertConfig | N
     config = config or architecture(cfg, teacher)
     model = MiniAlbertForMaskedLM.from_pretrained(s.init_from) if s.init_from else MiniAlbertForMaskedLM(config)
     t = teacher.config
-    refusal = copy_init_refusal(t)
+    refusal = copy_init_refusal(t, model.config.layer_form)
     if s.init == "teacher" and not s.init_from and refusal:
         dist.print0(f"{refusal}: the student starts from a random init")
     elif s.init == "teacher" and not s.init_from:

@@ -162,8 +162,9 @@ class Teacher(nn.Module):
             x = x + layer.attn.Wo(context.transpose(1, 2).flatten(2))
             x = x + layer.mlp(layer.mlp_norm(x))
             qk = TeacherAttention(q, k, window=window if local else None) if want_qk and mapped else None
-            # The last layer's output as Hugging Face reports it (last_hidden_state): after the final norm.
-            self._keep(out, i, self.base.final_norm(x) if i == self.num_layers else x, probs, qk)
+            # The last mapped layer's output through the final norm, as Hugging Face reports the last layer's
+            # (last_hidden_state) and as a student ends (the modernbert form's final norm, the bert form's LayerNorm).
+            self._keep(out, i, self.base.final_norm(x) if i == self.layer_map[-1] else x, probs, qk)
         return self.base.final_norm(x), out
 
     def _run_outputs(self, input_ids, attention_mask, token_type_ids, want_logits, want_probs, want_qk):

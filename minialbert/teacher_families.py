@@ -11,8 +11,8 @@ One entry per family; a new family is one more entry in ``FAMILIES``. ``teacher.
                   probabilities are the teacher side of the attention term (DeBERTa's disentangled attention
                   adds content→position and position→content scores that are no QKᵀ of any one query and key,
                   and any other encoder ``AutoModel`` loads runs this way too).
-``bert_layers`` says whether the layers and embeddings carry BERT's module names and shapes, which a
-weight-copying student initialisation needs.
+``student_form`` names the student layer form that mirrors the family's layers (``MiniAlbertConfig.layer_form``),
+into which the teacher initialisation copies them.
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ class Family:
     discriminator, a bare encoder)."""
     logits: Callable | None = None
     """(masked-LM model, (M, H) final hidden states) -> (M, V) logits."""
-    bert_layers: bool = False
-    """Embeddings and layers under BERT's module names and shapes (a weight-copying init can read them)."""
+    student_form: str | None = None
+    """The student layer form (``MiniAlbertConfig.layer_form``) that mirrors this family's layers and that the
+    teacher init can copy into: "bert" or "modernbert"; None: no mirrored form yet (the student is BERT-form,
+    from a random init)."""
     token_types: bool = True
     """The model takes ``token_type_ids`` (when its ``type_vocab_size`` > 0)."""
     position_offset: Callable = field(default=lambda config: 0)
@@ -68,19 +70,20 @@ def _deberta_logits(model, x):
 
 
 _ROBERTA = dict(base="roberta", runner="bert", head_prefixes=("lm_head.",), logits=lambda m, x: m.lm_head(x),
-                bert_layers=True, position_offset=_roberta_offset)
+                student_form="bert", position_offset=_roberta_offset)
 
 FAMILIES: dict[str, Family] = {
     "bert": Family("BERT", base="bert", runner="bert", head_prefixes=("cls.predictions.",),
-                   logits=lambda m, x: m.cls.predictions(x), bert_layers=True),
+                   logits=lambda m, x: m.cls.predictions(x), student_form="bert"),
     "roberta": Family("RoBERTa", **_ROBERTA),
     "xlm-roberta": Family("XLM-RoBERTa", **_ROBERTA),
     "electra": Family("ELECTRA", base="electra", runner="bert", head_prefixes=("generator_lm_head.",),
-                      logits=lambda m, x: m.generator_lm_head(m.generator_predictions(x)), bert_layers=True),
+                      logits=lambda m, x: m.generator_lm_head(m.generator_predictions(x)),
+                      student_form="bert"),
     "deberta-v2": Family("DeBERTa-v2/v3", base="deberta", runner="outputs",
                          head_prefixes=("cls.predictions.", "lm_predictions."), logits=_deberta_logits),
     "modernbert": Family("ModernBERT", base="model", runner="modernbert", head_prefixes=("head.", "decoder."),
-                         logits=lambda m, x: m.decoder(m.head(x)), token_types=False),
+                         logits=lambda m, x: m.decoder(m.head(x)), token_types=False, student_form="modernbert"),
 }
 GENERIC = Family("generic encoder", base=None, runner="outputs")
 
@@ -125,15 +128,24 @@ def layer_norm_eps(config) -> float:
     return getattr(config, "layer_norm_eps", None) or getattr(config, "norm_eps", None) or 1e-12
 
 
-def copy_init_refusal(config) -> str | None:
-    """None where a weight-copying student initialisation can read the teacher by BERT's module names (under
-    ``family.base``; positions from row ``position_offset``); else the one-line reason it cannot."""
+def student_form(config) -> str:
+    """The student layer form that mirrors the teacher's layers ("bert" where none does yet)."""
+    return family_of(config).student_form or "bert"
+
+
+def copy_init_refusal(config, layer_form: str = "bert") -> str | None:
+    """None where a weight-copying student initialisation can read the teacher into a student of ``layer_form``
+    (BERT-shaped layers into the ``bert`` form, ModernBERT's into the ``modernbert`` form); else the one-line
+    reason it cannot."""
     family = family_of(config)
-    if family.bert_layers:
+    if family.student_form == layer_form:
         return None
-    return (f"teacher init is not available for family {family.name} (model_type={config.model_type!r}): its layers "
-            f"are not BERT-shaped; families with BERT-shaped layers: "
-            + ", ".join(k for k, f in FAMILIES.items() if f.bert_layers))
+    if family.student_form is None:
+        return (f"teacher init is not available for family {family.name} (model_type={config.model_type!r}): no "
+                f"student form mirrors its layers yet; families with a teacher init: "
+                + ", ".join(k for k, f in FAMILIES.items() if f.student_form))
+    return (f"teacher init is not available for a {layer_form}-form student of family {family.name}: its layers are "
+            f"copied into the {family.student_form} form (student.layer_form: auto)")
 
 
 def uniform_layer_map(num_teacher_layers: int, num_recursions: int) -> list[int]:

@@ -68,70 +68,94 @@ def _check_shapes(student: MiniAlbertForMaskedLM, teacher_config) -> None:
         raise TeacherInitError(f"student.init=teacher: student.intermediate_size={s.intermediate_size} exceeds "
                                f"the teacher's {t.intermediate_size}; choose <= {t.intermediate_size} or "
                                f"student.init=random")
-    if s.hidden_act != t.hidden_act:
+    act = getattr(t, "hidden_act", None) or getattr(t, "hidden_activation", None)  # ModernBERT: hidden_activation
+    if s.hidden_act != act:
         raise TeacherInitError(f"student.init=teacher: the student's hidden_act={s.hidden_act!r} but the "
-                               f"teacher's is {t.hidden_act!r}")
+                               f"teacher's is {act!r}")
 
 
 @torch.no_grad()
 def init_from_teacher(student: MiniAlbertForMaskedLM, teacher_encoder: nn.Module, layer_map: list[int],
                       teacher_model: nn.Module | None = None, token_counts: torch.Tensor | None = None,
                       position_offset: int = 0, shared_layer_from: list[int] | None = None) -> None:
-    """Overwrite ``student``'s weights from a BERT-shaped ``teacher_encoder`` (``embeddings``, ``encoder.layer``:
-    BERT, RoBERTa, XLM-R, ELECTRA) whose layers ``layer_map`` (1-based) the recursions imitate.
+    """Overwrite ``student``'s weights from ``teacher_encoder`` — BERT-shaped (``embeddings``, ``encoder.layer``:
+    BERT, RoBERTa, XLM-R, ELECTRA) for a ``bert``-form student, a ModernBERT model (``embeddings``, ``layers``,
+    ``final_norm``) for a ``modernbert``-form one — whose layers ``layer_map`` (1-based) the recursions imitate.
     ``teacher_model``: the whole teacher, whose MLM head is copied where it has one (BERT's ``cls.predictions``,
-    RoBERTa's ``lm_head``); ``token_counts``: (V,) how often each token occurs in the training text (the
-    embedding directions then favour the words the student will read; None: every word alike);
-    ``position_offset``: the teacher's position row of the first token (RoBERTa: padding_idx + 1);
-    ``shared_layer_from``: the teacher layers (1-based) whose mean starts the shared layer (None: 1 … the last
-    mapped one)."""
+    RoBERTa's ``lm_head``, ModernBERT's ``head`` + ``decoder``); ``token_counts``: (V,) how often each token
+    occurs in the training text (the embedding directions then favour the words the student will read; None:
+    every word alike); ``position_offset``: the teacher's position row of the first token (RoBERTa:
+    padding_idx + 1); ``shared_layer_from``: the teacher layers (1-based) whose mean starts the shared layer
+    (None: 1 … the last mapped one)."""
     _check_shapes(student, teacher_encoder.config)
     base = student.minialbert
     source = teacher_encoder.embeddings
+    modern = student.config.layer_form == "modernbert"
     projection = getattr(teacher_encoder, "embeddings_project", None)  # ELECTRA: E-wide embeddings, then E -> H
     if projection is not None:
         _copy_projected_embeddings(base, source, projection, position_offset)
+    elif modern:
+        _init_embeddings(base, source.tok_embeddings.weight, None, None, source.norm, token_counts)
     else:
-        _init_embeddings(base, source, token_counts, position_offset)
+        rows = base.embeddings.position_embeddings.num_embeddings
+        types = base.embeddings.token_type_embeddings.num_embeddings
+        _init_embeddings(base, source.word_embeddings.weight,
+                         source.position_embeddings.weight[position_offset:position_offset + rows],
+                         source.token_type_embeddings.weight[:types], source.LayerNorm, token_counts)
     # The layers the recursions replace: every teacher layer up to the last mapped one (measured a little closer
     # than the mean of the mapped layers alone; docs/results.md), or the ones asked for.
-    teacher_layers = teacher_encoder.encoder.layer
+    teacher_layers = teacher_encoder.layers if modern else teacher_encoder.encoder.layer
+    parts = [_modernbert_parts(t, source.norm) if modern else _bert_parts(t) for t in teacher_layers]
     if shared_layer_from is None:
-        layers = list(teacher_layers[: max(layer_map)])
+        chosen = parts[: max(layer_map)]
     else:
         if max(shared_layer_from) > len(teacher_layers):
             raise TeacherInitError(f"student.shared_layer_from={shared_layer_from}: the teacher has "
                                    f"{len(teacher_layers)} layers (numbered from 1)")
-        layers = [teacher_layers[i - 1] for i in shared_layer_from]
-    units = _init_shared_layer(base.layer, layers)
+        chosen = [parts[i - 1] for i in shared_layer_from]
+    units = _init_shared_layer(base.layer, chosen)
     if base.deltas is not None:
         for delta, mapped in zip(base.deltas, layer_map):
-            _init_delta(delta, base.layer, teacher_layers[mapped - 1], units)
+            _init_delta(delta, base.layer, parts[mapped - 1], units)
+    if modern:
+        _copy(base.final_norm, teacher_encoder.final_norm.weight, teacher_encoder.final_norm.bias)
     if base.adapters is not None:
-        # What each adapter's input left: the embeddings' LayerNorm (recursion 1) or the shared layer's.
-        embeddings_ln = teacher_encoder.embeddings.LayerNorm
         for i, adapters in enumerate(base.adapters):
-            _init_identity_adapter(adapters.attention, embeddings_ln if i == 0 else base.layer.ffn.LayerNorm)
-            _init_identity_adapter(adapters.ffn, base.layer.attention.LayerNorm)
-    parts = _mlm_head_parts(teacher_model)
-    if parts is not None:
-        dense, norm, decoder, bias = parts
+            if modern:  # pre-norm: each adapter reads its block's LayerNorm
+                attention_input = base.layer.attention.LayerNorm
+            else:  # post-norm: what the block's input left, the embeddings' LayerNorm or the shared layer's
+                attention_input = source.LayerNorm if i == 0 else base.layer.ffn.LayerNorm
+            _init_identity_adapter(adapters.attention, attention_input)
+            _init_identity_adapter(adapters.ffn, base.layer.ffn.LayerNorm if modern else base.layer.attention.LayerNorm)
+    head_parts = _mlm_head_parts(teacher_model)
+    if head_parts is not None:
+        dense, norm, decoder, bias = head_parts
         head = student.mlm_head
-        head.transform.load_state_dict(dense.state_dict())
-        head.LayerNorm.load_state_dict(norm.state_dict())
-        head.decoder.weight.copy_(decoder.weight)
-        head.decoder.bias.copy_(bias)
+        _copy(head.transform, dense.weight, dense.bias)
+        _copy(head.LayerNorm, norm.weight, norm.bias)
+        _copy(head.decoder, decoder.weight, bias)
+
+
+def _copy(target: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """weight and bias into ``target`` (a teacher without that bias: zero; a target without bias: weight only)."""
+    target.weight.copy_(weight)
+    if target.bias is not None:
+        target.bias.copy_(torch.zeros_like(target.bias) if bias is None else bias)
 
 
 def _mlm_head_parts(model: nn.Module | None):
-    """(dense, LayerNorm, decoder, bias) of a BERT (``cls.predictions``) or RoBERTa (``lm_head``) MLM head, both
-    dense -> GELU -> LayerNorm -> decoder like the student's; None for a model without one."""
+    """(dense, LayerNorm, decoder, bias) of a BERT (``cls.predictions``), RoBERTa (``lm_head``) or ModernBERT
+    (``head``, ``decoder``) MLM head, all dense -> GELU -> LayerNorm -> decoder like the student's; None for a
+    model without one."""
     bert = getattr(getattr(model, "cls", None), "predictions", None)
     if bert is not None:
         return bert.transform.dense, bert.transform.LayerNorm, bert.decoder, bert.bias
     roberta = getattr(model, "lm_head", None)
     if roberta is not None and hasattr(roberta, "layer_norm"):
         return roberta.dense, roberta.layer_norm, roberta.decoder, roberta.bias
+    modern = getattr(model, "head", None)  # ModernBERT: dense -> act -> norm (no biases by default), decoder
+    if modern is not None and hasattr(model, "decoder") and hasattr(modern, "norm"):
+        return modern.dense, modern.norm, model.decoder, model.decoder.bias
     return None
 
 
@@ -157,32 +181,29 @@ def _fp32(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.float32)
 
 
-def _init_embeddings(base: nn.Module, source: nn.Module, token_counts: torch.Tensor | None, offset: int) -> None:
-    """The factorised embeddings from the teacher's (see the module docstring)."""
+def _init_embeddings(base: nn.Module, word: torch.Tensor, pos: torch.Tensor | None, typ: torch.Tensor | None,
+                     norm: nn.LayerNorm, token_counts: torch.Tensor | None) -> None:
+    """The factorised embeddings from the teacher's tables (the rows the student uses; ``pos`` / ``typ`` None for
+    a teacher without them, ModernBERT) and its embedding LayerNorm (see the module docstring)."""
     target = base.embeddings
-    rows = target.position_embeddings.num_embeddings
-    word = _fp32(source.word_embeddings.weight)
-    pos = _fp32(source.position_embeddings.weight)[offset:offset + rows]  # the rows the student's positions use
-    typ = _fp32(source.token_type_embeddings.weight)[: target.token_type_embeddings.num_embeddings]
-    gamma, beta = _fp32(source.LayerNorm.weight), _fp32(source.LayerNorm.bias)
-    h, e = word.shape[1], target.word_embeddings.embedding_dim
+    tables = {"word_embeddings": _fp32(word), "position_embeddings": pos, "token_type_embeddings": typ}
+    tables = {k: _fp32(v) for k, v in tables.items() if v is not None}
+    gamma = _fp32(norm.weight)
+    beta = torch.zeros_like(gamma) if norm.bias is None else _fp32(norm.bias)
+    h, e = gamma.shape[0], target.word_embeddings.embedding_dim
     if base.embedding_projection is None:  # E = H: the teacher's embeddings as they are
-        for name, src in (("word_embeddings", word), ("position_embeddings", pos), ("token_type_embeddings", typ)):
+        for name, src in tables.items():
             getattr(target, name).weight.copy_(src)
-        target.LayerNorm.weight.copy_(gamma)
-        target.LayerNorm.bias.copy_(beta)
+        _copy(target.LayerNorm, gamma, beta)
         return
-    basis = embedding_basis(word, pos, typ, token_counts, e)
+    basis = embedding_basis(tables["word_embeddings"], tables.get("position_embeddings"),
+                            tables.get("token_type_embeddings"), token_counts, e)
     reflect = _householder_to_ones(e)  # (E, E), symmetric: the weakest direction onto the all-ones axis
-
-    def coords(table: torch.Tensor) -> torch.Tensor:
-        return (table - table.mean(dim=1, keepdim=True)) @ basis.T @ reflect  # (rows, E)
-
-    target.word_embeddings.weight.copy_(coords(word))
-    target.position_embeddings.weight.copy_(coords(pos))
-    target.token_type_embeddings.weight.copy_(coords(typ))
+    for name, table in tables.items():
+        getattr(target, name).weight.copy_((table - table.mean(dim=1, keepdim=True)) @ basis.T @ reflect)  # (rows, E)
     target.LayerNorm.weight.fill_(1.0)
-    target.LayerNorm.bias.zero_()
+    if target.LayerNorm.bias is not None:
+        target.LayerNorm.bias.zero_()
     # LN_E(c) = c·√E/‖c‖ for coordinates c with no weight on the all-ones axis; the teacher's LN gives
     # γ ⊙ x·√H/‖x‖ + β for the centred sum x ≈ basisᵀ c, so the projection is γ ⊙ basisᵀ·√(H/E), bias β.
     weight = (gamma[:, None] * (basis.T @ reflect)) * math.sqrt(h / e)  # (H, E)
@@ -190,13 +211,13 @@ def _init_embeddings(base: nn.Module, source: nn.Module, token_counts: torch.Ten
     base.embedding_projection.bias.copy_(beta)
 
 
-def embedding_basis(word: torch.Tensor, pos: torch.Tensor, typ: torch.Tensor, token_counts: torch.Tensor | None,
-                    e: int) -> torch.Tensor:
+def embedding_basis(word: torch.Tensor, pos: torch.Tensor | None, typ: torch.Tensor | None,
+                    token_counts: torch.Tensor | None, e: int) -> torch.Tensor:
     """(E, H), strongest first: the E directions that carry most of what the teacher's embedding LayerNorm sees,
     the top eigenvectors of the second moment of a centred sum word + position + token type, the three drawn
     independently (positions and types uniformly, words by ``token_counts`` with add-one smoothing, or uniformly
     without). Words alone would do for words but lose the positions, which live in other directions."""
-    tables = [t - t.mean(dim=1, keepdim=True) for t in (word, pos, typ)]  # centred rows, (rows, H) each
+    tables = [t - t.mean(dim=1, keepdim=True) for t in (word, pos, typ) if t is not None]  # centred rows, (rows, H)
     row_weights = [torch.full((len(t),), 1.0 / len(t)) for t in tables]
     if token_counts is not None:  # add-one smoothing: words absent from the text still count a little
         counts = token_counts.to(torch.float64)[: len(word)] + 1.0
@@ -225,7 +246,8 @@ def _householder_to_ones(e: int) -> torch.Tensor:
 def _init_identity_adapter(adapter: nn.Module, input_norm: nn.LayerNorm) -> None:
     """LN(x + up(gelu(down x))) ≈ x for x = γ ⊙ n + β (n: a normalised vector): up = 0, and the LayerNorm's gain
     and bias give back x's spread and offset (x's mean ≈ mean β, its spread ≈ √(mean γ² + var β))."""
-    gamma, beta = _fp32(input_norm.weight), _fp32(input_norm.bias)
+    gamma = _fp32(input_norm.weight)
+    beta = torch.zeros_like(gamma) if input_norm.bias is None else _fp32(input_norm.bias)
     adapter.up.weight.zero_()
     adapter.up.bias.zero_()
     adapter.LayerNorm.weight.fill_(float((gamma.square().mean() + beta.var(unbiased=False)).sqrt()))
@@ -236,69 +258,95 @@ def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([_fp32(t) for t in tensors]).mean(0)
 
 
-def _same_width_parts(layer: nn.Module, teacher_layer: nn.Module) -> dict[nn.Module, nn.Module]:
-    """The student's shared-layer modules (attention and LayerNorms) and the teacher layer's (BERT names) that
-    have the same shapes."""
-    return {
-        layer.attention.query: teacher_layer.attention.self.query,
-        layer.attention.key: teacher_layer.attention.self.key,
-        layer.attention.value: teacher_layer.attention.self.value,
-        layer.attention.dense: teacher_layer.attention.output.dense,
-        layer.attention.LayerNorm: teacher_layer.attention.output.LayerNorm,
-        layer.ffn.LayerNorm: teacher_layer.output.LayerNorm,
-    }
+Part = tuple[torch.Tensor, torch.Tensor | None]
+"""A weight and its bias (None: the teacher has none)."""
 
 
-def _init_shared_layer(layer: nn.Module, teacher_layers: list[nn.Module]) -> torch.Tensor | None:
-    """The shared layer as the mean of ``teacher_layers`` (BERT module names on the teacher side). Returns the
-    teacher feed-forward units kept (None: all of them)."""
-    parts = [_same_width_parts(layer, t) for t in teacher_layers]
-    for target in parts[0]:
-        target.weight.copy_(_mean([p[target].weight for p in parts]))
-        target.bias.copy_(_mean([p[target].bias for p in parts]))
-    w_in = _mean([t.intermediate.dense.weight for t in teacher_layers])  # (I, H)
-    b_in = _mean([t.intermediate.dense.bias for t in teacher_layers])  # (I,)
-    w_out = _mean([t.output.dense.weight for t in teacher_layers])  # (H, I)
-    keep = layer.ffn.ffn.out_features
+def _bert_parts(t: nn.Module) -> dict[str, Part]:
+    """A BERT-shaped teacher layer by the student layer's part names (those of ``recursion_parts.RecursionDelta``)."""
+    sa = t.attention.self
+
+    def wb(m):
+        return m.weight, m.bias
+
+    return {"query": wb(sa.query), "key": wb(sa.key), "value": wb(sa.value), "dense": wb(t.attention.output.dense),
+            "attention_norm": wb(t.attention.output.LayerNorm), "ffn": wb(t.intermediate.dense),
+            "ffn_output": wb(t.output.dense), "ffn_norm": wb(t.output.LayerNorm)}
+
+
+def _modernbert_parts(t: nn.Module, embeddings_norm: nn.LayerNorm) -> dict[str, Part]:
+    """A ModernBERT layer by the same names: the fused Wqkv cut into query, key and value rows; the first layer's
+    attention norm is an identity after the embeddings' norm, taken as a LayerNorm with the embeddings' gain and
+    bias (exact where that gain is constant and the bias zero, as at initialisation)."""
+    h = t.attn.Wo.weight.shape[0]
+    w, b = t.attn.Wqkv.weight, t.attn.Wqkv.bias
+
+    def rows(i):
+        return w[i * h:(i + 1) * h], None if b is None else b[i * h:(i + 1) * h]
+
+    norm = t.attn_norm if isinstance(t.attn_norm, nn.LayerNorm) else embeddings_norm
+    return {"query": rows(0), "key": rows(1), "value": rows(2), "dense": (t.attn.Wo.weight, t.attn.Wo.bias),
+            "attention_norm": (norm.weight, norm.bias), "ffn": (t.mlp.Wi.weight, t.mlp.Wi.bias),
+            "ffn_output": (t.mlp.Wo.weight, t.mlp.Wo.bias), "ffn_norm": (t.mlp_norm.weight, t.mlp_norm.bias)}
+
+
+def _student_parts(layer: nn.Module) -> dict[str, nn.Module]:
+    a, f = layer.attention, layer.ffn
+    return {"query": a.query, "key": a.key, "value": a.value, "dense": a.dense, "attention_norm": a.LayerNorm,
+            "ffn": f.ffn, "ffn_output": f.ffn_output, "ffn_norm": f.LayerNorm}
+
+
+def _bias(part: Part) -> torch.Tensor:
+    weight, bias = part
+    return torch.zeros(weight.shape[0]) if bias is None else _fp32(bias)
+
+
+def _narrowed(name: str, weight: torch.Tensor, bias: torch.Tensor, units: torch.Tensor | None, gated: bool,
+              width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A part cut to the student's feed-forward units (the input map's rows, for GeGLU in both halves; the output
+    map's columns)."""
+    if units is None:
+        return weight, bias
+    if name == "ffn":
+        rows = torch.cat([units, units + width]) if gated else units
+        return weight[rows], bias[rows]
+    if name == "ffn_output":
+        return weight[:, units], bias
+    return weight, bias
+
+
+def _init_shared_layer(layer: nn.Module, teacher_parts: list[dict[str, Part]]) -> torch.Tensor | None:
+    """The shared layer as the element-wise mean of the teacher layers' parts. Returns the teacher feed-forward
+    units kept (None: all of them)."""
+    gated, width = layer.ffn.pre_norm, teacher_parts[0]["ffn_output"][0].shape[1]
+    keep = layer.ffn.ffn_output.in_features
     units = None
-    if keep < w_in.shape[0]:  # a narrower feed-forward: the units that carry the most, in their original order
-        score = torch.stack([_fp32(t.intermediate.dense.weight).norm(dim=1) * _fp32(t.output.dense.weight).norm(dim=0)
-                             for t in teacher_layers]).mean(0)
-        units = score.topk(keep).indices.sort().values
-        w_in, b_in, w_out = w_in[units], b_in[units], w_out[:, units]
-    layer.ffn.ffn.weight.copy_(w_in)
-    layer.ffn.ffn.bias.copy_(b_in)
-    layer.ffn.ffn_output.weight.copy_(w_out)
-    layer.ffn.ffn_output.bias.copy_(_mean([t.output.dense.bias for t in teacher_layers]))
+    if keep < width:  # a narrower feed-forward: the units that carry the most, in their original order
+
+        def unit_norms(p):
+            w_in = _fp32(p["ffn"][0])
+            rows = w_in.view(2, width, -1).norm(dim=(0, 2)) if gated else w_in.norm(dim=1)
+            return rows * _fp32(p["ffn_output"][0]).norm(dim=0)
+
+        units = torch.stack([unit_norms(p) for p in teacher_parts]).mean(0).topk(keep).indices.sort().values
+    for name, target in _student_parts(layer).items():
+        weight = _mean([p[name][0] for p in teacher_parts])
+        bias = torch.stack([_bias(p[name]) for p in teacher_parts]).mean(0)
+        _copy(target, *_narrowed(name, weight, bias, units, gated, width))
     return units
 
 
-def _weight_and_bias(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    return module.weight, module.bias
-
-
-def _init_delta(delta: nn.Module, layer: nn.Module, teacher_layer: nn.Module, units: torch.Tensor | None) -> None:
-    """``delta`` such that the shared ``layer`` plus it is ``teacher_layer`` as far as its rank allows: biases and
+def _init_delta(delta: nn.Module, layer: nn.Module, teacher_parts: dict[str, Part], units: torch.Tensor | None
+                ) -> None:
+    """``delta`` such that the shared ``layer`` plus it is the teacher layer as far as its rank allows: biases and
     LayerNorms exactly, each weight matrix's difference by its truncated SVD (√S to each factor)."""
-    t = teacher_layer
-    w_in, b_in = _fp32(t.intermediate.dense.weight), _fp32(t.intermediate.dense.bias)
-    w_out = _fp32(t.output.dense.weight)
-    if units is not None:  # the narrower student feed-forward's units
-        w_in, b_in, w_out = w_in[units], b_in[units], w_out[:, units]
-    attention = layer.attention
-    targets = [  # (the delta's part, the shared module, the teacher's weight and bias)
-        (delta.query, attention.query, *_weight_and_bias(t.attention.self.query)),
-        (delta.key, attention.key, *_weight_and_bias(t.attention.self.key)),
-        (delta.value, attention.value, *_weight_and_bias(t.attention.self.value)),
-        (delta.dense, attention.dense, *_weight_and_bias(t.attention.output.dense)),
-        (delta.ffn, layer.ffn.ffn, w_in, b_in),
-        (delta.ffn_output, layer.ffn.ffn_output, w_out, t.output.dense.bias),
-        (delta.attention_norm, attention.LayerNorm, *_weight_and_bias(t.attention.output.LayerNorm)),
-        (delta.ffn_norm, layer.ffn.LayerNorm, *_weight_and_bias(t.output.LayerNorm)),
-    ]
-    for part, shared, weight, bias in targets:
-        part.bias.copy_(_fp32(bias) - _fp32(shared.bias))
-        difference = _fp32(weight) - _fp32(shared.weight)
+    gated, width = layer.ffn.pre_norm, teacher_parts["ffn_output"][0].shape[1]
+    for name, shared in _student_parts(layer).items():
+        part = getattr(delta, name)
+        weight, bias = _narrowed(name, _fp32(teacher_parts[name][0]), _bias(teacher_parts[name]), units, gated, width)
+        if part.bias is not None:
+            part.bias.copy_(bias - _fp32(shared.bias))
+        difference = weight - _fp32(shared.weight)
         if difference.ndim == 1:  # a LayerNorm's gain
             part.weight.copy_(difference)
             continue

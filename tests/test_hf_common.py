@@ -123,3 +123,21 @@ class MiniAlbertCommonTest(modeling_common.ModelTesterMixin, unittest.TestCase):
 
     def test_config(self):
         self.config_tester.run_common_tests()
+
+
+class ModernBertFormTester(MiniAlbertModelTester):
+    """The ``modernbert`` layer form: pre-norm, GeGLU, rotary positions, no biases, a local first recursion."""
+
+    def get_config(self) -> MiniAlbertConfig:
+        config = super().get_config()
+        config.layer_form, config.use_bias, config.local_recursions, config.local_window = "modernbert", False, [0], 2
+        config.validate()
+        return config
+
+
+class MiniAlbertModernBertFormCommonTest(MiniAlbertCommonTest):
+    test_resize_position_embeddings = False  # rotary positions: no table to resize
+
+    def setUp(self):
+        super().setUp()
+        self.model_tester = ModernBertFormTester(self)

@@ -105,10 +105,13 @@ def test_families_say_what_a_weight_copying_init_and_the_student_need(folders):
     from minialbert.teacher_families import copy_init_refusal
 
     configs = {f: AutoConfig.from_pretrained(folders[f]) for f in FAMILIES}
-    bert_shaped = {f for f in FAMILIES if family_of(configs[f]).bert_layers}
+    bert_shaped = {f for f in FAMILIES if family_of(configs[f]).student_form == "bert"}
     assert bert_shaped == {"bert", "roberta", "xlm-roberta", "electra"}
     assert {f for f in FAMILIES if copy_init_refusal(configs[f]) is None} == bert_shaped
-    assert copy_init_refusal(configs["modernbert"]).startswith("teacher init is not available for family ModernBERT")
+    assert copy_init_refusal(configs["modernbert"], "modernbert") is None
+    assert copy_init_refusal(configs["modernbert"]).startswith(
+        "teacher init is not available for a bert-form student of family ModernBERT")
+    assert copy_init_refusal(configs["deberta-v2"]).startswith("teacher init is not available for family DeBERTa")
     roberta = AutoConfig.from_pretrained(folders["roberta"])
     assert max_positions(roberta) == 64 and roberta.max_position_embeddings == 64 + roberta.pad_token_id + 1
     lines = {f: describe_family(family_of(AutoConfig.from_pretrained(folders[f])), f) for f in FAMILIES}
