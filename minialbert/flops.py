@@ -33,10 +33,11 @@ import time
 import torch
 
 
-def _layer_forward_flops(tokens: int, seq: int, hidden: int, intermediate: int) -> int:
-    """One post-LN transformer layer on ``tokens`` = B·L tokens: Q, K, V, output projections, FFN, attention."""
+def _layer_forward_flops(tokens: int, seq: int, hidden: int, intermediate: int, gated: bool = False) -> int:
+    """One transformer layer on ``tokens`` = B·L tokens: Q, K, V, output projections, FFN (``gated``: GeGLU, its
+    up map twice as wide), attention."""
     projections = 2 * tokens * hidden * hidden * 4  # Q, K, V, dense
-    ffn = 2 * tokens * hidden * intermediate * 2  # up and down
+    ffn = 2 * tokens * hidden * intermediate * (3 if gated else 2)  # up (and gate) and down
     attention = 2 * tokens * seq * hidden * 2  # QK^T and PV over all heads: (B, h, L, d) x (B, h, d, L), ...
     return projections + ffn + attention
 
@@ -53,7 +54,8 @@ def teacher_forward_flops(teacher_config, batch: int, seq: int, logits_positions
     c = teacher_config
     layers = c.num_hidden_layers if teacher_layers_run is None else teacher_layers_run
     tokens = batch * seq
-    flops = layers * _layer_forward_flops(tokens, seq, c.hidden_size, c.intermediate_size)
+    gated = getattr(c, "model_type", None) == "modernbert"
+    flops = layers * _layer_forward_flops(tokens, seq, c.hidden_size, c.intermediate_size, gated)
     return flops + _mlm_head_flops(logits_positions, c.hidden_size, c.vocab_size)
 
 
@@ -63,12 +65,13 @@ def student_forward_flops(student_config, batch: int, seq: int, logits_positions
     tokens = batch * seq
     h = c.hidden_size
     flops = 2 * tokens * c.embedding_size * h if c.embedding_size != h else 0  # embedding projection
-    per_recursion = _layer_forward_flops(tokens, seq, h, c.intermediate_size)
+    gated = c.layer_form == "modernbert"
+    per_recursion = _layer_forward_flops(tokens, seq, h, c.intermediate_size, gated)
     if c.use_adapters:
         bottleneck = h // c.adapter_reduction_factor
         per_recursion += 2 * (2 * tokens * h * bottleneck * 2)  # two adapters, down and up
     if c.recursion_delta_rank:  # each weight matrix's up·down, formed once per forward
-        per_recursion += 2 * c.recursion_delta_rank * (4 * h * h + 2 * h * c.intermediate_size)
+        per_recursion += 2 * c.recursion_delta_rank * (4 * h * h + (3 if gated else 2) * h * c.intermediate_size)
     flops += c.num_recursions * per_recursion
     return flops + _mlm_head_flops(logits_positions, h, c.vocab_size)
 

@@ -23,6 +23,7 @@ _PART_OF_PREFIX = {
     "embeddings.": "embeddings",
     "embedding_projection.": "projection",
     "layer.": "shared_layer",
+    "final_norm.": "shared_layer",  # the modernbert form's last LayerNorm: shared, applied once
     "deltas.": "recursion_deltas",
     "adapters.": "adapters",
     "mlm_head.": "mlm_head",

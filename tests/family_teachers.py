@@ -83,14 +83,14 @@ def build_tokenizer(family: str, out: Path) -> Path:
     return build_sentencepiece(out, {"xlm-roberta": "XLMRobertaTokenizer", "deberta-v2": "DebertaV2Tokenizer"}[family])
 
 
-def teacher_model(family: str, tokenizer, mlm_head: bool = True, seed: int = 0):
+def teacher_model(family: str, tokenizer, mlm_head: bool = True, seed: int = 0, hidden: int = HIDDEN):
     """A random-weight model of ``family`` sized for ``tokenizer`` (ELECTRA: a discriminator, no MLM head)."""
     import torch
     import transformers as tf
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=len(tokenizer), hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                  intermediate_size=2 * HIDDEN, pad_token_id=tokenizer.pad_token_id)
+    common = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                  intermediate_size=2 * hidden, pad_token_id=tokenizer.pad_token_id)
     drop = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     if family == "bert":
         config, cls = tf.BertConfig(**common, **drop, max_position_embeddings=POSITIONS), "Bert"
@@ -117,12 +117,12 @@ def teacher_model(family: str, tokenizer, mlm_head: bool = True, seed: int = 0):
     return getattr(tf, f"{cls}ForMaskedLM" if mlm_head else f"{cls}Model")(config)
 
 
-def build_family_teacher(family: str, out: Path, mlm_head: bool = True, seed: int = 0) -> Path:
+def build_family_teacher(family: str, out: Path, mlm_head: bool = True, seed: int = 0, hidden: int = HIDDEN) -> Path:
     """Tokenizer and random model of ``family`` in one folder."""
     from transformers import AutoTokenizer
 
     build_tokenizer(family, out)
-    teacher_model(family, AutoTokenizer.from_pretrained(out), mlm_head, seed).save_pretrained(out)
+    teacher_model(family, AutoTokenizer.from_pretrained(out), mlm_head, seed, hidden).save_pretrained(out)
     return out
 
 
