@@ -74,8 +74,9 @@ def test_shards_of_another_tokenizer_stop_the_run_naming_both(runs, tmp_path):
 QUICK = ["--precision", "fp32", "--no-progress", "--batch-size", "16", "--seeds", "1", "--epochs", "1"]
 
 
-@pytest.mark.parametrize("family", ["roberta", "xlm-roberta"])
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "modernbert"])
 def test_ner_and_glue_fine_tune_students_of_bpe_and_sentencepiece_teachers(runs, tmp_path, family):
+    """... and of the modernbert form (a ModernBERT teacher's student), adapters only as well."""
     from finetune_toys import write_ner_task, write_pair_task
     from minialbert.finetune.__main__ import main
 
@@ -88,3 +89,9 @@ def test_ner_and_glue_fine_tune_students_of_bpe_and_sentencepiece_teachers(runs,
     glue = write_pair_task(tmp_path / "rte", n_train=40, n_val=10)
     assert main(["glue", "--task", "rte", "--model", str(export), "--data", str(glue), "--out",
                  str(tmp_path / "glue_out"), *QUICK]) == 0
+    assert json.loads((export / "config.json").read_text())["layer_form"] == ("modernbert" if family == "modernbert"
+                                                                             else "bert")
+    assert main(["glue", "--task", "rte", "--model", str(export), "--data", str(glue), "--out",
+                 str(tmp_path / "adapters_out"), "--adapters-only", *QUICK]) == 0
+    run = json.loads((tmp_path / "adapters_out" / "lr0.002-seed1" / "result.json").read_text())
+    assert 0 < run["params"]["trainable"] < 0.2 * run["params"]["frozen"]
