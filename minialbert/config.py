@@ -68,8 +68,9 @@ class StudentConfig:
     layer_form: str = "auto"
     """The shared layer's form: 'auto' = the one that mirrors the teacher's layers ('bert' for BERT, RoBERTa,
     XLM-R, ELECTRA; 'modernbert' for ModernBERT: pre-norm, GeGLU, rotary, no biases, its local window on the
-    recursions mapped to local layers, a final norm; 'bert' for DeBERTa and other encoders, which no form mirrors
-    yet), or 'bert' / 'modernbert' outright (a form that does not mirror the teacher starts from a random init)."""
+    recursions mapped to local layers, a final norm; 'deberta' for DeBERTa-v2/v3: disentangled attention over
+    shared relative-position embeddings; 'bert' for other encoders, which no form mirrors), or a form outright (one
+    that does not mirror the teacher starts from a random init)."""
     init: str = "teacher"
     """'teacher': start from the teacher's weights (SVD embeddings, the mean of the layers it replaces or of
     ``shared_layer_from`` as the shared layer, identity adapters, its MLM head; minialbert/teacher_init.py), the
@@ -218,8 +219,8 @@ class RunConfig:
         need(self.train.compile in ("auto", "on", "off"), "train.compile", "'auto', 'on' or 'off'", self.train.compile)
         need(self.train.log_every >= 0, "train.log_every", "0 (no log lines) or a positive integer", self.train.log_every)
         need(self.student.init in ("teacher", "random"), "student.init", "'teacher' or 'random'", self.student.init)
-        need(self.student.layer_form in ("auto", "bert", "modernbert"), "student.layer_form",
-             "'auto', 'bert' or 'modernbert'", self.student.layer_form)
+        need(self.student.layer_form in ("auto", "bert", "modernbert", "deberta"), "student.layer_form",
+             "'auto', 'bert', 'modernbert' or 'deberta'", self.student.layer_form)
         need(self.student.classifier_pooling in ("auto", "cls", "mean"), "student.classifier_pooling",
              "'auto', 'cls' or 'mean'", self.student.classifier_pooling)
         need(self.student.num_recursions > 0, "student.num_recursions", "a positive integer", self.student.num_recursions)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 CLASSIFIER_POOLINGS = ("cls", "mean")
-LAYER_FORMS = ("bert", "modernbert")
+LAYER_FORMS = ("bert", "modernbert", "deberta")
 
 
 class MiniAlbertConfig(PretrainedConfig):
@@ -39,6 +39,10 @@ class MiniAlbertConfig(PretrainedConfig):
             learned absolute positions and token types: BERT, RoBERTa, ELECTRA, MiniLM) or ``"modernbert"``
             (pre-LayerNorm blocks and a final LayerNorm, GeGLU feed-forward, rotary positions with a global or a
             local sliding-window attention per recursion, no token types; biases only where ``use_bias``).
+            ``"deberta"``: DeBERTa-v2/v3's layer — post-LayerNorm blocks like ``bert``, disentangled attention
+            (content->position and position->content scores over relative-position buckets, the relative embeddings
+            shared by every recursion and read through the recursion's own query and key maps), absolute positions
+            only where ``absolute_positions``.
         use_bias: whether the shared layer's linear maps and LayerNorms (and the embeddings' LayerNorm) have biases
             (ModernBERT's have none).
         rope_theta: rotary base of the global-attention recursions (``modernbert`` form).
@@ -46,6 +50,13 @@ class MiniAlbertConfig(PretrainedConfig):
         local_window: a local recursion attends to keys with |i - j| <= local_window (ModernBERT's
             ``local_attention // 2``).
         local_recursions: the recursions (0-based) that attend locally; the others attend globally.
+        relative_span: ``deberta`` form: relative distances fall into 2 x this many buckets (DeBERTa's
+            ``position_buckets``, or ``max_relative_positions`` without buckets).
+        max_relative_positions: the distance the log buckets reach (DeBERTa's; -1: ``relative_span``, no log).
+        pos_att_type: the disentangled terms, a subset of ``["c2p", "p2c"]``.
+        relative_norm: a LayerNorm on the relative embeddings (DeBERTa's ``norm_rel_ebd: layer_norm``).
+        absolute_positions: ``deberta`` form: also add learned absolute positions to the embeddings (DeBERTa's
+            ``position_biased_input``; v3: false). The ``bert`` form always has them, ``modernbert`` never.
         mlm_head_trained: False when the MLM head was never trained (a distillation whose loss read no logits:
             ``loss.mlm`` 0 and no teacher logits); its predictions are then its initialisation's, not a fill-mask.
     """
@@ -82,6 +93,11 @@ class MiniAlbertConfig(PretrainedConfig):
         local_rope_theta: float = 10000.0,
         local_window: int = 64,
         local_recursions: list[int] | None = None,
+        relative_span: int = 256,
+        max_relative_positions: int = 512,
+        pos_att_type: list[str] | None = None,
+        relative_norm: bool = True,
+        absolute_positions: bool = False,
         **kwargs,
     ):
         # The MLM decoder (H wide) is never tied to the word embeddings (E wide).
@@ -112,6 +128,11 @@ class MiniAlbertConfig(PretrainedConfig):
         self.local_rope_theta = local_rope_theta
         self.local_window = local_window
         self.local_recursions = list(local_recursions or [])
+        self.relative_span = relative_span
+        self.max_relative_positions = max_relative_positions
+        self.pos_att_type = list(["p2c", "c2p"] if pos_att_type is None else pos_att_type)
+        self.relative_norm = relative_norm
+        self.absolute_positions = absolute_positions
         self.validate()
 
     def validate(self) -> None:
@@ -131,9 +152,11 @@ class MiniAlbertConfig(PretrainedConfig):
             )
         if self.layer_form not in LAYER_FORMS:
             raise ValueError(f"layer_form must be one of {', '.join(LAYER_FORMS)}, got {self.layer_form!r}")
-        if self.layer_form == "bert" and (self.local_recursions or not self.use_bias):
-            raise ValueError("layer_form 'bert' has biases and global attention: local_recursions must be empty "
-                             "and use_bias true")
+        if self.layer_form != "modernbert" and (self.local_recursions or not self.use_bias):
+            raise ValueError(f"layer_form {self.layer_form!r} has biases and global attention: local_recursions must "
+                             "be empty and use_bias true")
+        if not set(self.pos_att_type) <= {"c2p", "p2c"}:
+            raise ValueError(f"pos_att_type must be a subset of ['c2p', 'p2c'], got {self.pos_att_type}")
         bad = [i for i in self.local_recursions if not 0 <= i < self.num_recursions]
         if bad:
             raise ValueError(f"local_recursions must be recursion indices in [0, {self.num_recursions}), got {bad}")

@@ -26,6 +26,8 @@ given: maps, or (query, key) pairs and ``TeacherAttention``.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,10 +89,25 @@ def maps_attention_kl(s_probs: torch.Tensor, t_probs: torch.Tensor, row_mask: to
     return (row_kl * rows).sum() / (heads * tokens)
 
 
+def _teacher_maps(teacher: TeacherAttention, row_mask: torch.Tensor) -> torch.Tensor:
+    """(B, heads, L, L) softmax(QKᵀ/√d + mask) of a teacher that handed over queries and keys (its window kept)."""
+    q, k = teacher.query.float(), teacher.key.float()
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    allowed = row_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+    if teacher.window is not None:
+        pos = torch.arange(q.shape[-2], device=q.device)
+        allowed = allowed & ((pos[:, None] - pos[None, :]).abs() <= teacher.window)
+    return scores.masked_fill(~allowed, torch.finfo(scores.dtype).min).softmax(-1)
+
+
 def attention_term(student, teacher, row_mask: torch.Tensor, mode: str,
                    num_tokens: float | None = None) -> torch.Tensor:
     """One recursion's attention KL: maps (B, heads, L, L) for both, or the student's (query, key) heads — (query,
-    key, window) for a local recursion — and the teacher layer's ``TeacherAttention`` (maps-free)."""
+    key, window) for a local recursion — and the teacher layer's ``TeacherAttention`` (maps-free). A ``deberta``-form
+    student, whose scores are no query·key product, hands over its maps; its teacher (DeBERTa) its probabilities."""
+    if isinstance(teacher, TeacherAttention) and isinstance(student, torch.Tensor):
+        return maps_attention_kl(student, teacher.probs if teacher.probs is not None else _teacher_maps(teacher, row_mask),
+                                 row_mask, mode, num_tokens)
     if isinstance(teacher, TeacherAttention):
         query, key, *window = student
         return fused_attention_kl(query, key, teacher, row_mask, mode, num_tokens,

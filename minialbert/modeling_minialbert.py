@@ -64,16 +64,18 @@ class MiniAlbertMaskedLMOutput(MaskedLMOutput):
 
 
 class MiniAlbertEmbeddings(nn.Module):
-    """Word + position + token-type embeddings of width E, LayerNorm, dropout (the ``modernbert`` form: words
-    only; its positions are rotary, in the attention)."""
+    """Word + position + token-type embeddings of width E, LayerNorm, dropout. The ``modernbert`` form: words only
+    (rotary positions, in the attention); ``deberta``: words, token types where it has them, positions only where
+    ``absolute_positions`` (relative positions, in the attention)."""
 
     def __init__(self, config: MiniAlbertConfig):
         super().__init__()
-        e = config.embedding_size
+        e, form = config.embedding_size, config.layer_form
         self.word_embeddings = nn.Embedding(config.vocab_size, e, padding_idx=config.pad_token_id)
-        absolute = config.layer_form == "bert"
+        absolute = form == "bert" or (form == "deberta" and config.absolute_positions)
+        types = form != "modernbert" and config.type_vocab_size > 0
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, e) if absolute else None
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, e) if absolute else None
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, e) if types else None
         self.LayerNorm = nn.LayerNorm(e, eps=config.layer_norm_eps, bias=config.use_bias)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
@@ -82,21 +84,18 @@ class MiniAlbertEmbeddings(nn.Module):
         """``inputs_embeds``: (B, L, E) word embeddings given instead of ``input_ids``."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        words = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, E)
-        if self.position_embeddings is None:
-            return self.dropout(self.LayerNorm(words))
-        seq_len = words.shape[1]
-        if seq_len > self.position_embeddings.num_embeddings:
-            raise ValueError(
-                f"sequence length {seq_len} exceeds max_position_embeddings={self.position_embeddings.num_embeddings}"
-            )
-        if position_ids is None:
-            position_ids = torch.arange(seq_len, device=words.device)
-        x = words + self.position_embeddings(position_ids)  # (B, L, E)
-        if token_type_ids is None:
-            x = x + self.token_type_embeddings.weight[0]
-        else:
-            x = x + self.token_type_embeddings(token_type_ids)
+        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, E)
+        if self.position_embeddings is not None:
+            seq_len = x.shape[1]
+            if seq_len > self.position_embeddings.num_embeddings:
+                raise ValueError(f"sequence length {seq_len} exceeds max_position_embeddings="
+                                 f"{self.position_embeddings.num_embeddings}")
+            if position_ids is None:
+                position_ids = torch.arange(seq_len, device=x.device)
+            x = x + self.position_embeddings(position_ids)  # (B, L, E)
+        if self.token_type_embeddings is not None:
+            x = x + (self.token_type_embeddings.weight[0] if token_type_ids is None
+                     else self.token_type_embeddings(token_type_ids))
         return self.dropout(self.LayerNorm(x))
 
 
@@ -160,6 +159,27 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return (xf * cos + turned * sin).to(x.dtype)
 
 
+def log_bucket(relative: torch.Tensor, span: int, max_position: int) -> torch.Tensor:
+    """DeBERTa's relative-position buckets: distances within span/2 as they are, farther ones on a log scale up
+    to ``max_position`` (``max_position`` <= 0: no buckets)."""
+    if span <= 0 or max_position <= 0:
+        return relative
+    sign, mid = torch.sign(relative), span // 2
+    near = (relative < mid) & (relative > -mid)
+    absolute = torch.where(near, torch.tensor(mid - 1).type_as(relative), relative.abs())
+    log_pos = torch.ceil(torch.log(absolute / mid) / torch.log(torch.tensor((max_position - 1) / mid)) * (mid - 1)) + mid
+    return torch.where(absolute <= mid, relative.type_as(log_pos), log_pos * sign).long()
+
+
+def relative_indices(seq: int, config: MiniAlbertConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, L) rows of the 2·span relative embeddings that query i reads for key j: content->position
+    (r(i - j) + span) and position->content (span - r(j - i)), clamped to the table, as DeBERTa gathers them."""
+    pos = torch.arange(seq, device=device)
+    span = config.relative_span
+    r = log_bucket(pos[:, None] - pos[None, :], span, config.max_relative_positions)  # (L, L): r(i - j)
+    return (r + span).clamp(0, 2 * span - 1), (span - r.T).clamp(0, 2 * span - 1)
+
+
 class MiniAlbertAttention(nn.Module):
     """Multi-head self-attention block: post-LN, LN(x + dropout(Wo · MHA(x))) (``bert`` form), or pre-LN with
     rotary queries and keys, x + dropout(Wo · MHA(LN(x))) (``modernbert`` form)."""
@@ -176,6 +196,11 @@ class MiniAlbertAttention(nn.Module):
         self.value = nn.Linear(h, h, bias=bias)
         self.dense = nn.Linear(h, h, bias=bias)
         self.LayerNorm = nn.LayerNorm(h, eps=config.layer_norm_eps, bias=bias)
+        self.disentangled = config.layer_form == "deberta"
+        if self.disentangled:  # DeBERTa scales every score by 1/sqrt(d x (1 + number of relative terms))
+            self.pos_att_type = set(config.pos_att_type)
+            self.scale = 1 / math.sqrt(self.head_dim * (1 + len(self.pos_att_type)))
+            self.position_dropout = Dropout(config.hidden_dropout_prob)
         self.attention_dropout_p = config.attention_probs_dropout_prob
         self.output_dropout = Dropout(config.hidden_dropout_prob)
 
@@ -187,12 +212,15 @@ class MiniAlbertAttention(nn.Module):
         self, x: torch.Tensor, key_mask: torch.Tensor | None, output_attentions: bool = False,
         output_query_key: bool = False, delta: "RecursionDelta | None" = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None, adapter: nn.Module | None = None,
-        window: int | None = None,
+        window: int | None = None, relative: tuple | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, tuple | None]:
         """``key_mask``: (B, 1, 1, L) bool, True where the key is a real token (None: attend everywhere), or
         (B, 1, L, L) for a local recursion (its window in it). ``delta``: the recursion's own change to these
         weights (None: the shared weights alone). ``modernbert`` form: ``rotary`` (cos, sin) turn the queries and
         keys, ``adapter`` transforms the normalised input, ``window`` is the local half-width (None: global).
+        ``deberta`` form: ``relative`` = (relative embeddings (2·span, H), content->position and position->content
+        indices (L, L)); its maps, not queries and keys, are what ``output_query_key`` returns (its scores are no
+        query·key product).
 
         Returns the block's output, the maps when ``output_attentions`` and the (B, heads, L, d) query and key
         heads when ``output_query_key`` — (query, key), or (query, key, window) for a local recursion: what a
@@ -207,6 +235,9 @@ class MiniAlbertAttention(nn.Module):
         q, k, v = self._heads(query(h)), self._heads(key(h)), self._heads(value(h))
         if rotary is not None:
             q, k = rotate(q, *rotary), rotate(k, *rotary)
+        if self.disentangled:
+            return self._disentangled(x, q, k, v, key_mask, relative, query, key, dense, norm, output_attentions,
+                                      output_query_key)
         dropout_p = self.attention_dropout_p if self.training else 0.0
         implementation = "eager" if output_attentions else self.config._attn_implementation
         attention = sdpa_attention if implementation == "sdpa" else ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -218,6 +249,41 @@ class MiniAlbertAttention(nn.Module):
             out = norm(out)
         query_key = None if not output_query_key else (q, k) if window is None else (q, k, window)
         return out, probs if output_attentions else None, query_key
+
+
+    def _disentangled_bias(self, q: torch.Tensor, k: torch.Tensor, relative: tuple, query, key) -> torch.Tensor:
+        """(B, heads, L, L) content->position + position->content scores: the shared relative embeddings read
+        through this recursion's own query and key maps (DeBERTa's share_att_key)."""
+        table, c2p_index, p2c_index = relative
+        table = self.position_dropout(table)[None]  # (1, 2·span, H)
+        b, heads, seq, _ = q.shape
+        bias = q.new_zeros((b, heads, seq, seq))
+        if "c2p" in self.pos_att_type:
+            pos_key = self._heads(key(table))[0]  # (heads, 2·span, d)
+            scores = q @ pos_key.transpose(-1, -2)  # (B, heads, L, 2·span)
+            bias = bias + scores.gather(-1, c2p_index.expand(b, heads, seq, seq)) * self.scale
+        if "p2c" in self.pos_att_type:
+            pos_query = self._heads(query(table))[0]
+            scores = k @ pos_query.transpose(-1, -2)  # (B, heads, L keys, 2·span)
+            bias = bias + scores.gather(-1, p2c_index.T.expand(b, heads, seq, seq)).transpose(-1, -2) * self.scale
+        return bias
+
+    def _disentangled(self, x, q, k, v, key_mask, relative, query, key, dense, norm, output_attentions,
+                      output_query_key):
+        """DeBERTa's attention: softmax((q·kᵀ + c2p + p2c) / sqrt(d x factor) + mask), post-LN block."""
+        bias = self._disentangled_bias(q, k, relative, query, key)
+        if key_mask is not None:
+            bias = bias.masked_fill(~key_mask, torch.finfo(bias.dtype).min)
+        dropout_p = self.attention_dropout_p if self.training else 0.0
+        probs = None
+        if output_attentions or output_query_key or self.config._attn_implementation == "eager":
+            probs = (q @ k.transpose(-1, -2) * self.scale + bias).softmax(-1)  # (B, heads, L, L)
+            context = F.dropout(probs, dropout_p, self.training) @ v
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p,
+                                                     scale=self.scale)
+        out = norm(x + self.output_dropout(dense(context.transpose(1, 2).flatten(2))))
+        return out, probs if output_attentions else None, probs if output_query_key else None
 
 
 class MiniAlbertFeedForward(nn.Module):
@@ -264,7 +330,8 @@ class MiniAlbertLayer(GradientCheckpointingLayer):
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None, adapters: "RecursionAdapters | None" = None,
                 output_attentions: bool = False, output_query_key: bool = False,
                 delta: "RecursionDelta | None" = None, rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-                window: int | None = None):
+                window: int | None = None, relative_table: torch.Tensor | None = None,
+                relative_index: tuple | None = None):
         """(B, L, H) in; returns (B, L, H), the maps or None, the (query, key) heads or None. The ``bert`` form's
         adapters transform each block's input; the ``modernbert`` form's each block's normalised input."""
         if self.pre_norm:
@@ -274,7 +341,9 @@ class MiniAlbertLayer(GradientCheckpointingLayer):
             return self.ffn(x, delta, ffn), probs, query_key
         if adapters is not None:
             x = adapters.attention(x)
-        x, probs, query_key = self.attention(x, key_mask, output_attentions, output_query_key, delta)
+        relative = None if relative_table is None else (relative_table, *relative_index)
+        x, probs, query_key = self.attention(x, key_mask, output_attentions, output_query_key, delta,
+                                             relative=relative)
         if adapters is not None:
             x = adapters.ffn(x)
         return self.ffn(x, delta), probs, query_key
@@ -422,6 +491,10 @@ class MiniAlbertModel(MiniAlbertPreTrainedModel):
         self.layer = MiniAlbertLayer(config)
         self.final_norm = (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, bias=config.use_bias)
                            if config.layer_form == "modernbert" else None)
+        deberta = config.layer_form == "deberta"  # relative embeddings shared by every recursion (and their norm)
+        self.relative_embeddings = nn.Embedding(2 * config.relative_span, config.hidden_size) if deberta else None
+        self.relative_norm = (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+                              if deberta and config.relative_norm else None)
         self.adapters = (
             nn.ModuleList(RecursionAdapters(config) for _ in range(config.num_recursions)) if config.use_adapters else None
         )
@@ -452,7 +525,7 @@ class MiniAlbertModel(MiniAlbertPreTrainedModel):
 
     def _rotary_and_masks(self, x: torch.Tensor, key_mask: torch.Tensor | None, position_ids: torch.Tensor | None):
         """``modernbert`` form: per recursion (key mask, rotary (cos, sin), window) — a local recursion's mask keeps
-        keys with |i - j| <= local_window, its rotary base is local_rope_theta. None for the ``bert`` form."""
+        keys with |i - j| <= local_window, its rotary base is local_rope_theta. None for the other forms."""
         c = self.config
         if c.layer_form != "modernbert":
             return None
@@ -493,12 +566,18 @@ class MiniAlbertModel(MiniAlbertPreTrainedModel):
         if self.embedding_projection is not None:
             x = self.embedding_projection(x)  # (B, L, H)
         positional = self._rotary_and_masks(x, key_mask, position_ids)
+        table = index = None  # the table a top-level argument: reentrant checkpointing sees it as an input
+        if self.relative_embeddings is not None:
+            table = self.relative_embeddings.weight
+            table = table if self.relative_norm is None else self.relative_norm(table)
+            index = relative_indices(x.shape[1], self.config, x.device)
         hidden_states, attentions, query_keys = [x], [], []
         for i in range(self.config.num_recursions):
             adapters = None if self.adapters is None else self.adapters[i]
             delta = None if self.deltas is None else self.deltas[i]
             mask, rotary, window = positional[i] if positional else (key_mask, None, None)
-            x, probs, qk = self.layer(x, mask, adapters, output_attentions, output_query_key, delta, rotary, window)
+            x, probs, qk = self.layer(x, mask, adapters, output_attentions, output_query_key, delta, rotary, window,
+                                      table, index)
             hidden_states.append(x)
             attentions.append(probs)
             query_keys.append(qk)

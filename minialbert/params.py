@@ -24,6 +24,8 @@ _PART_OF_PREFIX = {
     "embedding_projection.": "projection",
     "layer.": "shared_layer",
     "final_norm.": "shared_layer",  # the modernbert form's last LayerNorm: shared, applied once
+    "relative_embeddings.": "shared_layer",  # the deberta form's relative positions, read by every recursion
+    "relative_norm.": "shared_layer",
     "deltas.": "recursion_deltas",
     "adapters.": "adapters",
     "mlm_head.": "mlm_head",

@@ -32,7 +32,7 @@ def student_config(cfg: RunConfig, teacher_config) -> MiniAlbertConfig:
 
 def _student_config(cfg: RunConfig, t, s) -> MiniAlbertConfig:
     form = layer_form(cfg, t)
-    return MiniAlbertConfig(
+    fields = dict(
         vocab_size=t.vocab_size, embedding_size=s.embedding_size, hidden_size=s.hidden_size or t.hidden_size,
         num_attention_heads=s.num_attention_heads or t.num_attention_heads,
         intermediate_size=s.intermediate_size or t.intermediate_size, num_recursions=s.num_recursions,
@@ -43,13 +43,34 @@ def _student_config(cfg: RunConfig, t, s) -> MiniAlbertConfig:
         layer_norm_eps=layer_norm_eps(t), pad_token_id=t.pad_token_id or 0,
         hidden_act=getattr(t, "hidden_act", None) or getattr(t, "hidden_activation", None) or "gelu",
         classifier_pooling=classifier_pooling(cfg), layer_form=form,
-        **(_modernbert_form(cfg, t) if form == "modernbert" else {}),
     )
+    if form == "modernbert":
+        fields.update(_modernbert_form(cfg, t))
+    elif form == "deberta":
+        fields.update(_deberta_form(t))
+    return MiniAlbertConfig(**fields)
 
 
 def layer_form(cfg: RunConfig, teacher_config) -> str:
     """``student.layer_form`` with 'auto' resolved: the form that mirrors the teacher's layers."""
     return student_form(teacher_config) if cfg.student.layer_form == "auto" else cfg.student.layer_form
+
+
+def _deberta_form(t) -> dict:
+    """The ``deberta`` form's settings from a DeBERTa-v2/v3 teacher (defaults for another teacher)."""
+    if t.model_type != "deberta-v2":
+        return {}
+    buckets, max_relative = getattr(t, "position_buckets", -1), getattr(t, "max_relative_positions", -1)
+    if max_relative < 1:
+        max_relative = t.max_position_embeddings
+    return {
+        "relative_span": buckets if buckets > 0 else max_relative,
+        "max_relative_positions": max_relative if buckets > 0 else -1,
+        "pos_att_type": list(t.pos_att_type or []),
+        "relative_norm": "layer_norm" in str(getattr(t, "norm_rel_ebd", "none")).lower(),
+        "absolute_positions": bool(getattr(t, "position_biased_input", True)),
+        "type_vocab_size": t.type_vocab_size,  # v3: 0, no token-type table
+    }
 
 
 def _modernbert_form(cfg: RunConfig, t) -> dict:

@@ -81,7 +81,8 @@ FAMILIES: dict[str, Family] = {
                       logits=lambda m, x: m.generator_lm_head(m.generator_predictions(x)),
                       student_form="bert"),
     "deberta-v2": Family("DeBERTa-v2/v3", base="deberta", runner="outputs",
-                         head_prefixes=("cls.predictions.", "lm_predictions."), logits=_deberta_logits),
+                         head_prefixes=("cls.predictions.", "lm_predictions."), logits=_deberta_logits,
+                         student_form="deberta"),
     "modernbert": Family("ModernBERT", base="model", runner="modernbert", head_prefixes=("head.", "decoder."),
                          logits=lambda m, x: m.decoder(m.head(x)), token_types=False, student_form="modernbert"),
 }
@@ -128,18 +129,38 @@ def layer_norm_eps(config) -> float:
     return getattr(config, "layer_norm_eps", None) or getattr(config, "norm_eps", None) or 1e-12
 
 
+def _unmirrored(config) -> str | None:
+    """What keeps the ``deberta`` form from mirroring this DeBERTa config (its settings beyond v3's), or None."""
+    if config.model_type != "deberta-v2":
+        return None
+    if not getattr(config, "relative_attention", False):
+        return "relative_attention is off"
+    if not getattr(config, "share_att_key", False):
+        return "share_att_key is off (separate position projections)"
+    if getattr(config, "conv_kernel_size", 0):
+        return "it has a convolution layer (conv_kernel_size)"
+    if not set(config.pos_att_type or []) <= {"c2p", "p2c"}:
+        return f"pos_att_type {config.pos_att_type} (the form has c2p and p2c)"
+    return None
+
+
 def student_form(config) -> str:
-    """The student layer form that mirrors the teacher's layers ("bert" where none does yet)."""
-    return family_of(config).student_form or "bert"
+    """The student layer form that mirrors the teacher's layers ("bert" where none does)."""
+    form = family_of(config).student_form
+    return form if form and not _unmirrored(config) else "bert"
 
 
 def copy_init_refusal(config, layer_form: str = "bert") -> str | None:
     """None where a weight-copying student initialisation can read the teacher into a student of ``layer_form``
-    (BERT-shaped layers into the ``bert`` form, ModernBERT's into the ``modernbert`` form); else the one-line
-    reason it cannot."""
+    (BERT-shaped layers into the ``bert`` form, ModernBERT's into ``modernbert``, DeBERTa-v2/v3's into
+    ``deberta``); else the one-line reason it cannot."""
     family = family_of(config)
-    if family.student_form == layer_form:
+    unmirrored = _unmirrored(config)
+    if family.student_form == layer_form and not unmirrored:
         return None
+    if unmirrored:
+        return (f"teacher init is not available for this {family.name} teacher: {unmirrored}; the {family.student_form} "
+                f"form mirrors DeBERTa-v3's layers")
     if family.student_form is None:
         return (f"teacher init is not available for family {family.name} (model_type={config.model_type!r}): no "
                 f"student form mirrors its layers yet; families with a teacher init: "

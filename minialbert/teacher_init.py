@@ -39,6 +39,7 @@ Widths that forbid a copy (hidden size, heads, vocabulary, E > H, a wider studen
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -90,22 +91,30 @@ def init_from_teacher(student: MiniAlbertForMaskedLM, teacher_encoder: nn.Module
     _check_shapes(student, teacher_encoder.config)
     base = student.minialbert
     source = teacher_encoder.embeddings
-    modern = student.config.layer_form == "modernbert"
+    form = student.config.layer_form
+    modern = form == "modernbert"
     projection = getattr(teacher_encoder, "embeddings_project", None)  # ELECTRA: E-wide embeddings, then E -> H
+    if getattr(source, "embed_proj", None) is not None:  # DeBERTa with E != H: its LayerNorm is after the projection
+        raise TeacherInitError("student.init=teacher: the teacher's embeddings are projected before their LayerNorm "
+                               "(DeBERTa embedding_size != hidden_size); set student.init=random")
     if projection is not None:
         _copy_projected_embeddings(base, source, projection, position_offset)
     elif modern:
         _init_embeddings(base, source.tok_embeddings.weight, None, None, source.norm, token_counts)
     else:
-        rows = base.embeddings.position_embeddings.num_embeddings
-        types = base.embeddings.token_type_embeddings.num_embeddings
-        _init_embeddings(base, source.word_embeddings.weight,
-                         source.position_embeddings.weight[position_offset:position_offset + rows],
-                         source.token_type_embeddings.weight[:types], source.LayerNorm, token_counts)
+        target = base.embeddings
+        pos = typ = None
+        if target.position_embeddings is not None:
+            rows = target.position_embeddings.num_embeddings
+            pos = source.position_embeddings.weight[position_offset:position_offset + rows]
+        if target.token_type_embeddings is not None:
+            typ = source.token_type_embeddings.weight[:target.token_type_embeddings.num_embeddings]
+        _init_embeddings(base, source.word_embeddings.weight, pos, typ, source.LayerNorm, token_counts)
     # The layers the recursions replace: every teacher layer up to the last mapped one (measured a little closer
     # than the mean of the mapped layers alone; docs/results.md), or the ones asked for.
     teacher_layers = teacher_encoder.layers if modern else teacher_encoder.encoder.layer
-    parts = [_modernbert_parts(t, source.norm) if modern else _bert_parts(t) for t in teacher_layers]
+    read = {"bert": _bert_parts, "deberta": _deberta_parts, "modernbert": lambda t: _modernbert_parts(t, source.norm)}
+    parts = [read[form](t) for t in teacher_layers]
     if shared_layer_from is None:
         chosen = parts[: max(layer_map)]
     else:
@@ -119,6 +128,10 @@ def init_from_teacher(student: MiniAlbertForMaskedLM, teacher_encoder: nn.Module
             _init_delta(delta, base.layer, parts[mapped - 1], units)
     if modern:
         _copy(base.final_norm, teacher_encoder.final_norm.weight, teacher_encoder.final_norm.bias)
+    if form == "deberta":  # the relative embeddings (and their norm) every layer reads
+        base.relative_embeddings.weight.copy_(teacher_encoder.encoder.rel_embeddings.weight)
+        if base.relative_norm is not None:
+            _copy(base.relative_norm, teacher_encoder.encoder.LayerNorm.weight, teacher_encoder.encoder.LayerNorm.bias)
     if base.adapters is not None:
         for i, adapters in enumerate(base.adapters):
             if modern:  # pre-norm: each adapter reads its block's LayerNorm
@@ -153,6 +166,10 @@ def _mlm_head_parts(model: nn.Module | None):
     roberta = getattr(model, "lm_head", None)
     if roberta is not None and hasattr(roberta, "layer_norm"):
         return roberta.dense, roberta.layer_norm, roberta.decoder, roberta.bias
+    deberta = getattr(getattr(model, "lm_predictions", None), "lm_head", None)  # DeBERTa's own layout: tied decoder
+    if deberta is not None:
+        decoder = SimpleNamespace(weight=model.deberta.embeddings.word_embeddings.weight)
+        return deberta.dense, deberta.LayerNorm, decoder, deberta.bias
     modern = getattr(model, "head", None)  # ModernBERT: dense -> act -> norm (no biases by default), decoder
     if modern is not None and hasattr(model, "decoder") and hasattr(modern, "norm"):
         return modern.dense, modern.norm, model.decoder, model.decoder.bias
@@ -272,6 +289,18 @@ def _bert_parts(t: nn.Module) -> dict[str, Part]:
     return {"query": wb(sa.query), "key": wb(sa.key), "value": wb(sa.value), "dense": wb(t.attention.output.dense),
             "attention_norm": wb(t.attention.output.LayerNorm), "ffn": wb(t.intermediate.dense),
             "ffn_output": wb(t.output.dense), "ffn_norm": wb(t.output.LayerNorm)}
+
+
+def _deberta_parts(t: nn.Module) -> dict[str, Part]:
+    """A DeBERTa-v2/v3 layer by the same names (BERT's layout, its projections named ``*_proj``)."""
+    sa = t.attention.self
+
+    def wb(m):
+        return m.weight, m.bias
+
+    return {"query": wb(sa.query_proj), "key": wb(sa.key_proj), "value": wb(sa.value_proj),
+            "dense": wb(t.attention.output.dense), "attention_norm": wb(t.attention.output.LayerNorm),
+            "ffn": wb(t.intermediate.dense), "ffn_output": wb(t.output.dense), "ffn_norm": wb(t.output.LayerNorm)}
 
 
 def _modernbert_parts(t: nn.Module, embeddings_norm: nn.LayerNorm) -> dict[str, Part]:

@@ -141,3 +141,21 @@ class MiniAlbertModernBertFormCommonTest(MiniAlbertCommonTest):
     def setUp(self):
         super().setUp()
         self.model_tester = ModernBertFormTester(self)
+
+
+class DebertaFormTester(MiniAlbertModelTester):
+    """The ``deberta`` layer form: disentangled attention over shared relative-position buckets, no positions."""
+
+    def get_config(self) -> MiniAlbertConfig:
+        config = super().get_config()
+        config.layer_form, config.relative_span, config.max_relative_positions = "deberta", 4, 8
+        config.validate()
+        return config
+
+
+class MiniAlbertDebertaFormCommonTest(MiniAlbertCommonTest):
+    test_resize_position_embeddings = False  # relative positions: no table to resize
+
+    def setUp(self):
+        super().setUp()
+        self.model_tester = DebertaFormTester(self)

@@ -111,7 +111,7 @@ def test_families_say_what_a_weight_copying_init_and_the_student_need(folders):
     assert copy_init_refusal(configs["modernbert"], "modernbert") is None
     assert copy_init_refusal(configs["modernbert"]).startswith(
         "teacher init is not available for a bert-form student of family ModernBERT")
-    assert copy_init_refusal(configs["deberta-v2"]).startswith("teacher init is not available for family DeBERTa")
+    assert copy_init_refusal(configs["deberta-v2"], "deberta") is None
     roberta = AutoConfig.from_pretrained(folders["roberta"])
     assert max_positions(roberta) == 64 and roberta.max_position_embeddings == 64 + roberta.pad_token_id + 1
     lines = {f: describe_family(family_of(AutoConfig.from_pretrained(folders[f])), f) for f in FAMILIES}
@@ -240,3 +240,56 @@ def test_a_deberta_checkpoint_with_its_head_as_lm_predictions_distils_that_head(
     got = teacher(ids, mask, torch.zeros_like(ids), logits_positions=positions).logits
     want = model.eval()(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(got, want.reshape(-1, vocab)[positions], rtol=1e-4, atol=1e-5)
+
+
+def test_a_local_student_recursions_term_windows_its_own_side_too(folders):
+    """The modernbert form's local recursion: the maps-free term with the student's window equals the reference on
+    windowed student maps (value and gradient); without the window it would not."""
+    folder = folders["modernbert"]
+    ids, mask = batch(folder)
+    teacher = load_teacher(folder, num_recursions=2).double()
+    t_map = teacher(ids, mask, output_attentions=True).attentions[0]
+    t_qk = teacher(ids, mask, output_attentions=False, output_query_key=True).query_keys[0]
+    b, seq = ids.shape
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(b, 4, seq, 8, generator=g, dtype=torch.float64).requires_grad_()
+    k = torch.randn(b, 4, seq, 8, generator=g, dtype=torch.float64).requires_grad_()
+    pos = torch.arange(seq)
+    allowed = mask.bool()[:, None, None, :] & ((pos[:, None] - pos[None, :]).abs() <= WINDOW)
+    # finfo.min, not -inf: a padded row whose window holds no real key stays finite (and is ignored)
+    scores = (q @ k.transpose(-1, -2) / 8 ** 0.5).masked_fill(~allowed, torch.finfo(q.dtype).min)
+    want = maps_attention_kl(scores.softmax(-1), t_map, mask, "default")
+    got = fused_attention_kl(q, k, t_qk, mask, "default", student_window=WINDOW)
+    torch.testing.assert_close(got.float(), want, rtol=1e-5, atol=1e-7)
+    for a, w in zip(torch.autograd.grad(got, (q, k)), torch.autograd.grad(want, (q, k))):
+        torch.testing.assert_close(a, w.double(), rtol=1e-4, atol=1e-7)
+    unwindowed = fused_attention_kl(q, k, t_qk, mask, "default")
+    assert abs(unwindowed.item() - want.item()) > 1e-3
+
+
+def test_the_deberta_forms_term_reads_both_models_maps(folders):
+    """A deberta-form student hands over its maps (its scores are no query·key product): the fused step's term
+    is the materialised one."""
+    import dataclasses
+
+    from minialbert.config import load_run_config
+    from minialbert.step import distillation_forward
+    from minialbert.student import build_student
+
+    folder = folders["deberta-v2"]
+    ids, mask = batch(folder)
+    cfg = load_run_config(None, [f"teacher.path={folder}", "student.num_recursions=2", "student.init=random",
+                                 "train.precision=fp32"])
+    teacher = load_teacher(folder, 2, None)
+    torch.manual_seed(0)
+    student = build_student(cfg, teacher).eval()
+    assert student.config.layer_form == "deberta"
+    labels = torch.full_like(ids, -100)
+    labels[:, 3] = ids[:, 3]
+    batch_ = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    terms = {}
+    for how in ("fused", "materialised"):
+        loss = dataclasses.replace(cfg.loss, attention_kl=how)
+        terms[how] = distillation_forward(student, teacher, batch_, loss)
+    assert terms["fused"].attention.item() > 0
+    torch.testing.assert_close(terms["fused"].attention, terms["materialised"].attention)

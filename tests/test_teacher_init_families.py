@@ -1,9 +1,9 @@
-"""Every family whose layers a student form mirrors starts its student from its teacher (issue 35): a tiny random
+"""Every family starts its student from its teacher, in the student form that mirrors its layers (issue 35): a tiny random
 teacher (64 wide, 4 layers), a 3-recursion student mapped to layers 2-4 with E = H and full-rank deltas — the
 student's last hidden state at step 0 is the teacher's, through the real ``minialbert/distill.py`` start and after
 export (loaded where minialbert is not importable); at the default ranks the teacher init starts closer to the
-teacher than a random init on held-out text. DeBERTa has no mirrored form yet: its student starts random, said in
-one line."""
+teacher than a random init on held-out text. A DeBERTa setting the form does not mirror starts random, said in one
+line."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from test_export_standalone import TEXTS, run_child
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 WIDTH = 64
-FORMS = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert", "modernbert": "modernbert"}
+FORMS = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert", "deberta-v2": "deberta",
+         "modernbert": "modernbert"}
 FULL_RANK = ["student.num_recursions=3", "student.use_adapters=false", f"student.recursion_delta_rank={WIDTH}",
              "teacher.layer_map=[2,3,4]"]
 
@@ -36,7 +37,7 @@ def _embedding_size(family: str) -> int:
 def teachers(tmp_path_factory):
     root = tmp_path_factory.mktemp("forms")
     out = {}
-    for family in (*FORMS, "deberta-v2"):
+    for family in FORMS:
         teacher = build_family_teacher(family, root / f"{family}_teacher", hidden=WIDTH)
         out[family] = teacher, pack_in_process(teacher, root / f"{family}_shards")
     return out
@@ -97,11 +98,21 @@ def test_teacher_init_at_the_default_ranks_starts_closer_than_random(teachers, f
     assert all(t > r for t, r in zip(agreement["teacher"], agreement["random"])), agreement
 
 
-def test_a_family_without_a_mirrored_form_starts_random_and_says_so(teachers, tmp_path):
+def test_a_deberta_setting_the_form_does_not_mirror_starts_random_and_says_so(teachers, tmp_path):
+    """DeBERTa-v2's separate position projections (share_att_key off): a bert-form student, random, one line."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
     teacher, shards = teachers["deberta-v2"]
-    done = run_distill(tmp_path / "run", teacher, [shards], "--max-steps", "1", "train.precision=fp32", ranks=1)
+    config = AutoConfig.from_pretrained(teacher)
+    config.share_att_key = False
+    other = tmp_path / "teacher"
+    AutoModelForMaskedLM.from_config(config).save_pretrained(other)
+    for f in teacher.iterdir():
+        if "token" in f.name or f.suffix == ".model":
+            (other / f.name).write_bytes(f.read_bytes())
+    done = run_distill(tmp_path / "run", other, [shards], "--max-steps", "1", "train.precision=fp32", ranks=1)
     assert done.returncode == 0, done.stderr[-3000:]
     said = [line for line in done.stdout.splitlines() if "random init" in line]
-    assert said == ["teacher init is not available for family DeBERTa-v2/v3 (model_type='deberta-v2'): no student "
-                    "form mirrors its layers yet; families with a teacher init: bert, roberta, xlm-roberta, electra, "
-                    "modernbert: the student starts from a random init"], said
+    assert said == ["teacher init is not available for this DeBERTa-v2/v3 teacher: share_att_key is off (separate "
+                    "position projections); the deberta form mirrors DeBERTa-v3's layers: the student starts from a "
+                    "random init"], said
