@@ -390,9 +390,9 @@ def run_glue(args) -> dict:
     train_features = features(train_columns)
     eval_features = {s: features(data[s]) for s in task.eval_splits}
     loss_fn = None
-    if plan:
-        train_features["teacher"] = glue_teacher_outputs(task, train_columns, plan, args)
+    if plan:  # the loss first: what it refuses (--distill-hidden) costs no teacher pass
         loss_fn = loss_function(plan, "similarity" if siamese else "sequence", args.model, tokenizer, task.regression)
+        train_features["teacher"] = glue_teacher_outputs(task, train_columns, plan, args)
         spec.settings.update(plan.describe(), augmented_examples=len(train_columns["label"]) - len(data["train"]["label"]))
 
     def evaluate(model, device, dtype, pad_id):

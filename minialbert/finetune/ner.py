@@ -280,9 +280,9 @@ def run_ner(args) -> dict:
         for labs, win in zip(train_features["labels"], train_windows):
             if not train[win.sentence].gold:
                 labs[:] = [-100] * len(labs)
+        loss_fn = loss_function(plan, "token", args.model, tokenizer, False)  # first: its refusals cost no teacher pass
         train_features["teacher"] = ner_teacher_outputs(train, train_windows, train_features["input_ids"], labels,
                                                         plan, args)
-        loss_fn = loss_function(plan, "token", args.model, tokenizer, False)
         spec.settings.update(plan.describe(), augmented_sentences=len(train) - len(splits["train"]))
     evals = {s: encode_ner(splits[s], tokenizer, label2id, max_length, overlap) for s in ("devel", "test")}
 
