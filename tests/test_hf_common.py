@@ -125,37 +125,43 @@ class MiniAlbertCommonTest(modeling_common.ModelTesterMixin, unittest.TestCase):
         self.config_tester.run_common_tests()
 
 
-class ModernBertFormTester(MiniAlbertModelTester):
-    """The ``modernbert`` layer form: pre-norm, GeGLU, rotary positions, no biases, a local first recursion."""
+
+class FormTester(MiniAlbertModelTester):
+    """The tester's model in another layer form: ``fields`` set on its config."""
+
+    def __init__(self, parent, fields: dict):
+        super().__init__(parent)
+        self.fields = fields
 
     def get_config(self) -> MiniAlbertConfig:
         config = super().get_config()
-        config.layer_form, config.use_bias, config.local_recursions, config.local_window = "modernbert", False, [0], 2
+        for name, value in self.fields.items():
+            setattr(config, name, value)
         config.validate()
         return config
 
 
-class MiniAlbertModernBertFormCommonTest(MiniAlbertCommonTest):
-    test_resize_position_embeddings = False  # rotary positions: no table to resize
+class FormCommonTest(MiniAlbertCommonTest):
+    """The common tests on the student in another layer form (``fields``); subclasses name the form."""
+
+    __test__ = False
+    test_resize_position_embeddings = False  # no position table to resize
+    fields: dict = {}
 
     def setUp(self):
         super().setUp()
-        self.model_tester = ModernBertFormTester(self)
+        self.model_tester = FormTester(self, self.fields)
 
 
-class DebertaFormTester(MiniAlbertModelTester):
-    """The ``deberta`` layer form: disentangled attention over shared relative-position buckets, no positions."""
+class MiniAlbertModernBertFormCommonTest(FormCommonTest):
+    """The ``modernbert`` form: pre-norm, GeGLU, rotary positions, no biases, a local first recursion."""
 
-    def get_config(self) -> MiniAlbertConfig:
-        config = super().get_config()
-        config.layer_form, config.relative_span, config.max_relative_positions = "deberta", 4, 8
-        config.validate()
-        return config
+    __test__ = True
+    fields = {"layer_form": "modernbert", "use_bias": False, "local_recursions": [0], "local_window": 2}
 
 
-class MiniAlbertDebertaFormCommonTest(MiniAlbertCommonTest):
-    test_resize_position_embeddings = False  # relative positions: no table to resize
+class MiniAlbertDebertaFormCommonTest(FormCommonTest):
+    """The ``deberta`` form: disentangled attention over shared relative-position buckets, no positions."""
 
-    def setUp(self):
-        super().setUp()
-        self.model_tester = DebertaFormTester(self)
+    __test__ = True
+    fields = {"layer_form": "deberta", "relative_span": 4, "max_relative_positions": 8}
