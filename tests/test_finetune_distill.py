@@ -60,7 +60,7 @@ def test_the_student_learns_the_teachers_predictions_over_wrong_gold_labels(toys
     settings = taught["settings"]
     assert taught["mode"] == "full + distil"
     assert settings["distill_from"] == str(toys.teacher / "lr0.001-seed1" / "model")
-    assert settings["distill_weight"] == 1.0 and settings["distill_temperature"] == 2.0
+    assert settings["distill_weight"] == 1.0 and settings["distill_temperature"] == 1.0
     # The teacher's outputs were computed once, for the first run; the second read them from its cache.
     assert settings["teacher_seconds"] > 0 and gold["settings"]["teacher_seconds"] == 0
     assert len(list((toys.teacher / "distill-cache").glob("outputs-*.npz"))) == 1

@@ -51,7 +51,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                         "saved model folder); its predictions are mixed with the gold labels")
     d.add_argument("--distill-weight", type=float, default=0.5,
                    help="the teacher term's share on examples with a gold label (copies from --augment: all)")
-    d.add_argument("--distill-temperature", type=float, default=2.0, help="softens both distributions (classes)")
+    d.add_argument("--distill-temperature", type=float, default=1.0, help="softens both distributions (classes)")
     d.add_argument("--distill-hidden", type=float, default=0.0, metavar="W",
                    help="add W x the hidden-state term (the teacher runs alongside; same tokenizer and width only)")
     d.add_argument("--augment", type=int, default=0, metavar="K",
