@@ -135,6 +135,7 @@ def merge_sweeps(sources: list[str], out: str) -> dict:
             if twin:
                 raise InputError(f"{result}: lr {record['lr']:g} seed {record['seed']} also in {twin['dir']}")
             records.append(record)
+    records.sort(key=lambda r: (r["lr"], r["seed"]))
     best = max(records, key=lambda r: r["score"])
     best_run = {"dir": best["dir"], "score": best["score"], "weights": best["weights"], "lr": best["lr"],
                 "seed": best["seed"]}
