@@ -80,9 +80,11 @@ def test_hidden_state_term_with_the_teacher_alongside(toys, tmp_path, capsys):
 
     from minialbert.finetune.distill_loss import hidden_term
 
-    summary = _glue(toys, tmp_path / "h", "--data", toys.flipped, "--distill-from", toys.teacher, "--distill-weight",
-                    "1", "--distill-hidden", "1", "--lr", "1e-3", "--epochs", "12")
-    assert summary["settings"]["distill_hidden"] == 1.0
+    common = ["--data", toys.flipped, "--distill-from", toys.teacher, "--distill-weight", "1", "--lr", "1e-3",
+              "--epochs", "12", "--save", "all"]
+    summary = _glue(toys, tmp_path / "h", *common, "--distill-hidden", "0.3")
+    _glue(toys, tmp_path / "no-h", *common)
+    assert summary["settings"]["distill_hidden"] == 0.3
     assert summary["best"]["mean"]["accuracy"] >= 0.85, summary["best"]
     tokenizer = AutoTokenizer.from_pretrained(str(toys.student))
     enc = tokenizer(["the cat runs here", "a dog sleeps today"], padding=True, return_tensors="pt")
@@ -94,7 +96,8 @@ def test_hidden_state_term_with_the_teacher_alongside(toys, tmp_path, capsys):
             return hidden_term(student(**enc, output_hidden_states=True).hidden_states,
                                teacher(**enc, output_hidden_states=True).hidden_states, enc["attention_mask"]).item()
 
-    assert distance(tmp_path / "h" / "lr0.001-seed1" / "model") < 0.5 * distance(toys.student)
+    with_term, without = (distance(tmp_path / d / "lr0.001-seed1" / "model") for d in ("h", "no-h"))
+    assert with_term < 0.75 * without, (with_term, without)  # measured 0.48 vs 0.86
     wide = write_student(tmp_path / "wide", hidden_size=48)
     capsys.readouterr()
     assert main(["glue", "--task", "rte", "--model", str(wide), "--data", str(toys.data), "--distill-from",
