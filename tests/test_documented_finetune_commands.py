@@ -3,7 +3,6 @@ flags and choices exist as written (a renamed or removed flag fails here the day
 
 from __future__ import annotations
 
-import re
 import shlex
 from pathlib import Path
 
