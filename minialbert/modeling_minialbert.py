@@ -1,4 +1,4 @@
-"""The recursive MiniALBERT student, whole, in one file.
+"""The recursive MiniALBERT student: embeddings, the one shared layer applied N times, and its heads.
 
 One ALBERT-style post-LayerNorm transformer layer (self-attention block + feed-forward block) is applied
 ``num_recursions`` times with shared weights. Token embeddings have their own width E and are projected to the
@@ -13,15 +13,16 @@ which is exactly the forward of the original MiniALBERT code (nlpie-research/Min
 imports its checkpoints. With ``recursion_delta_rank`` R > 0, recursion i runs the shared weights plus its own
 delta (relaxed recursive transformers, Bae et al. 2025): W + up_i·down_i (rank R) for every weight matrix, and its
 own additive change to every bias and LayerNorm; the deltas start at zero (both per-recursion parts are in
-``recursion_parts.py``). Nothing here knows about distillation, DeepSpeed or ranks.
+``recursion_parts.py``). That is the ``bert`` layer form; ``layer_form`` "modernbert" (pre-norm, GeGLU, rotary,
+local windows) and "deberta" (disentangled relative attention) mirror those teachers' layers, their positions in
+``positions.py``. Adapter tuning (freeze, save, load) is ``adapter_tuning.py``. Nothing here knows about
+distillation, DeepSpeed or ranks.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,8 @@ from transformers.modeling_outputs import (
 )
 
 from .blockwise_attention import blockwise_attention
+from .adapter_tuning import AdapterTuning
+from .positions import disentangled_scores, recursion_positions, relative_indices, rotate
 from .dropout import Dropout
 from .recomputed import recomputed_activation
 from .recursion_parts import LowRankDelta, NormDelta, RecursionAdapters, RecursionDelta
@@ -47,8 +50,6 @@ from .configuration_minialbert import MiniAlbertConfig
 
 logger = logging.get_logger(__name__)
 
-ADAPTER_WEIGHTS_NAME = "adapters.safetensors"
-ADAPTER_CONFIG_NAME = "adapter_config.json"
 
 
 @dataclass
@@ -139,47 +140,6 @@ def sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, va
     return context.transpose(1, 2), None
 
 
-def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (…, L, d) of rotary positions (RoFormer; the half-split layout ModernBERT and Llama use):
-    ``positions`` (L,) or (B, L)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float) / head_dim))
-    freqs = positions[..., None].float() * inv_freq  # (…, L, d/2)
-    angles = torch.cat((freqs, freqs), dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """(B, heads, L, d) query or key heads turned by their positions' angles (computed in fp32)."""
-    if cos.dim() == 3:  # per-row positions (B, L, d)
-        cos, sin = cos[:, None], sin[:, None]
-    half = x.shape[-1] // 2
-    xf = x.float()
-    turned = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
-    return (xf * cos + turned * sin).to(x.dtype)
-
-
-def log_bucket(relative: torch.Tensor, span: int, max_position: int) -> torch.Tensor:
-    """DeBERTa's relative-position buckets: distances within span/2 as they are, farther ones on a log scale up
-    to ``max_position`` (``max_position`` <= 0: no buckets)."""
-    if span <= 0 or max_position <= 0:
-        return relative
-    sign, mid = torch.sign(relative), span // 2
-    near = (relative < mid) & (relative > -mid)
-    absolute = torch.where(near, torch.tensor(mid - 1).type_as(relative), relative.abs())
-    log_pos = torch.ceil(torch.log(absolute / mid) / torch.log(torch.tensor((max_position - 1) / mid)) * (mid - 1)) + mid
-    return torch.where(absolute <= mid, relative.type_as(log_pos), log_pos * sign).long()
-
-
-def relative_indices(seq: int, config: MiniAlbertConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L, L) rows of the 2·span relative embeddings that query i reads for key j: content->position
-    (r(i - j) + span) and position->content (span - r(j - i)), clamped to the table, as DeBERTa gathers them."""
-    pos = torch.arange(seq, device=device)
-    span = config.relative_span
-    r = log_bucket(pos[:, None] - pos[None, :], span, config.max_relative_positions)  # (L, L): r(i - j)
-    return (r + span).clamp(0, 2 * span - 1), (span - r.T).clamp(0, 2 * span - 1)
-
-
 class MiniAlbertAttention(nn.Module):
     """Multi-head self-attention block: post-LN, LN(x + dropout(Wo · MHA(x))) (``bert`` form), or pre-LN with
     rotary queries and keys, x + dropout(Wo · MHA(LN(x))) (``modernbert`` form)."""
@@ -251,27 +211,14 @@ class MiniAlbertAttention(nn.Module):
         return out, probs if output_attentions else None, query_key
 
 
-    def _disentangled_bias(self, q: torch.Tensor, k: torch.Tensor, relative: tuple, query, key) -> torch.Tensor:
-        """(B, heads, L, L) content->position + position->content scores: the shared relative embeddings read
-        through this recursion's own query and key maps (DeBERTa's share_att_key)."""
-        table, c2p_index, p2c_index = relative
-        table = self.position_dropout(table)[None]  # (1, 2·span, H)
-        b, heads, seq, _ = q.shape
-        bias = q.new_zeros((b, heads, seq, seq))
-        if "c2p" in self.pos_att_type:
-            pos_key = self._heads(key(table))[0]  # (heads, 2·span, d)
-            scores = q @ pos_key.transpose(-1, -2)  # (B, heads, L, 2·span)
-            bias = bias + scores.gather(-1, c2p_index.expand(b, heads, seq, seq)) * self.scale
-        if "p2c" in self.pos_att_type:
-            pos_query = self._heads(query(table))[0]
-            scores = k @ pos_query.transpose(-1, -2)  # (B, heads, L keys, 2·span)
-            bias = bias + scores.gather(-1, p2c_index.T.expand(b, heads, seq, seq)).transpose(-1, -2) * self.scale
-        return bias
-
     def _disentangled(self, x, q, k, v, key_mask, relative, query, key, dense, norm, output_attentions,
                       output_query_key):
         """DeBERTa's attention: softmax((q·kᵀ + c2p + p2c) / sqrt(d x factor) + mask), post-LN block."""
-        bias = self._disentangled_bias(q, k, relative, query, key)
+        table, c2p_index, p2c_index = relative
+        table = self.position_dropout(table)[None]  # (1, 2·span, H): read through this recursion's own maps
+        pos_key = self._heads(key(table))[0] if "c2p" in self.pos_att_type else None  # (heads, 2·span, d)
+        pos_query = self._heads(query(table))[0] if "p2c" in self.pos_att_type else None
+        bias = disentangled_scores(q, k, pos_query, pos_key, c2p_index, p2c_index) * self.scale
         if key_mask is not None:
             bias = bias.masked_fill(~key_mask, torch.finfo(bias.dtype).min)
         dropout_p = self.attention_dropout_p if self.training else 0.0
@@ -349,7 +296,7 @@ class MiniAlbertLayer(GradientCheckpointingLayer):
         return self.ffn(x, delta), probs, query_key
 
 
-class MiniAlbertPreTrainedModel(PreTrainedModel):
+class MiniAlbertPreTrainedModel(AdapterTuning, PreTrainedModel):
     config_class = MiniAlbertConfig
     config: MiniAlbertConfig
     base_model_prefix = "minialbert"
@@ -402,82 +349,6 @@ class MiniAlbertPreTrainedModel(PreTrainedModel):
                 c.output_hidden_states if output_hidden_states is None else output_hidden_states,
                 c.return_dict if return_dict is None else return_dict)
 
-    # ----- adapter tuning -------------------------------------------------------------------------------------
-    def add_adapters(self, reduction_factor: int | None = None) -> None:
-        """Give every recursion fresh adapters (no-op when the model already has them)."""
-        base = self._base()
-        if base.adapters is not None:
-            return
-        if reduction_factor is not None:
-            self.config.adapter_reduction_factor = reduction_factor
-        self.config.use_adapters = True
-        self.config.validate()
-        base.adapters = nn.ModuleList(RecursionAdapters(self.config) for _ in range(self.config.num_recursions))
-        base.adapters.apply(self._init_weights)
-        base.adapters.to(next(base.layer.parameters()).device)
-
-    def _is_adapter_or_head(self, name: str) -> bool:
-        return ".adapters." in f".{name}" or name.startswith(self._head_prefixes)
-
-    def train_adapters_only(self) -> dict[str, int]:
-        """Freeze everything but the adapters and the task head (adding adapters if missing).
-
-        Returns the parameter counts ``{"trainable": n, "frozen": m}``.
-        """
-        self.add_adapters()
-        counts = {"trainable": 0, "frozen": 0}
-        for name, p in self.named_parameters():
-            p.requires_grad_(self._is_adapter_or_head(name))
-            counts["trainable" if p.requires_grad else "frozen"] += p.numel()
-        return counts
-
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """The adapters' and the task head's weights: all that adapter tuning changes."""
-        return {k: v for k, v in self.state_dict().items() if self._is_adapter_or_head(k)}
-
-    def save_adapters(self, directory: str | Path) -> Path:
-        """Write the adapters and head (``adapters.safetensors``) and what they fit (``adapter_config.json``)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.adapter_state_dict().items()}
-        meta = {
-            "model_class": type(self).__name__,
-            "hidden_size": self.config.hidden_size,
-            "num_recursions": self.config.num_recursions,
-            "adapter_reduction_factor": self.config.adapter_reduction_factor,
-            "num_labels": self.config.num_labels,
-            "id2label": {str(k): v for k, v in self.config.id2label.items()},
-            "problem_type": self.config.problem_type,
-        }
-        # Its own small rename, not data_prep.files: this file ships as remote code and imports no training code.
-        tmp = directory / (ADAPTER_WEIGHTS_NAME + ".tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(directory / ADAPTER_WEIGHTS_NAME)
-        (directory / ADAPTER_CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-        return directory / ADAPTER_WEIGHTS_NAME
-
-    def load_adapters(self, directory: str | Path) -> None:
-        """Load adapters + head saved by ``save_adapters`` onto this (base) model, strictly."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        meta_path = directory / ADAPTER_CONFIG_NAME
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: no adapter config (expected a folder written by save_adapters)")
-        meta = json.loads(meta_path.read_text())
-        for key in ("hidden_size", "num_recursions"):
-            if meta[key] != getattr(self.config, key):
-                raise ValueError(f"{meta_path}: {key}={meta[key]} but the base model has {getattr(self.config, key)}")
-        self.add_adapters(meta["adapter_reduction_factor"])
-        tensors = load_file(str(directory / ADAPTER_WEIGHTS_NAME))
-        expected = set(self.adapter_state_dict())
-        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-        if missing or unexpected:
-            raise ValueError(f"{directory / ADAPTER_WEIGHTS_NAME}: missing keys {missing}, unexpected keys {unexpected}")
-        self.load_state_dict(tensors, strict=False)
-
 
 class MiniAlbertModel(MiniAlbertPreTrainedModel):
     """Embeddings (+ projection) and the shared layer applied N times, with per-recursion adapters and deltas."""
@@ -523,27 +394,6 @@ class MiniAlbertModel(MiniAlbertPreTrainedModel):
                 raise ValueError(f"source embeddings: '{name}' has shape {got}, expected {tuple(target.shape)}")
             target.copy_(src)
 
-    def _rotary_and_masks(self, x: torch.Tensor, key_mask: torch.Tensor | None, position_ids: torch.Tensor | None):
-        """``modernbert`` form: per recursion (key mask, rotary (cos, sin), window) — a local recursion's mask keeps
-        keys with |i - j| <= local_window, its rotary base is local_rope_theta. None for the other forms."""
-        c = self.config
-        if c.layer_form != "modernbert":
-            return None
-        seq = x.shape[1]
-        positions = torch.arange(seq, device=x.device) if position_ids is None else position_ids
-        head_dim = c.hidden_size // c.num_attention_heads
-        rotary = {theta: rotary_tables(positions, head_dim, theta, x.dtype)
-                  for theta in {c.rope_theta, c.local_rope_theta}}
-        local_mask = None
-        if c.local_recursions:
-            pos = torch.arange(seq, device=x.device)
-            band = ((pos[:, None] - pos[None, :]).abs() <= c.local_window)[None, None]  # (1, 1, L, L)
-            # A padded query whose window holds no real key still sees itself: no row is empty (no NaN anywhere).
-            local_mask = band if key_mask is None else (band & key_mask) | torch.eye(seq, dtype=torch.bool,
-                                                                                     device=x.device)
-        return [(local_mask, rotary[c.local_rope_theta], c.local_window) if i in c.local_recursions
-                else (key_mask, rotary[c.rope_theta], None) for i in range(c.num_recursions)]
-
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -565,7 +415,7 @@ class MiniAlbertModel(MiniAlbertPreTrainedModel):
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, L, E)
         if self.embedding_projection is not None:
             x = self.embedding_projection(x)  # (B, L, H)
-        positional = self._rotary_and_masks(x, key_mask, position_ids)
+        positional = recursion_positions(self.config, x, key_mask, position_ids)
         table = index = None  # the table a top-level argument: reentrant checkpointing sees it as an input
         if self.relative_embeddings is not None:
             table = self.relative_embeddings.weight

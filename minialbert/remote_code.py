@@ -12,7 +12,8 @@ from pathlib import Path
 
 # The model's modules as the package has them (the modeling file imports the other two relatively).
 CODE_FILES = ("configuration_minialbert.py", "modeling_minialbert.py", "blockwise_attention.py", "dropout.py",
-              "recomputed.py", "recursion_parts.py")
+              "recomputed.py", "recursion_parts.py", "positions.py",
+              "adapter_tuning.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_minialbert.MiniAlbertConfig",
     "AutoModel": "modeling_minialbert.MiniAlbertModel",

@@ -102,19 +102,17 @@ class MlmCandidates:
 
 
 def has_mlm_head(model_dir: str) -> bool:
-    """Whether the folder's weights include a masked-LM head (loading it leaves no head weight missing)."""
-    from transformers import AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
+    """Whether the folder's checkpoint holds its family's masked-LM head (read from its keys, as for a teacher)."""
+    from transformers import AutoConfig
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    from ..teacher import has_mlm_head as holds_head
+    from ..teacher_families import family_of
+
     try:
-        _model, info = AutoModelForMaskedLM.from_pretrained(model_dir, output_loading_info=True)
-    except (OSError, ValueError, KeyError):
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError):
         return False
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    return not info["missing_keys"]
+    return holds_head(Path(model_dir), config, family_of(config))
 
 
 def _cased(candidate: str, word: str) -> str:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.files import atomic_write, sha256_file
+
 from . import InputError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -117,30 +119,19 @@ def load_teacher_tokenizer(teacher: TaskTeacher, word_aligned: bool):
     return tokenizer
 
 
-def weights_digest(model_dir: Path) -> str:
-    h = hashlib.sha256()
-    for name in WEIGHT_FILES:
-        path = model_dir / name
-        if path.is_file():
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 24), b""):
-                    h.update(block)
-    return h.hexdigest()
-
-
 def cached_outputs(teacher: TaskTeacher, what: dict, compute) -> list[np.ndarray]:
     """``compute()`` (a list of 2-D float32 arrays) stored in the teacher's cache, keyed by its weights and
     ``what``; a reader never sees half a file."""
-    key = hashlib.sha256((weights_digest(teacher.model_dir) + json.dumps(what, sort_keys=True)).encode())
+    weights = "".join(sha256_file(teacher.model_dir / f) for f in WEIGHT_FILES if (teacher.model_dir / f).is_file())
+    key = hashlib.sha256((weights + json.dumps(what, sort_keys=True)).encode())
     path = teacher.cache_dir / f"outputs-{key.hexdigest()[:16]}.npz"
     if path.is_file():
         with np.load(path) as z:
             return np.split(z["flat"], z["ends"][:-1])
     outputs = [np.asarray(o, dtype=np.float32) for o in compute()]
     teacher.cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, flat=np.concatenate(outputs), ends=np.cumsum([len(o) for o in outputs]))
-    tmp.replace(path)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, flat=np.concatenate(outputs), ends=np.cumsum([len(o) for o in outputs]))
     return outputs
 
 
