@@ -40,6 +40,7 @@ from minialbert import dist, flops
 from minialbert import engine as engine_setup
 from minialbert.config import DEMO_DATA_COMMAND, ConfigError, RunConfig, dump_run_config, load_run_config
 from minialbert.data import DataError
+from minialbert.host_memory import reuse_freed_memory
 from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
 from minialbert.monitor import make_monitor
 from minialbert.plan import make_plan
@@ -245,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     ctx = dist.init_distributed()
+    if ctx.device.type == "cpu":
+        reuse_freed_memory()  # each step's activations on memory the process holds: no page faults every step
     stop = StopFlag()
     resolve_auto_precision(cfg, ctx.device)
     try:
