@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         engines[path] = engine_setup.initialize(copy.deepcopy(student), ds_config, cfgs[path].optim, max_steps=10**6)
     cfg = cfgs[args.paths[0]]
     kernels = loss_kernels(args.compile, precision, dtype, device, args.batch, max(args.seqs),
-                           student_cfg.hidden_size, teacher_cfg.vocab_size, (True, True), cfg.loss.temperature)
+                           student_cfg.hidden_size, student_cfg.num_attention_heads, teacher_cfg.vocab_size,
+                           (True, True), cfg.loss.temperature)
     peak = measure_peak_flops(dtype, device)
     rows, results = [], []
     for seq in args.seqs:

@@ -1,7 +1,8 @@
 """``train.compile``: the loss terms' element-wise work through ``torch.compile`` (Inductor: C++ kernels on CPUs,
-Triton on GPUs) — the hidden-state cosine of every recursion (casts, products, norms, the masked sum) and, where a
-term reads logits, the (M, V) log-softmax, KL and cross-entropy — each fused into a few passes over memory,
-forward and backward.
+Triton on GPUs) — the hidden-state cosine of every recursion (casts, products, norms, the masked sum), the
+attention term's row math on its score blocks (``attention_kl``'s ``scores`` route: log-softmax of both models'
+rows and their KL forward, g (s - t) backward) and, where a term reads logits, the (M, V) log-softmax, KL and
+cross-entropy — each fused into a few passes over memory, forward and backward.
 
 What is compiled is what measured faster (docs/performance.md, "The step on bf16 hardware"; Intel Xeon with
 AMX, bf16, b8 s128): the hidden cosine 4.3 -> 1.0 ms a call, the logit terms 63 -> 33 ms a step. The student's
@@ -30,6 +31,7 @@ import torch
 
 from . import dist
 from .precision import bf16_supported
+from .attention_kl import ScoresKernels, TeacherAttention, fused_attention_kl, scores_route, scores_row_kl, scores_row_kl_grad
 from .losses import EAGER, LossKernels, hidden_cosine_sum, mlm_cross_entropy_sum, output_kl_sum
 
 SETTINGS = ("auto", "on", "off")
@@ -51,11 +53,12 @@ def compiled_kernels() -> LossKernels:
     """The loss terms through ``torch.compile``; the logits' row count M changes every batch (dynamic)."""
     return LossKernels(hidden_cosine_sum=torch.compile(hidden_cosine_sum),
                        output_kl_sum=torch.compile(output_kl_sum, dynamic=True),
-                       mlm_cross_entropy_sum=torch.compile(mlm_cross_entropy_sum, dynamic=True))
+                       mlm_cross_entropy_sum=torch.compile(mlm_cross_entropy_sum, dynamic=True),
+                       attention_scores=ScoresKernels(torch.compile(scores_row_kl), torch.compile(scores_row_kl_grad)))
 
 
-def _probe(kernels: LossKernels, micro: int, seq_len: int, hidden: int, vocab: int, logits: tuple[bool, bool],
-           temperature: float, dtype: torch.dtype, device: torch.device) -> None:
+def _probe(kernels: LossKernels, micro: int, seq_len: int, hidden: int, heads: int, vocab: int,
+           logits: tuple[bool, bool], temperature: float, dtype: torch.dtype, device: torch.device) -> None:
     """Forward and backward of each kernel the run calls, on inputs of its shapes (a generator of its own: the
     run's random streams are untouched)."""
     g = torch.Generator(device=device).manual_seed(0)
@@ -65,6 +68,10 @@ def _probe(kernels: LossKernels, micro: int, seq_len: int, hidden: int, vocab: i
 
     mask = torch.ones(micro, seq_len, dtype=torch.long, device=device)
     terms = [kernels.hidden_cosine_sum(leaf(micro, seq_len, hidden), leaf(micro, seq_len, hidden), mask)]
+    if scores_route(dtype, device, seq_len):  # the attention term's row math, a recursion's query and key heads
+        q, k = leaf(micro, heads, seq_len, hidden // heads), leaf(micro, heads, seq_len, hidden // heads)
+        teacher = TeacherAttention(q.detach(), k.detach().flip(2))
+        terms.append(fused_attention_kl(q, k, teacher, mask, "default", kernels=kernels.attention_scores))
     rows = max(2, micro * seq_len // 7)
     student_logits, teacher_logits = logits
     if student_logits:
@@ -76,7 +83,7 @@ def _probe(kernels: LossKernels, micro: int, seq_len: int, hidden: int, vocab: i
 
 
 def loss_kernels(setting: str, precision: str, dtype: torch.dtype, device: torch.device, micro: int, seq_len: int,
-                 hidden: int, vocab: int, logits: tuple[bool, bool], temperature: float) -> LossKernels:
+                 hidden: int, heads: int, vocab: int, logits: tuple[bool, bool], temperature: float) -> LossKernels:
     """The run's loss kernels: compiled (and proven on inputs of the run's shapes) when ``setting`` asks for it,
     else eager. ``logits``: whether the student's / the teacher's logits are read. Says what it did in one line
     (rank 0); every rank ends with the same choice."""
@@ -87,7 +94,7 @@ def loss_kernels(setting: str, precision: str, dtype: torch.dtype, device: torch
     start, failure = time.perf_counter(), None
     kernels = compiled_kernels()
     try:
-        _probe(kernels, micro, seq_len, hidden, vocab, logits, temperature, dtype, device)
+        _probe(kernels, micro, seq_len, hidden, heads, vocab, logits, temperature, dtype, device)
     except Exception as err:  # noqa: BLE001 -- any compiler failure: the run goes on eager
         reason = (str(err).strip().splitlines() or [""])[0][:200]
         failure = f"{type(err).__name__}: {reason}"

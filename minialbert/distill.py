@@ -199,7 +199,8 @@ def build_loss_kernels(run: ResolvedRun, teacher: Teacher, student: MiniAlbertFo
     cfg = run.cfg
     logits = (cfg.loss.student_logits_used(teacher.has_mlm_head), cfg.loss.teacher_logits_used(teacher.has_mlm_head))
     return loss_kernels(cfg.train.compile, cfg.train.precision, DTYPES[cfg.train.precision], ctx.device,
-                        cfg.train.micro_batch_size, seq_len, student.config.hidden_size, student.config.vocab_size,
+                        cfg.train.micro_batch_size, seq_len, student.config.hidden_size,
+                        student.config.num_attention_heads, student.config.vocab_size,
                         logits, cfg.loss.temperature)
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attention_kl import TeacherAttention, fused_attention_kl
+from .attention_kl import EAGER_SCORES, ScoresKernels, TeacherAttention, fused_attention_kl
 
 EPS = 1e-12  # the original's epsilon in log(map + eps), and torch's in CosineEmbeddingLoss
 
@@ -101,17 +101,18 @@ def _teacher_maps(teacher: TeacherAttention, row_mask: torch.Tensor) -> torch.Te
 
 
 def attention_term(student, teacher, row_mask: torch.Tensor, mode: str,
-                   num_tokens: float | None = None) -> torch.Tensor:
+                   num_tokens: float | None = None, scores: ScoresKernels = EAGER_SCORES) -> torch.Tensor:
     """One recursion's attention KL: maps (B, heads, L, L) for both, or the student's (query, key) heads — (query,
     key, window) for a local recursion — and the teacher layer's ``TeacherAttention`` (maps-free). A ``deberta``-form
-    student, whose scores are no query·key product, hands over its maps; its teacher (DeBERTa) its probabilities."""
+    student, whose scores are no query·key product, hands over its maps; its teacher (DeBERTa) its probabilities.
+    ``scores``: the maps-free term's row math where it takes the ``scores`` route (``attention_kl``)."""
     if isinstance(teacher, TeacherAttention) and isinstance(student, torch.Tensor):
         return maps_attention_kl(student, teacher.probs if teacher.probs is not None else _teacher_maps(teacher, row_mask),
                                  row_mask, mode, num_tokens)
     if isinstance(teacher, TeacherAttention):
         query, key, *window = student
         return fused_attention_kl(query, key, teacher, row_mask, mode, num_tokens,
-                                  student_window=window[0] if window else None)
+                                  student_window=window[0] if window else None, kernels=scores)
     return maps_attention_kl(student, teacher, row_mask, mode, num_tokens)
 
 
@@ -151,6 +152,7 @@ class LossKernels:
     hidden_cosine_sum: Callable = hidden_cosine_sum
     output_kl_sum: Callable = output_kl_sum
     mlm_cross_entropy_sum: Callable = mlm_cross_entropy_sum
+    attention_scores: ScoresKernels = EAGER_SCORES
 
 
 EAGER = LossKernels()
@@ -204,7 +206,7 @@ def distillation_losses(
     batch's). Gradient accumulation passes the whole global batch's counts divided by the number of micro-batches,
     so that the accumulated gradient is that of one mean over the global batch, whatever its split.
     ``kernels``: the element-wise terms' implementation (eager, or compiled: ``train.compile``)."""
-    att = torch.stack([attention_term(s, t, attention_mask, mode, num_tokens)
+    att = torch.stack([attention_term(s, t, attention_mask, mode, num_tokens, kernels.attention_scores)
                        for s, t in zip(student_attentions, teacher_attentions)])
     hid = torch.stack([hidden_cosine(s, t, attention_mask, num_tokens, kernels)
                        for s, t in zip(student_hidden, teacher_hidden)])

@@ -32,7 +32,7 @@ def tiny_recipe(tiny, dtype):
 
 def kernels_of(dtype, **kw):
     args = dict(setting="on", precision="bf16" if dtype == torch.bfloat16 else "fp32", dtype=dtype,
-                device=torch.device("cpu"), micro=2, seq_len=16, hidden=32, vocab=100, logits=(True, True),
+                device=torch.device("cpu"), micro=2, seq_len=16, hidden=32, heads=4, vocab=100, logits=(True, True),
                 temperature=2.0)
     return loss_kernels(**{**args, **kw})
 
@@ -56,10 +56,10 @@ def test_compiled_loss_terms_have_eager_values_and_gradients(tiny, dtype, tol):
             grads = {n: p.grad.float().clone() for n, p in recipe.student.named_parameters() if p.grad is not None}
             results.append((terms, grads))
     for (want, want_grads), (got, got_grads) in zip(results[:2], results[2:]):
-        for name in ("total", "mlm", "hidden", "output"):
+        for name in ("total", "mlm", "attention", "hidden", "output"):
             torch.testing.assert_close(getattr(got, name).float(), getattr(want, name).float(), rtol=tol, atol=tol,
                                        msg=name)
-        assert want.mlm > 0 and want.output > 0 and want.hidden > 0
+        assert want.mlm > 0 and want.output > 0 and want.hidden > 0 and want.attention > 0
         assert want_grads.keys() == got_grads.keys() and len(want_grads) > 20
         for name, g in want_grads.items():
             # (+ 1e-8: the key bias's gradient is zero up to rounding; softmax ignores a shift of every score)
