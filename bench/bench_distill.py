@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distill_recipes import FastRecipe, OriginalRecipe, build_models, make_batch, paper_configs  # noqa: E402
 
-from minialbert.compiled import compiled_kernels  # noqa: E402
+from minialbert.compiled import compile_teacher, compiled_kernels  # noqa: E402
 from minialbert.flops import distillation_step_flops, measure_peak_flops  # noqa: E402
 from minialbert.host_memory import reuse_freed_memory  # noqa: E402
 from minialbert.losses import EAGER  # noqa: E402
@@ -224,8 +224,14 @@ def main(argv: list[str] | None = None) -> dict:
     kernels = compiled_kernels()
 
     def fast(attention_kl: str, compiled: bool):
-        return lambda: FastRecipe.build(teacher, fast_student, fast_dtype, device=device, attention_kl=attention_kl,
-                                        kernels=kernels if compiled else EAGER)
+        def build():
+            recipe = FastRecipe.build(teacher, fast_student, fast_dtype, device=device, attention_kl=attention_kl,
+                                      kernels=kernels if compiled else EAGER)
+            if compiled:  # as distill.py does under train.compile: the teacher's layers compiled and frozen
+                print(compile_teacher(recipe.teacher, args.batch, args.seq, True, attention_kl == "fused", device),
+                      file=sys.stderr)
+            return recipe
+        return build
 
     builders = {"original": lambda: OriginalRecipe.build(teacher, student, device)}
     for name, attention_kl in (("fast", "fused"), ("maps", "materialised")):

@@ -105,3 +105,81 @@ def loss_kernels(setting: str, precision: str, dtype: torch.dtype, device: torch
     dist.print0(f"train.compile: on ({why}); the loss terms compiled in {time.perf_counter() - start:.1f} s "
                 f"(start-up, outside the steps' tokens/s)")
     return kernels
+
+
+# ----- the frozen teacher -------------------------------------------------------------------------------------------
+class FrozenLayers:
+    """A teacher's layer loop through ``torch.compile`` for inference, its weights frozen into the kernels
+    (Inductor's ``freezing``: weights pre-packed for the matrix units, bias and GELU fused into the products'
+    epilogues) and its matrix products chosen by measuring (``max-autotune``: on AMX, Inductor's own AMX GEMM
+    kernels against oneDNN's). The teacher never trains, so freezing its weights is exact; a new input shape
+    compiles again, frozen too."""
+
+    def __init__(self, eager):
+        self.eager = eager
+        self.compiled = torch.compile(eager, mode="max-autotune-no-cudagraphs")
+
+    def __call__(self, *args):
+        # (the autotuner's tables of timings are not printed: the compile's one line says what it took)
+        with torch._inductor.config.patch(freezing=True, autotune_num_choices_displayed=0,
+                                          max_autotune_report_choices_stats=False):
+            return self.compiled(*args)
+
+
+def _teacher_probe(teacher, micro: int, seq_len: int, logits: bool, query_key: bool, device: torch.device) -> None:
+    """One batch of the run's shapes and outputs through the compiled layers (compiling them), checked against
+    eager: the mapped layers' hidden states agree within bf16 rounding, or this raises."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, min(teacher.config.vocab_size, 1000), (micro, seq_len), generator=g).to(device)
+    mask = torch.ones_like(ids)
+    positions = torch.arange(0, ids.numel(), 7, device=device) if logits else None
+
+    def run():
+        return teacher(ids, mask, torch.zeros_like(ids), logits_positions=positions, output_attentions=not query_key,
+                       output_query_key=query_key)
+
+    compiled = run()
+    layers, teacher.run_layers = teacher.run_layers, teacher.run_layers.eager
+    try:
+        eager = run()
+    finally:
+        teacher.run_layers = layers
+    for got, want in zip(compiled.hidden_states, eager.hidden_states):
+        err = (got.float() - want.float()).abs().max().item() / max(want.float().abs().max().item(), 1e-6)
+        if not err <= 0.05:
+            raise RuntimeError(f"the compiled teacher's hidden states differ from eager's by {err:.3f} (relative)")
+
+
+TEACHER_MIN_STEPS = 2000
+"""``auto`` compiles the teacher in runs of at least this many steps: its compile (20-45 s a rank, autotuning
+included) is repaid by 14 ms a step (cpu.yaml's 3-layer MiniLM, b16 s128, one thread) to 110 ms (bert-base, b8
+s128, two threads) on the AMX host; shorter runs (cpu.yaml's 400 steps) would lose more than they gain."""
+
+
+def teacher_compile_wanted(setting: str, max_steps: int) -> tuple[bool, str]:
+    """(compile the teacher?, why), in a run whose loss terms are compiled (``train.compile`` on or auto-on)."""
+    if setting == "on":
+        return True, "train.compile=on"
+    if max_steps >= TEACHER_MIN_STEPS:
+        return True, f"auto: {max_steps} steps repay its compile"
+    return False, f"auto: {max_steps} steps < {TEACHER_MIN_STEPS} would not repay its compile"
+
+
+def compile_teacher(teacher, micro: int, seq_len: int, logits: bool, query_key: bool, device: torch.device) -> str:
+    """The teacher's layer loop compiled and frozen (``FrozenLayers``) where its family runs layer by layer; proven
+    on a batch of the run's shapes (``logits``: the run reads its MLM logits; ``query_key``: its attention term is
+    maps-free) rank by rank, and kept only where every rank compiled it. Returns the line to print."""
+    if teacher.family.runner == "outputs" or device.type != "cpu":
+        return "the teacher eager (its family runs the model's own forward)" if device.type == "cpu" else \
+            "the teacher eager (compiled and frozen on CPUs only: measured there)"
+    start, failure = time.perf_counter(), None
+    teacher.run_layers = FrozenLayers(teacher.run_layers)
+    try:
+        with torch.random.fork_rng(devices=[]):  # autotuning's random inputs leave the run's streams untouched
+            _teacher_probe(teacher, micro, seq_len, logits, query_key, device)
+    except Exception as err:  # noqa: BLE001 -- any compiler failure: the teacher runs eager
+        failure = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+    if dist.all_reduce_sum(torch.tensor([float(failure is not None)])).item():
+        teacher.run_layers = teacher.run_layers.eager
+        return f"the teacher eager (compiling it failed: {failure or 'on another rank'})"
+    return f"the teacher compiled and frozen in {time.perf_counter() - start:.1f} s"

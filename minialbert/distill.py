@@ -41,6 +41,7 @@ from minialbert import engine as engine_setup
 from minialbert.config import DEMO_DATA_COMMAND, ConfigError, RunConfig, dump_run_config, load_run_config
 from minialbert.data import DataError
 from minialbert.host_memory import reuse_freed_memory
+from minialbert.losses import EAGER
 from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
 from minialbert.monitor import make_monitor
 from minialbert.plan import make_plan
@@ -193,15 +194,22 @@ def announce(run: ResolvedRun, ctx: dist.DistContext) -> None:
 
 def build_loss_kernels(run: ResolvedRun, teacher: Teacher, student: MiniAlbertForMaskedLM, seq_len: int,
                        ctx: dist.DistContext):
-    """train.compile: the loss terms compiled (and proven at the run's shapes) or eager; one line says which."""
-    from minialbert.compiled import loss_kernels
+    """train.compile: the loss terms compiled (and proven at the run's shapes) or eager, and with them the teacher's
+    layers (frozen, on CPUs); one line says which."""
+    from minialbert.compiled import compile_teacher, loss_kernels, teacher_compile_wanted
 
     cfg = run.cfg
     logits = (cfg.loss.student_logits_used(teacher.has_mlm_head), cfg.loss.teacher_logits_used(teacher.has_mlm_head))
-    return loss_kernels(cfg.train.compile, cfg.train.precision, DTYPES[cfg.train.precision], ctx.device,
-                        cfg.train.micro_batch_size, seq_len, student.config.hidden_size,
-                        student.config.num_attention_heads, student.config.vocab_size,
-                        logits, cfg.loss.temperature)
+    kernels = loss_kernels(cfg.train.compile, cfg.train.precision, DTYPES[cfg.train.precision], ctx.device,
+                           cfg.train.micro_batch_size, seq_len, student.config.hidden_size,
+                           student.config.num_attention_heads, student.config.vocab_size,
+                           logits, cfg.loss.temperature)
+    if kernels is not EAGER:
+        wanted, why = teacher_compile_wanted(cfg.train.compile, cfg.train.max_steps)
+        dist.print0("train.compile: " + (compile_teacher(teacher, cfg.train.micro_batch_size, seq_len, logits[1],
+                                                         cfg.loss.attention_kl == "fused", ctx.device)
+                                         if wanted else "the teacher eager") + f" ({why})")
+    return kernels
 
 
 def start_monitor(run: ResolvedRun, ctx: dist.DistContext, run_dir: RunDir, step: int,

@@ -83,6 +83,9 @@ class Teacher(nn.Module):
         self.has_mlm_head = self.family.logits is not None and hf_model is not self.base
         self.layer_map = list(layer_map)  # checked by teacher_families.layer_map_for
         self.num_heads = self.config.num_attention_heads
+        # The layer loop of this family; ``compiled.compile_teacher`` may put a compiled one in its place.
+        self.run_layers = {"bert": self._run_bert, "modernbert": self._run_modernbert,
+                           "outputs": self._run_outputs}[self.family.runner]
         self.requires_grad_(False)
         self.eval()
 
@@ -104,9 +107,8 @@ class Teacher(nn.Module):
         if not uses_token_types(self.config):
             token_type_ids = None  # RoBERTa's single type, ModernBERT's none: the teacher's own default
         want_logits = logits_positions is not None and self.has_mlm_head
-        run = {"bert": self._run_bert, "modernbert": self._run_modernbert, "outputs": self._run_outputs}
-        x, out = run[self.family.runner](input_ids, attention_mask, token_type_ids, want_logits,
-                                         output_attentions and not output_query_key, output_query_key)
+        x, out = self.run_layers(input_ids, attention_mask, token_type_ids, want_logits,
+                                 output_attentions and not output_query_key, output_query_key)
         if want_logits:
             picked = x.reshape(-1, x.shape[-1]).index_select(0, logits_positions)  # (M, H)
             out.logits = self.family.logits(self.hf, picked)  # (M, V)

@@ -66,16 +66,20 @@ def test_compiled_loss_terms_have_eager_values_and_gradients(tiny, dtype, tol):
             assert (got_grads[name] - g).abs().max().item() <= tol * g.abs().max().item() + 1e-8, name
 
 
-def test_a_compiler_failure_leaves_the_run_eager_with_one_line(capsys, monkeypatch):
-    """A real failure: Inductor's C++ compiler is one that does not exist (a machine without g++)."""
+def no_cxx():
+    """A real failure: Inductor's C++ compiler is one that does not exist (a machine without g++), and no kernel
+    built earlier is reused. Inductor's own ``patch``: a monkeypatch's undo leaves its config without the key."""
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # no kernel built earlier is reused
+    return inductor_config.patch({"cpp.cxx": ("/nonexistent/g++",), "fx_graph_cache": False})
+
+
+def test_a_compiler_failure_leaves_the_run_eager_with_one_line(capsys):
     torch._dynamo.reset()
     state = torch.random.get_rng_state()
     try:
-        kernels = kernels_of(torch.float32, vocab=101)
+        with no_cxx():
+            kernels = kernels_of(torch.float32, vocab=101)
     finally:
         torch._dynamo.reset()
     assert kernels is EAGER
@@ -109,3 +113,72 @@ def test_yaml_on_and_off_are_the_settings_not_booleans(written, read, tmp_path):
     assert load_run_config(str(config), []).train.compile == read
     with pytest.raises(ConfigError, match="train.compile='sometimes': expected 'auto', 'on' or 'off'"):
         load_run_config("configs/distill/tiny.yaml", ["train.compile=sometimes"])
+
+
+# ----- the frozen teacher -------------------------------------------------------------------------------------------
+def tiny_teacher(dtype=torch.float32):
+    from transformers import BertConfig, BertForMaskedLM
+
+    from minialbert.teacher import Teacher
+
+    torch.manual_seed(7)
+    hf = BertForMaskedLM(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                    intermediate_size=64, max_position_embeddings=64))
+    return Teacher(hf, [2, 4]).to(torch.device("cpu"), dtype)
+
+
+def teacher_outputs(teacher, batch, positions, query_key=True):
+    return teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], logits_positions=positions,
+                   output_attentions=not query_key, output_query_key=query_key)
+
+
+@pytest.mark.parametrize("query_key", [True, False])
+def test_the_compiled_frozen_teacher_computes_the_eager_teachers_outputs(query_key):
+    """Hidden states, query and key heads (or maps) and logits as eager computes them, at the probed shape and at
+    another (it compiles again, frozen too); the run's random stream untouched."""
+    from minialbert.compiled import FrozenLayers, compile_teacher
+    from minialbert.step import masked_positions
+
+    teacher = tiny_teacher()
+    state = torch.random.get_rng_state()
+    line = compile_teacher(teacher, 2, 16, True, query_key, torch.device("cpu"))
+    assert line.startswith("the teacher compiled and frozen in "), line
+    assert isinstance(teacher.run_layers, FrozenLayers)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for batch in (make_batch(100, batch=2, seq=16, seed=1, padded_rows=1), make_batch(100, batch=3, seq=8, seed=2)):
+        positions = masked_positions(batch["labels"])
+        got = teacher_outputs(teacher, batch, positions, query_key)
+        frozen, teacher.run_layers = teacher.run_layers, teacher.run_layers.eager
+        want = teacher_outputs(teacher, batch, positions, query_key)
+        teacher.run_layers = frozen
+        pairs = [(got.logits, want.logits), *zip(got.hidden_states, want.hidden_states)]
+        pairs += ([(g.query, w.query) for g, w in zip(got.query_keys, want.query_keys)] +
+                  [(g.key, w.key) for g, w in zip(got.query_keys, want.query_keys)]) if query_key else \
+            list(zip(got.attentions, want.attentions))
+        assert len(pairs) == 1 + 2 + 4 if query_key else 1 + 2 + 2
+        for g, w in pairs:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_a_teacher_that_fails_to_compile_runs_eager_with_one_line():
+    from minialbert.compiled import compile_teacher
+
+    torch._dynamo.reset()
+    teacher = tiny_teacher()
+    try:
+        with no_cxx():
+            line = compile_teacher(teacher, 2, 16, True, True, torch.device("cpu"))
+    finally:
+        torch._dynamo.reset()
+    assert line.startswith("the teacher eager (compiling it failed: ") and "\n" not in line, line
+    assert teacher.run_layers == teacher._run_bert  # the eager layer loop back in place
+    out = teacher_outputs(teacher, make_batch(100, batch=2, seq=16, seed=1), None)
+    assert len(out.hidden_states) == 2
+
+
+@pytest.mark.parametrize("setting, max_steps, want", [("on", 10, True), ("auto", 400, False), ("auto", 2000, True)])
+def test_auto_compiles_the_teacher_only_in_runs_long_enough_to_repay_it(setting, max_steps, want):
+    from minialbert.compiled import teacher_compile_wanted
+
+    wanted, why = teacher_compile_wanted(setting, max_steps)
+    assert wanted is want and why and (str(max_steps) in why) == (setting == "auto")
