@@ -4,8 +4,9 @@ Why: on CPU, ``F.scaled_dot_product_attention`` has a flash kernel only without 
 math path, which upcasts bf16 to fp32 and keeps the (B, heads, L, L) probabilities, the dropout mask and the
 dropped probabilities for backward — the maps the maps-free distillation exists to avoid. This function computes
 exactly the eager attention of ``modeling_minialbert`` (scores in the inputs' dtype, additive mask, softmax,
-dropout, @ V) one block of query rows at a time, keeps only q, k, v and an RNG seed, and in backward recomputes
-each block's probabilities and regenerates its dropout mask from the seed.
+dropout, @ V) one block of query rows at a time, keeps only q, k, v, an RNG seed and (up to ``KEPT_MASK_BYTES``)
+the bool dropout masks, and in backward recomputes each block's probabilities (and regenerates a mask not kept
+from the seed).
 
 Dropout mask: ``dropout.drop_mask`` (four 15-bit draws from each 64-bit word, no float mask), from a generator
 seeded per block (the seed drawn from torch's default generator, so ``torch.manual_seed`` makes runs repeatable);
@@ -22,6 +23,10 @@ import torch
 from .dropout import drop_mask, quantised
 
 BLOCK_ELEMENTS = 1 << 24  # score elements per block: (B·heads, rows, L), rows = BLOCK_ELEMENTS // (B·heads·L)
+KEPT_MASK_BYTES = 16 << 20
+"""Dropout masks of at most this many bytes a call (bool, one byte an element: B·heads·L² — b8, 12 heads, L 256 is
+6 MB) are kept for backward instead of drawn again from the seed (the draw was a quarter of the kernel's
+element-wise work at L 128); larger ones (L 512: 25 MB a recursion) are regenerated, as the memory bound asks."""
 
 
 def _dropped(shape: torch.Size, p: float, seed: int, block: int) -> torch.Tensor:
@@ -61,21 +66,25 @@ class _BlockwiseAttention(torch.autograd.Function):
         q, k = _scaled_rows(q_heads), _rows(k_heads)
         rows = max(1, min(q.shape[1], BLOCK_ELEMENTS // (q.shape[0] * k.shape[1])))
         out = q.new_empty(*q.shape[:-1], v.shape[-1])
+        keep = p > 0 and q.shape[0] * q.shape[1] * k.shape[1] <= KEPT_MASK_BYTES
+        masks = []
         for block, start in enumerate(range(0, q.shape[1], rows)):
             probs = _probs(q[:, start:start + rows], k, bias, heads)
             if p > 0:
-                probs.masked_fill_(_dropped(probs.shape, p, seed, block), 0.0)
+                dropped = _dropped(probs.shape, p, seed, block)
+                probs.masked_fill_(dropped, 0.0)
+                masks += [dropped] if keep else []
             torch.bmm(probs, v, out=out[:, start:start + rows])
         if p > 0:
             out.mul_(_keep_scale(p))
-        ctx.save_for_backward(q_heads, k_heads, v, bias)
+        ctx.save_for_backward(q_heads, k_heads, v, bias, *masks)
         ctx.p, ctx.seed, ctx.rows, ctx.heads = p, seed, rows, heads
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out):
-        q_heads, k_heads, v, bias = ctx.saved_tensors
+        q_heads, k_heads, v, bias, *masks = ctx.saved_tensors
         q, k = _scaled_rows(q_heads), _rows(k_heads)
         p, seed, rows, heads = ctx.p, ctx.seed, ctx.rows, ctx.heads
         d_out = d_out.contiguous() if p == 0 else d_out * _keep_scale(p)  # the kept probabilities' scale, once
@@ -85,7 +94,7 @@ class _BlockwiseAttention(torch.autograd.Function):
             probs = _probs(q_b, k, bias, heads)  # (B·heads, rows, Lk), recomputed
             d_probs = torch.bmm(d_out_b, v.transpose(1, 2))
             if p > 0:
-                dropped = _dropped(probs.shape, p, seed, block)
+                dropped = masks[block] if masks else _dropped(probs.shape, p, seed, block)
                 d_v += torch.bmm(probs.masked_fill(dropped, 0.0).transpose(1, 2), d_out_b)
                 d_probs.masked_fill_(dropped, 0.0)
             else:

@@ -38,7 +38,9 @@ def test_without_dropout_equals_eager_attention(small_blocks):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_gradcheck_with_dropout_and_its_mask_is_regenerated_exactly(small_blocks):
+@pytest.mark.parametrize("kept_bytes", [0, 1 << 20])  # masks regenerated from the seed in backward / kept
+def test_gradcheck_with_dropout_and_its_mask_is_regenerated_exactly(small_blocks, monkeypatch, kept_bytes):
+    monkeypatch.setattr(blockwise, "KEPT_MASK_BYTES", kept_bytes)
     q, k, v, bias = inputs()
 
     def attention(q, k, v):  # a fixed seed: the same masks on every call, so the function is deterministic
