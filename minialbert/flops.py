@@ -79,20 +79,27 @@ def student_forward_flops(student_config, batch: int, seq: int, logits_positions
 # Per recursion, in attention forwards: 1 teacher + 2 forward + 2 backward KL calls (see minialbert.attention_kl)
 # and the half of the student attention's flash backward that recomputes the scores.
 FUSED_KL_ATTENTION_CALLS = 5.5
+# The scores route (bf16 on CPUs, short rows): 2 q·kᵀ products forward, the same 2 again and d_q, d_k backward —
+# 6 products of 2·B·L²·H, 3 attention forwards — and the student attention's recomputed scores.
+SCORES_KL_ATTENTION_CALLS = 3.5
 
 
-def attention_kl_flops(student_config, batch: int, seq: int, attention_kl: str = "fused") -> int:
-    """The maps-free attention KL's attention calls (QKᵀ and PV, 4·B·L²·H each); 0 for the materialised KL."""
+def attention_kl_flops(student_config, batch: int, seq: int, attention_kl: str = "fused",
+                       scores_route: bool = False) -> int:
+    """The maps-free attention KL's products (as attention calls, QKᵀ and PV, 4·B·L²·H each) on its attention
+    route, or on its scores route (``scores_route``: ``attention_kl.scores_route`` says the run takes it); 0 for
+    the materialised KL."""
     if attention_kl == "materialised":
         return 0
     c = student_config
-    return round(c.num_recursions * FUSED_KL_ATTENTION_CALLS * 4 * batch * seq * seq * c.hidden_size)
+    calls = SCORES_KL_ATTENTION_CALLS if scores_route else FUSED_KL_ATTENTION_CALLS
+    return round(c.num_recursions * calls * 4 * batch * seq * seq * c.hidden_size)
 
 
 def distillation_step_flops(teacher_config, student_config, batch: int, seq: int, masked_fraction: float = 0.15,
                             teacher_layers_run: int | None = None, all_positions_logits: bool = False,
                             attention_kl: str = "fused", teacher_logits: bool = True,
-                            student_logits: bool = True) -> int:
+                            student_logits: bool = True, scores_route: bool = False) -> int:
     """Model FLOPs of one distillation training step (teacher forward + student forward and backward).
 
     ``masked_fraction``: the share of the B·L positions whose logits are computed (the masked ones), or pass
@@ -101,23 +108,26 @@ def distillation_step_flops(teacher_config, student_config, batch: int, seq: int
     mapped layer). ``attention_kl``: "fused" (the default step) or "materialised" (see ``attention_kl_flops``).
     ``teacher_logits``: False when the teacher's MLM head does not run (none, or the output term off);
     ``student_logits``: False when no term reads the student's logits (its MLM head does not run).
+    ``scores_route``: the maps-free KL takes its scores route (``attention_kl_flops``).
     """
     if batch <= 0 or seq <= 0 or not 0.0 <= masked_fraction <= 1.0:
         raise ValueError(f"batch={batch}, seq={seq}, masked_fraction={masked_fraction}: expected positive sizes and a fraction in [0, 1]")
     positions = batch * seq if all_positions_logits else round(masked_fraction * batch * seq)
     teacher = teacher_forward_flops(teacher_config, batch, seq, positions if teacher_logits else 0, teacher_layers_run)
     student = 3 * student_forward_flops(student_config, batch, seq, positions if student_logits else 0)
-    return teacher + student + attention_kl_flops(student_config, batch, seq, attention_kl)
+    return teacher + student + attention_kl_flops(student_config, batch, seq, attention_kl, scores_route)
 
 
 _PROBE = 256  # side of the small product that estimates a slow dtype's rate before the real size is chosen
 
 
-def run_step_flops(cfg, teacher_config, student_config, seq_len: int, teacher_has_mlm_head: bool) -> int:
+def run_step_flops(cfg, teacher_config, student_config, seq_len: int, teacher_has_mlm_head: bool,
+                   on_cuda: bool = False) -> int:
     """Model FLOPs of one optimizer step of the run ``cfg`` (a resolved RunConfig): the one count that the plan
     (``--check``), the live MFU and the benchmark share, of what runs: the teacher's layers up to the last mapped one
     (all when its logits are distilled), each model's MLM head only when a loss term reads its logits
-    (``LossConfig.student_logits_used``), the attention path chosen."""
+    (``LossConfig.student_logits_used``), the attention path chosen (and its route: ``on_cuda``, the device)."""
+    from .attention_kl import scores_route
     from .teacher_families import layer_map_for, layers_run
 
     layer_map = layer_map_for(cfg.teacher.layer_map, teacher_config.num_hidden_layers, student_config.num_recursions)
@@ -126,7 +136,9 @@ def run_step_flops(cfg, teacher_config, student_config, seq_len: int, teacher_ha
         teacher_config, student_config, cfg.train.global_batch_size, seq_len, cfg.data.mlm_probability,
         teacher_layers_run=layers_run(teacher_config, layer_map, teacher_logits),
         attention_kl=cfg.loss.attention_kl, teacher_logits=teacher_logits,
-        student_logits=cfg.loss.student_logits_used(teacher_has_mlm_head))
+        student_logits=cfg.loss.student_logits_used(teacher_has_mlm_head),
+        scores_route=cfg.train.precision == "bf16" and scores_route(
+            torch.bfloat16, torch.device("cuda" if on_cuda else "cpu"), seq_len))
 
 
 def _fitted_size(largest: int, probe_seconds: float, window: float) -> int:

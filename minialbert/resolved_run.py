@@ -33,6 +33,7 @@ class ResolvedRun:
     """None: no ``config.json`` at ``teacher.path`` (a plan's resolution only)."""
     student: MiniAlbertConfig | None = None
     """The architecture the run trains (None without the teacher's shape)."""
+    on_cuda: bool = False
 
     @property
     def accumulation(self) -> int:
@@ -44,14 +45,15 @@ class ResolvedRun:
         if self.teacher is None or self.seq_len is None:
             return None
         return flops.run_step_flops(self.cfg, self.teacher.config, self.student, self.seq_len,
-                                    self.teacher.has_mlm_head)
+                                    self.teacher.has_mlm_head, self.on_cuda)
 
 
 def resolve_run(cfg: RunConfig, ds_json: str | Path, world_size: int, on_cuda: bool,
                 need_teacher: bool = True) -> ResolvedRun:
     """``ConfigError`` / ``TeacherError`` name the field or file that does not fit. ``need_teacher=False`` (a
     plan): without a ``config.json`` at ``teacher.path`` what depends on the teacher stays None."""
-    run = ResolvedRun(cfg, world_size, build_ds_config(cfg, ds_json, world_size, on_cuda), shard_seq_len(cfg))
+    run = ResolvedRun(cfg, world_size, build_ds_config(cfg, ds_json, world_size, on_cuda), shard_seq_len(cfg),
+                      on_cuda=on_cuda)
     if need_teacher or (Path(cfg.teacher_path()) / "config.json").is_file():
         run.teacher = read_teacher(cfg.teacher_path(), cfg.student.num_recursions, cfg.teacher.layer_map)
         run.student = architecture(cfg, run.teacher)

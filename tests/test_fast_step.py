@@ -91,6 +91,23 @@ def test_flop_count_matches_flop_counter(tiny):
         teacher_cfg, student_cfg, 2, 16, masked / 32, attention_kl="materialised")
 
 
+def test_the_bf16_cpu_steps_scores_route_is_counted_as_it_runs(tiny):
+    """bf16 on a CPU at a short length: the attention KL's scores route (q·kᵀ blocks) and the student's blockwise
+    attention, counted product by product."""
+    from bench_distill import counted_flops
+
+    from minialbert.attention_kl import scores_route
+
+    teacher_cfg, student_cfg = tiny_pair(tiny)
+    teacher, student = build_models(teacher_cfg, student_cfg, seed=8)
+    batch = make_batch(100, batch=2, seq=16, seed=9)
+    masked = int((batch["labels"] != -100).sum())
+    fast = FastRecipe.build(teacher, student, torch.bfloat16)
+    assert scores_route(torch.bfloat16, torch.device("cpu"), 16)
+    assert counted_flops(lambda: fast.step(batch)) == distillation_step_flops(
+        teacher_cfg, student_cfg, 2, 16, masked / 32, scores_route=True)
+
+
 def test_a_step_whose_loss_reads_no_logits_runs_no_mlm_head_and_counts_none(tiny):
     """loss.mlm 0 and no output term (cpu.yaml with a teacher without an MLM head): neither head runs, the
     student's gets no gradient and keeps its weights, the FLOP count leaves both heads out, the terms read 0."""

@@ -210,7 +210,8 @@ def test_the_plans_flops_per_step_are_the_live_ones_and_count_only_what_runs(tin
         planned = float(re.search(r"FLOPs per step ([\d.e+]+);", done.stdout).group(1))
         cfg = load_run_config(REPO / "configs/distill/tiny.yaml", overrides)
         teacher = load_teacher(teacher_dir, cfg.student.num_recursions, cfg.teacher.layer_map)
-        live = flops.run_step_flops(cfg, teacher.config, build_student(cfg, teacher).config, 32, teacher.has_mlm_head)
+        live = flops.run_step_flops(cfg, teacher.config, build_student(cfg, teacher).config, 32, teacher.has_mlm_head,
+                                    on_cuda=True)  # --check plans GPU nodes (the KL's attention route)
         assert f"{planned:.3e}" == f"{live:.3e}", name  # what --check prints is what the monitor divides by
         counts[name], plans[name] = (live, teacher, cfg), done.stdout
     live, teacher, cfg = counts["headless"]
