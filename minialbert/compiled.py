@@ -117,17 +117,18 @@ def loss_kernels(setting: str, precision: str, dtype: torch.dtype, device: torch
 class FrozenLayers:
     """A teacher's layer loop through ``torch.compile`` for inference, its weights frozen into the kernels
     (Inductor's ``freezing``: weights pre-packed for the matrix units, bias and GELU fused into the products'
-    epilogues) and its matrix products chosen by measuring (``max-autotune``: on AMX, Inductor's own AMX GEMM
-    kernels against oneDNN's). The teacher never trains, so freezing its weights is exact; a new input shape
-    compiles again, frozen too."""
+    epilogues) and its matrix products Inductor's own C++ GEMM kernels (``max-autotune`` with the CPP backend alone:
+    on AMX, tiles on the matrix units; ATen's product where the template does not apply). One candidate a product,
+    so nothing is chosen by timing: every process — a resumed run, each rank — gets the same kernels and the same
+    numbers. The teacher never trains, so freezing its weights is exact; a new input shape compiles again."""
 
     def __init__(self, eager):
         self.eager = eager
         self.compiled = torch.compile(eager, mode="max-autotune-no-cudagraphs")
 
     def __call__(self, *args):
-        # (the autotuner's tables of timings are not printed: the compile's one line says what it took)
-        with torch._inductor.config.patch(freezing=True, autotune_num_choices_displayed=0,
+        with torch._inductor.config.patch(freezing=True, max_autotune_gemm_backends="CPP",
+                                          autotune_fallback_to_aten=True, autotune_num_choices_displayed=0,
                                           max_autotune_report_choices_stats=False):
             return self.compiled(*args)
 
