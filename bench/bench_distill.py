@@ -14,6 +14,8 @@ student forward + backward, all losses, optimizer step); the recipes (see ``dist
 by step after warm-up, and each reports the median of its steps. The first warm-up step of each recipe runs
 under ``torch.utils.flop_counter`` to check the analytic FLOP count of ``minialbert.flops``. Prints a table, then
 one JSON line (``speedup``, ``mfu_fast``, tokens/s, FLOPs, peak matmul rates, peak memory, machine load).
+On CPU the process keeps freed memory for the next step (``minialbert.host_memory``, as ``distill.py`` does):
+every recipe in it gains from that, the original too.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json-out", type=Path, help="also write the JSON line to this file")
     p.add_argument("--profile", action="store_true", help="after timing, profile one step of each recipe (op table)")
     p.add_argument("--compile", choices=("on", "off", "both"), default="on",
-                   help="the fast and maps recipes' loss terms compiled (train.compile=on, the default on bf16 "
-                        "hardware), eager, or both side by side (fast-eager, maps-eager added)")
+                   help="the fast and maps recipes' loss terms compiled and, on CPUs, their teacher's layers frozen "
+                        "and compiled (train.compile=on), eager, or both side by side (fast-eager, maps-eager added)")
     p.add_argument("--memory", choices=("own", "shared"), default="own",
                    help="peak memory of each recipe measured in a process of its own (own: what a run of that "
                         "recipe needs; the default) or in this one, where every recipe's models and optimizer "

@@ -117,19 +117,19 @@ def loss_kernels(setting: str, precision: str, dtype: torch.dtype, device: torch
 class FrozenLayers:
     """A teacher's layer loop through ``torch.compile`` for inference, its weights frozen into the kernels
     (Inductor's ``freezing``: weights pre-packed for the matrix units, bias and GELU fused into the products'
-    epilogues) and its matrix products Inductor's own C++ GEMM kernels (``max-autotune`` with the CPP backend alone:
-    on AMX, tiles on the matrix units; ATen's product where the template does not apply). One candidate a product,
+    epilogues) and, with ``cpp_gemm``, its matrix products Inductor's own C++ GEMM kernels (``max-autotune`` with
+    the CPP backend alone: on AMX, tiles on the matrix units); without, ATen's. Either way one candidate a product,
     so nothing is chosen by timing: every process — a resumed run, each rank — gets the same kernels and the same
     numbers. The teacher never trains, so freezing its weights is exact; a new input shape compiles again."""
 
-    def __init__(self, eager):
-        self.eager = eager
-        self.compiled = torch.compile(eager, mode="max-autotune-no-cudagraphs")
+    def __init__(self, eager, cpp_gemm: bool = True):
+        self.eager, self.cpp_gemm = eager, cpp_gemm
+        self.compiled = torch.compile(eager, mode="max-autotune-no-cudagraphs" if cpp_gemm else None)
 
     def __call__(self, *args):
-        with torch._inductor.config.patch(freezing=True, max_autotune_gemm_backends="CPP",
-                                          autotune_fallback_to_aten=True, autotune_num_choices_displayed=0,
-                                          max_autotune_report_choices_stats=False):
+        gemm = dict(max_autotune_gemm_backends="CPP", autotune_num_choices_displayed=0,
+                    max_autotune_report_choices_stats=False) if self.cpp_gemm else {}
+        with torch._inductor.config.patch(freezing=True, **gemm):
             return self.compiled(*args)
 
 
@@ -179,14 +179,18 @@ def compile_teacher(teacher, micro: int, seq_len: int, logits: bool, query_key: 
     if teacher.family.runner == "outputs" or device.type != "cpu":
         return "the teacher eager (its family runs the model's own forward)" if device.type == "cpu" else \
             "the teacher eager (compiled and frozen on CPUs only: measured there)"
-    start, failure = time.perf_counter(), None
-    teacher.run_layers = FrozenLayers(teacher.run_layers)
-    try:
-        with torch.random.fork_rng(devices=[]):  # autotuning's random inputs leave the run's streams untouched
-            _teacher_probe(teacher, micro, seq_len, logits, query_key, device)
-    except Exception as err:  # noqa: BLE001 -- any compiler failure: the teacher runs eager
-        failure = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
-    if dist.all_reduce_sum(torch.tensor([float(failure is not None)])).item():
-        teacher.run_layers = teacher.run_layers.eager
-        return f"the teacher eager (compiling it failed: {failure or 'on another rank'})"
-    return f"the teacher compiled and frozen in {time.perf_counter() - start:.1f} s"
+    start, eager = time.perf_counter(), teacher.run_layers
+    # The C++ GEMM kernels first; where a product has none (e.g. an fp32 teacher's attention maps), ATen's.
+    for cpp_gemm in (True, False):
+        failure = None
+        teacher.run_layers = FrozenLayers(eager, cpp_gemm)
+        try:
+            with torch.random.fork_rng(devices=[]):  # autotuning's random inputs leave the run's streams untouched
+                _teacher_probe(teacher, micro, seq_len, logits, query_key, device)
+        except Exception as err:  # noqa: BLE001 -- any compiler failure: the next way, then eager
+            failure = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+        if not dist.all_reduce_sum(torch.tensor([float(failure is not None)])).item():
+            products = "C++ GEMM kernels" if cpp_gemm else "ATen products"
+            return f"the teacher compiled and frozen ({products}) in {time.perf_counter() - start:.1f} s"
+    teacher.run_layers = eager
+    return f"the teacher eager (compiling it failed: {failure or 'on another rank'})"

@@ -6,6 +6,7 @@ Tiny shapes (teacher 4 x 32, student 2 recursions x 32, vocab 100), dropout off 
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -142,7 +143,8 @@ def test_the_compiled_frozen_teacher_computes_the_eager_teachers_outputs(query_k
     teacher = tiny_teacher()
     state = torch.random.get_rng_state()
     line = compile_teacher(teacher, 2, 16, True, query_key, torch.device("cpu"))
-    assert line.startswith("the teacher compiled and frozen in "), line
+    # (ATen's products where Inductor has no C++ GEMM kernel: this fp32 teacher's attention maps, an AVX2-only CPU)
+    assert re.match(r"the teacher compiled and frozen \((C\+\+ GEMM kernels|ATen products)\) in [\d.]+ s$", line), line
     assert isinstance(teacher.run_layers, FrozenLayers)
     assert torch.equal(torch.random.get_rng_state(), state)
     for batch in (make_batch(100, batch=2, seq=16, seed=1, padded_rows=1), make_batch(100, batch=3, seq=8, seed=2)):
