@@ -157,6 +157,11 @@ def _teacher_probe(teacher, micro: int, seq_len: int, logits: bool, query_key: b
             raise RuntimeError(f"the compiled teacher's hidden states differ from eager's by {err:.3f} (relative)")
 
 
+FROZEN_MAX_LEN = 256
+"""The teacher is compiled for rows up to this long, with the maps-free attention term: at b8 s512 its products
+(4,096 rows) ran as fast eager (884 / 866 vs 955 / 857 ms) while the packed weights cost 220 MB more (bert-base
+bf16); with the materialised maps the compiled teacher's step measured 2.5x slower at s512."""
+
 TEACHER_MIN_STEPS = 2000
 """``auto`` compiles the teacher in runs of at least this many steps: its compile (20-45 s a rank, autotuning
 included) is repaid by 14 ms a step (cpu.yaml's 3-layer MiniLM, b16 s128, one thread) to 110 ms (bert-base, b8
@@ -173,14 +178,19 @@ def teacher_compile_wanted(setting: str, max_steps: int) -> tuple[bool, str]:
 
 
 def compile_teacher(teacher, micro: int, seq_len: int, logits: bool, query_key: bool, device: torch.device) -> str:
-    """The teacher's layer loop compiled and frozen (``FrozenLayers``) where its family runs layer by layer; proven
-    on a batch of the run's shapes (``logits``: the run reads its MLM logits; ``query_key``: its attention term is
-    maps-free) rank by rank, and kept only where every rank compiled it. Returns the line to print."""
-    if teacher.family.runner == "outputs" or device.type != "cpu":
-        return "the teacher eager (its family runs the model's own forward)" if device.type == "cpu" else \
-            "the teacher eager (compiled and frozen on CPUs only: measured there)"
+    """The teacher's layer loop compiled and frozen (``FrozenLayers``) on CPUs, where its family runs layer by layer,
+    the attention term is maps-free (``query_key``) and rows are at most ``FROZEN_MAX_LEN``; proven on a batch of
+    the run's shapes (``logits``: the run reads its MLM logits) rank by rank, and kept only where every rank
+    compiled it. Returns the line to print."""
+    if device.type != "cpu":
+        return "the teacher eager (compiled and frozen on CPUs only: measured there)"
+    if teacher.family.runner == "outputs":
+        return "the teacher eager (its family runs the model's own forward)"
+    if not query_key or seq_len > FROZEN_MAX_LEN:
+        return (f"the teacher eager (compiled and frozen where it measured faster: the maps-free attention term, "
+                f"rows of at most {FROZEN_MAX_LEN})")
     start, eager = time.perf_counter(), teacher.run_layers
-    # The C++ GEMM kernels first; where a product has none (e.g. an fp32 teacher's attention maps), ATen's.
+    # The C++ GEMM kernels first; where a product has none (an AVX2-only CPU's), ATen's.
     for cpp_gemm in (True, False):
         failure = None
         teacher.run_layers = FrozenLayers(eager, cpp_gemm)
