@@ -171,8 +171,8 @@ class TrainConfig:
     log keeps); 0 = none. metrics.jsonl and TensorBoard get every step."""
     compile: str | bool = "auto"
     """'auto', 'on' or 'off': the loss terms' element-wise work through torch.compile (fused kernels, compiled at
-    start-up), and on CPUs the frozen teacher's layers. 'auto': on for bf16 runs (GPUs, CPUs with bf16 units), off
-    for fp32/fp16; the teacher in runs of >= 2000 steps (minialbert/compiled.py).
+    start-up), and on CPUs the frozen teacher's layers (maps-free term, rows <= 256). 'auto': on for bf16 runs
+    (GPUs, CPUs with bf16 units), off for fp32/fp16; the teacher in runs of >= 2000 steps (minialbert/compiled.py).
     YAML reads a bare on / off as true / false: those mean 'on' / 'off'."""
     peak_tflops: float | None = None
     """Peak FLOP/s of one device for MFU; None = measured at start-up (a quarter-second matmul benchmark)."""
