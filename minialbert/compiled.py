@@ -123,13 +123,13 @@ class FrozenLayers:
     numbers. The teacher never trains, so freezing its weights is exact; a new input shape compiles again."""
 
     def __init__(self, eager, cpp_gemm: bool = True):
-        self.eager, self.cpp_gemm = eager, cpp_gemm
+        self.eager = eager
         self.compiled = torch.compile(eager, mode="max-autotune-no-cudagraphs" if cpp_gemm else None)
+        self.settings = dict(freezing=True, **(dict(max_autotune_gemm_backends="CPP", autotune_num_choices_displayed=0,
+                                                     max_autotune_report_choices_stats=False) if cpp_gemm else {}))
 
     def __call__(self, *args):
-        gemm = dict(max_autotune_gemm_backends="CPP", autotune_num_choices_displayed=0,
-                    max_autotune_report_choices_stats=False) if self.cpp_gemm else {}
-        with torch._inductor.config.patch(freezing=True, **gemm):
+        with torch._inductor.config.patch(**self.settings):
             return self.compiled(*args)
 
 
