@@ -42,6 +42,7 @@ from distill_recipes import FastRecipe, OriginalRecipe, build_models, make_batch
 from minialbert.compiled import compile_teacher, compiled_kernels  # noqa: E402
 from minialbert.flops import distillation_step_flops, measure_peak_flops  # noqa: E402
 from minialbert.host_memory import reuse_freed_memory  # noqa: E402
+from minialbert.host_threads import restart_with_spinning_threads  # noqa: E402
 from minialbert.attention_kl import scores_route  # noqa: E402
 from minialbert.losses import EAGER  # noqa: E402
 
@@ -296,6 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result: dict = {
         "machine": machine(), "device": device.type, "torch": torch.__version__, "compile": args.compile,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "attention_dropout": student_cfg.attention_probs_dropout_prob if args.attention_dropout is None
         else args.attention_dropout,
         "batch": args.batch, "seq": args.seq, "steps": args.steps, "masked_positions": masked,
@@ -355,4 +357,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    restart_with_spinning_threads()  # as minialbert/distill.py does: OpenMP workers spin on a CPU of its own
     main()

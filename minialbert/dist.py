@@ -61,12 +61,16 @@ def init_distributed() -> DistContext:
     else:
         device, backend = torch.device("cpu"), "gloo"
         # Ranks sharing a CPU box split its cores instead of fighting over them.
-        threads = int(env.get("OMP_NUM_THREADS", "0")) or max(1, (os.cpu_count() or 1) // local_world_size(env))
-        torch.set_num_threads(threads)
+        torch.set_num_threads(cpu_threads(env))
     if not tdist.is_initialized():
         tdist.init_process_group(backend=backend, rank=rank, world_size=world)
     _make_cpu_group()
     return DistContext(rank, world, local, device)
+
+
+def cpu_threads(env) -> int:
+    """A CPU rank's torch threads: OMP_NUM_THREADS, else the node's cores split between its ranks."""
+    return int(env.get("OMP_NUM_THREADS", "0")) or max(1, (os.cpu_count() or 1) // local_world_size(env))
 
 
 def local_world_size(env) -> int:

@@ -41,6 +41,7 @@ from minialbert import engine as engine_setup
 from minialbert.config import DEMO_DATA_COMMAND, ConfigError, RunConfig, dump_run_config, load_run_config
 from minialbert.data import DataError
 from minialbert.host_memory import reuse_freed_memory
+from minialbert.host_threads import restart_with_spinning_threads
 from minialbert.losses import EAGER
 from minialbert.modeling_minialbert import MiniAlbertForMaskedLM
 from minialbert.monitor import make_monitor
@@ -326,6 +327,8 @@ def _hparams(run: ResolvedRun, ctx: dist.DistContext) -> dict:
 
 
 if __name__ == "__main__":
+    if "--check" not in sys.argv:  # a run, not its plan: a CPU run's OpenMP workers spin (host_threads.py)
+        restart_with_spinning_threads()
     code = main()
     # Everything of the run is written and closed by now. The interpreter's teardown can still abort (SIGABRT,
     # "terminate called without an active exception": a C++ thread of the communication stack destroyed while
