@@ -5,15 +5,15 @@ spin a while, then sleep in the kernel; waking them for the next kernel costs a 
 machine, a halted vCPU woken through the hypervisor — which meanwhile may hand its core to another guest. A
 distillation step runs thousands of kernels, many of them well under a millisecond. With ``OMP_WAIT_POLICY=ACTIVE``
 (the OpenMP standard's setting: workers never sleep) the paper-shape step (b8 s128, bf16, 2 threads, one process)
-measured 1.53 / 1.62 -> 1.00 / 1.01 s on a busy 2-vCPU AMX host and 0.96-1.02 -> 0.95-0.96 s on a quiet one
+measured 1.53 / 1.62 -> 1.00 / 1.00 s on a busy 2-vCPU AMX host and 1 to 6 % faster on a quiet one
 (docs/performance.md).
 
 The setting must be in the environment before the OpenMP runtime loads (``import torch``), so an entry point calls
 ``restart_with_spinning_threads()`` first: where spinning is wanted and not yet set, the process executes itself
 again, same arguments, with it set (a few seconds of imports, once). Wanted only where spinning takes a core from
-no one: a CPU run, one process on the node, more than one thread, no more threads than CPUs it may use, and the
-user has not chosen a wait policy (``CHOSEN_BY_USER``). Not on GPU runs (each worker would hold a core beside the data loader and the
-launch thread) and not with several ranks a node (unmeasured: their communication threads share the cores).
+no one: a CPU run, one process on the node, more than one thread, no more threads than CPUs it may use, and no wait
+policy of the user's (``CHOSEN_BY_USER``). Not on GPU runs (each worker would hold a core beside the data loader and
+the launch thread) and not with several ranks a node (unmeasured: their communication threads share the cores).
 """
 
 from __future__ import annotations
