@@ -190,8 +190,10 @@ def compile_teacher(teacher, micro: int, seq_len: int, logits: bool, query_key: 
         return (f"the teacher eager (compiled and frozen where it measured faster: the maps-free attention term, "
                 f"rows of at most {FROZEN_MAX_LEN})")
     start, eager = time.perf_counter(), teacher.run_layers
-    # The C++ GEMM kernels first where they were measured (AMX); where a product has none, and elsewhere, ATen's.
-    for cpp_gemm in (True, False) if torch.cpu._is_amx_tile_supported() else (False,):
+    # The C++ GEMM kernels first where they were measured (AMX on every rank: each rank then makes the same number
+    # of all-reduces below, on a job of mixed CPUs too); where a product has none, and elsewhere, ATen's.
+    no_amx = dist.all_reduce_sum(torch.tensor([float(not torch.cpu._is_amx_tile_supported())])).item()
+    for cpp_gemm in (False,) if no_amx else (True, False):
         failure = None
         teacher.run_layers = FrozenLayers(eager, cpp_gemm)
         try:
